@@ -1,0 +1,1 @@
+"""Lifecycle: retention email automation on Apache Airflow."""

@@ -1,0 +1,157 @@
+"""Campaign specs: one YAML file per campaign in `include/campaigns/`.
+
+A spec is data. It names the audience (a segment), the template, what counts as "the same
+email" (the occurrence key) and the policies and delivery settings. `load_campaigns()` validates
+every file and raises `SpecError` naming the file and the field at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+
+ID_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
+LOCALES = ("en", "hy", "ka")
+
+
+class SpecError(ValueError):
+    """A campaign spec that cannot be used; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(_Model):
+    email: EmailStr
+    name: str | None = None
+
+
+class Schedule(_Model):
+    """Cron in a named timezone, and/or after each fresh `customer_features` snapshot."""
+
+    cron: str | None = Field(None, description="cron expression, e.g. '7 9 * * *'")
+    timezone: str = "UTC"
+    after_features: bool = Field(False, description="also run when new features are published")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_shape(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {value!r}")
+        return value
+
+
+class FrequencyCap(_Model):
+    max_emails: int = Field(3, ge=1, description="marketing emails per customer ...")
+    days: int = Field(7, ge=1, description="... per rolling window of this many days")
+
+
+class SendWindow(_Model):
+    start: time = time(9, 0)
+    end: time = time(20, 0)
+
+
+class Policies(_Model):
+    requires_consent: bool = True
+    frequency_cap: FrequencyCap | None = FrequencyCap()
+    send_window: SendWindow | None = SendWindow()
+    holdout_percent: float = Field(0.0, ge=0.0, le=50.0)
+
+
+class Delivery(_Model):
+    rate_per_second: float = Field(100.0, gt=0, description="emails per second, all batches")
+    concurrency: int = Field(32, ge=1, le=512, description="requests in flight per batch task")
+    batch_size: int = Field(1000, ge=1, le=50_000, description="ledger rows per mapped task")
+    max_active_batches: int = Field(2, ge=1, le=32, description="batch tasks running at once")
+    asm_group_id: int | None = None
+    categories: list[str] = Field(default_factory=list, max_length=10)
+    sandbox_mode: bool = False
+
+    @field_validator("categories")
+    @classmethod
+    def _ascii_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("categories must be unique")
+        for category in value:
+            if not category.isascii() or not 0 < len(category) <= 255:
+                raise ValueError(f"category {category!r} must be 1-255 ASCII characters")
+        return value
+
+
+class Coupon(_Model):
+    discount_percent: float = Field(gt=0, le=100)
+    valid_days: int = Field(30, ge=1)
+
+
+class CampaignSpec(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    description: str
+    owner: str = "marketing"
+    tags: list[str] = Field(default_factory=list)
+    schedule: Schedule = Schedule()
+    segment: str | dict[str, Any] = Field(description="a segment name, or an inline segment")
+    template: str = Field(description="template folder; may use {occurrence_key}")
+    occurrence_key: str = Field(description="feature that identifies 'the same email'")
+    template_fields: list[str] = Field(
+        default_factory=list, description="extra features the template reads"
+    )
+    default_locale: Literal["en", "hy", "ka"] = "en"
+    sender: Address
+    reply_to: Address | None = None
+    policies: Policies = Policies()
+    delivery: Delivery = Delivery()
+    coupon: Coupon | None = None
+    source_path: Path | None = Field(None, exclude=True)
+
+    @property
+    def dag_id(self) -> str:
+        return f"campaign_{self.id}"
+
+    def template_for(self, occurrence_key: str) -> str:
+        return self.template.format(occurrence_key=occurrence_key)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    return f"field '{where}': {error['msg']}"
+
+
+def load_spec(path: Path) -> CampaignSpec:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    try:
+        spec = CampaignSpec.model_validate({**raw, "source_path": path})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise SpecError(f"{path}: {problems}") from None
+    if spec.id != path.stem:
+        raise SpecError(f"{path}: field 'id': {spec.id!r} must match the file name {path.stem!r}")
+    if not re.fullmatch(r"[a-z0-9_/{}]+", spec.template):
+        raise SpecError(f"{path}: field 'template': {spec.template!r} is not a template folder")
+    return spec
+
+
+def load_campaigns(directory: Path) -> dict[str, CampaignSpec]:
+    """Every `*.yaml` spec in `directory`, by id. Any invalid spec raises `SpecError`."""
+    specs = [load_spec(path) for path in sorted(directory.glob("*.yaml"))]
+    return {spec.id: spec for spec in specs}

@@ -1,0 +1,131 @@
+"""`lifecycle`: the one entry point shared by the Makefile, local debugging and benchmarks.
+
+Every command reads its settings from `LIFECYCLE_*` environment variables (see README);
+`--warehouse URL` overrides the warehouse for one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from lifecycle import seed, warehouse
+from lifecycle.config import load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def parse_datetime(value: str) -> datetime:
+    """ISO 8601 date or date-time; a naive value is taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO date-time (e.g. 2026-11-24T09:30:00Z)"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def engine_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    url = args.warehouse or load_settings().warehouse_url
+    return warehouse.engine_for(url)
+
+
+# --- db -----------------------------------------------------------------------------------
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    engine = engine_from(args)
+    warehouse.upgrade(engine, args.revision)
+    print(f"warehouse at revision {warehouse.current_revision(engine)} ({engine.url!r})")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    engine = engine_from(args)
+    current, head = warehouse.current_revision(engine), warehouse.head_revision()
+    print(f"current: {current or '(empty)'}  head: {head}")
+    return 0 if current == head else 1
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    engine = engine_from(args)
+    warehouse.downgrade(engine, args.revision)
+    print(f"warehouse at revision {warehouse.current_revision(engine) or '(empty)'}")
+    return 0
+
+
+# --- seed ---------------------------------------------------------------------------------
+def cmd_seed(args: argparse.Namespace) -> int:
+    engine = engine_from(args)
+    result = seed.seed(engine, args.customers, seed=args.seed, as_of=args.as_of)
+    as_of = f"{result.as_of:%Y-%m-%d %H:%M} UTC"
+    print(f"seeded {result.customers:,} customers and {result.orders:,} orders as of {as_of}")
+    print_summary(engine)
+    return 0
+
+
+def print_summary(engine) -> None:  # type: ignore[no-untyped-def]
+    facts = seed.summary(engine)
+    locales = ", ".join(f"{k}: {v:,}" for k, v in sorted(facts["by_locale"].items()))
+    print(f"customers: {facts['customers']:,} ({locales})")
+    print(f"with marketing consent: {facts['with_consent']:,}")
+    if facts["orders"]:
+        span = f"{facts['first_order']:%Y-%m-%d} .. {facts['last_order']:%Y-%m-%d}"
+        print(f"orders: {facts['orders']:,}, placed {span}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lifecycle",
+        description="Retention email automation: warehouse segments, templates, SendGrid delivery.",
+        epilog="Settings come from LIFECYCLE_* environment variables; see the README.",
+    )
+    parser.add_argument(
+        "--warehouse",
+        metavar="URL",
+        help="SQLAlchemy URL (default: $LIFECYCLE_WAREHOUSE_URL or .local/warehouse.db)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="create or upgrade the marketing tables (Alembic)")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_commands.add_parser("upgrade", help="upgrade to the latest revision (or --revision)")
+    up.add_argument("--revision", default="head")
+    up.set_defaults(handler=cmd_db_upgrade)
+    current = db_commands.add_parser("current", help="show the revision; exit 1 if not at head")
+    current.set_defaults(handler=cmd_db_current)
+    down = db_commands.add_parser("downgrade", help="downgrade to REVISION ('base' drops all)")
+    down.add_argument("revision")
+    down.set_defaults(handler=cmd_db_downgrade)
+
+    seed_cmd = commands.add_parser(
+        "seed",
+        help="replace customers and orders with deterministic demo data",
+        description="Write a realistic demo population (bulk-loaded). Replaces existing demo rows.",
+    )
+    seed_cmd.add_argument(
+        "--customers", type=int, default=10_000, metavar="N", help="how many (default 10,000)"
+    )
+    seed_cmd.add_argument(
+        "--seed", type=int, default=42, metavar="S", help="random seed (default 42)"
+    )
+    seed_cmd.add_argument(
+        "--as-of",
+        type=parse_datetime,
+        default=None,
+        metavar="DATETIME",
+        help="'now' of the data (default: now)",
+    )
+    seed_cmd.set_defaults(handler=cmd_seed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
