@@ -1,6 +1,7 @@
 """Alembic environment: runs on the engine `lifecycle.warehouse` hands over."""
 
 from alembic import context
+
 from lifecycle.schema import marketing
 
 engine = context.config.attributes["engine"]

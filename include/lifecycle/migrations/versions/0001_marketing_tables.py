@@ -4,9 +4,10 @@ Revision ID: 0001
 Revises:
 """
 
-import lifecycle.sqltypes
 import sqlalchemy as sa
 from alembic import op
+
+import lifecycle.sqltypes
 
 revision = "0001"
 down_revision = None
