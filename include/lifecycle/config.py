@@ -29,6 +29,9 @@ class Settings:
     sendgrid_host: str
     public_url: str  # where the unsubscribe page is served (the Airflow API server)
     sender_address: str  # postal address in every footer (CAN-SPAM)
+    # Signed Event Webhook: base64 DER public key (not a secret); None accepts unsigned posts.
+    sendgrid_webhook_public_key: str | None = None
+    webhook_max_age_seconds: int = 600  # replay window for signed webhook timestamps
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
 
@@ -58,6 +61,8 @@ def load_settings(**overrides: object) -> Settings:
         "sender_address": _env(
             "LIFECYCLE_SENDER_ADDRESS", "Lifecycle Demo Shop, 1 Abovyan St, Yerevan 0001, Armenia"
         ),
+        "sendgrid_webhook_public_key": _env("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"),
+        "webhook_max_age_seconds": int(_env("LIFECYCLE_WEBHOOK_MAX_AGE_SECONDS", "600")),
         "sendgrid_api_key": _env("SENDGRID_API_KEY"),
         "unsubscribe_secret": _env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
     }
