@@ -1,0 +1,202 @@
+"""SendGrid v3 mail/send over keep-alive HTTP (aiohttp), one request per recipient.
+
+Retry policy — retry only what surely was not accepted:
+
+* connection could not be established (refused, DNS, connect timeout): retry;
+* 429: wait until `X-RateLimit-Reset` (all requests of this transport pause), then retry;
+* 500, 502, 503: SendGrid answered that it failed; it queues a message only with a 202, so
+  these are retried with exponential backoff and full jitter;
+* 504, a read timeout, or a connection dropped after the request was written: the message
+  may have been accepted. Outcome `unknown`, never retried automatically;
+* 401/403: `DeliveryStopped` — every further request would fail the same way;
+* any other 4xx (400, 413, 415...): permanent failure, not retryable.
+
+When retries run out the outcome is `failed` with `retryable=True`, and a later run of the
+campaign plans the row again (see `ledger.requeue_retryable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import aiohttp
+
+from lifecycle.delivery import DeliveryStopped, Envelope, Message
+from lifecycle.ledger import Outcome
+
+SAFE_TO_RETRY = {429, 500, 502, 503}
+PATH = "/v3/mail/send"
+
+
+def payload(message: Message, envelope: Envelope) -> dict[str, Any]:
+    to: dict[str, str] = {"email": message.to_email}
+    if message.to_name:
+        to["name"] = message.to_name
+    body: dict[str, Any] = {
+        "personalizations": [{"to": [to], "custom_args": message.custom_args}],
+        "from": _address(envelope.sender_email, envelope.sender_name),
+        "subject": message.subject,
+        "content": [
+            {"type": "text/plain", "value": message.text},
+            {"type": "text/html", "value": message.html},
+        ],
+    }
+    if envelope.reply_to_email:
+        body["reply_to"] = _address(envelope.reply_to_email, envelope.reply_to_name)
+    if message.headers:
+        body["headers"] = message.headers
+    if envelope.categories:
+        body["categories"] = list(envelope.categories)
+    if envelope.asm_group_id is not None:
+        body["asm"] = {"group_id": envelope.asm_group_id}
+    if envelope.sandbox_mode:
+        body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    return body
+
+
+def _address(email: str, name: str | None) -> dict[str, str]:
+    return {"email": email, "name": name} if name else {"email": email}
+
+
+def _errors(text: str) -> str:
+    """SendGrid's error messages, without echoing anything else of the response."""
+    try:
+        errors = json.loads(text).get("errors", [])
+        return "; ".join(f"{e.get('field') or 'request'}: {e.get('message')}" for e in errors if e)[
+            :1000
+        ]
+    except (ValueError, AttributeError):
+        return text[:200]
+
+
+class SendGridTransport:
+    def __init__(
+        self,
+        api_key: str,
+        host: str,
+        envelope: Envelope,
+        *,
+        concurrency: int = 32,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        max_attempts: int = 5,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+    ) -> None:
+        if not api_key:
+            raise ValueError("the SendGrid transport needs an API key (SENDGRID_API_KEY)")
+        self._api_key = api_key
+        self.url = host.rstrip("/") + PATH
+        self.envelope = envelope
+        self.concurrency = concurrency
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+        )
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self._paused_until = 0.0
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"SendGridTransport(url={self.url!r}, concurrency={self.concurrency})"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self.timeout,
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
+
+    async def _wait_for_pause(self) -> None:
+        delay = self._paused_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _pause_for_rate_limit(self, headers: Any, attempt: int) -> float:
+        reset = headers.get("X-RateLimit-Reset")
+        try:
+            delay = float(reset) - time.time() if reset else self._backoff(attempt) + 1.0
+        except ValueError:
+            delay = self._backoff(attempt) + 1.0
+        delay = min(max(delay, 0.0), self.backoff_cap_s) + random.uniform(0, 0.5)
+        self._paused_until = max(self._paused_until, time.monotonic() + delay)
+        return delay
+
+    async def send(self, message: Message) -> Outcome:
+        body = json.dumps(payload(message, self.envelope), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        last = Outcome(message.send_id, "failed", retryable=True, reason="not_attempted")
+        for attempt in range(self.max_attempts):
+            await self._wait_for_pause()
+            try:
+                async with self._client().post(self.url, data=body, headers=headers) as response:
+                    status, text = response.status, await response.text()
+                    if 200 <= status < 300:
+                        message_id = response.headers.get("X-Message-Id")
+                        return Outcome(message.send_id, "sent", message_id, status)
+                    if status in (401, 403):
+                        raise DeliveryStopped(
+                            f"SendGrid refused the request with HTTP {status} ({_errors(text)}); "
+                            "check the API key, its mail.send scope and the verified sender"
+                        )
+                    error = f"HTTP {status}: {_errors(text)}"
+                    if status not in SAFE_TO_RETRY:
+                        unknown = status == 504
+                        return Outcome(
+                            message.send_id,
+                            "unknown" if unknown else "failed",
+                            http_status=status,
+                            error=error,
+                            retryable=None if unknown else False,
+                            reason="gateway_timeout" if unknown else "rejected",
+                        )
+                    last = Outcome(message.send_id, "failed", None, status, error, True)
+                    if status == 429:
+                        self._pause_for_rate_limit(response.headers, attempt)
+                        last = Outcome(
+                            message.send_id, "failed", None, 429, error, True, "rate_limited"
+                        )
+                        continue
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent
+                last = Outcome(
+                    message.send_id,
+                    "failed",
+                    error=f"connection failed: {exc.os_error!r}"[:500],
+                    retryable=True,
+                    reason="connection",
+                )
+            except aiohttp.ConnectionTimeoutError:  # connect timeout: nothing was sent
+                last = Outcome(
+                    message.send_id,
+                    "failed",
+                    error="connect timeout",
+                    retryable=True,
+                    reason="connection",
+                )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                return Outcome(
+                    message.send_id,
+                    "unknown",
+                    error=f"{type(exc).__name__} after the request was sent"[:500],
+                    reason="timeout" if isinstance(exc, TimeoutError) else "disconnected",
+                )
+            if attempt + 1 < self.max_attempts:
+                await asyncio.sleep(self._backoff(attempt))
+        return last

@@ -1,0 +1,560 @@
+"""A campaign run, the one code path of the DAG tasks and `lifecycle run`:
+
+    preflight ──► plan ──► deliver (one call per batch, retried at will) ──► finalize
+
+Each step reads and writes the warehouse, so any of them can be retried:
+
+* `plan` upserts the run row on (campaign, run_key) and inserts ledger rows with ON CONFLICT
+  DO NOTHING: the same run key gives the same run and never a second row for an email.
+* `deliver` claims rows (`planned` → `sending`, stamped with the attempt), sends, records.
+  Rows a previous attempt left in `sending` become `unknown` and are not sent again.
+* `finalize` counts outcomes and stores them on the run row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from lifecycle import (
+    compliance,
+    coupons,
+    ledger,
+    policies,
+    render,
+    segments,
+    unsubscribe,
+    warehouse,
+)
+from lifecycle.campaigns import CampaignSpec
+from lifecycle.config import Settings
+from lifecycle.delivery import DeliveryStopped, Envelope, Message, Transport
+from lifecycle.delivery.outbox import OutboxTransport
+from lifecycle.delivery.ratelimit import TokenBucket
+from lifecycle.delivery.sendgrid import SendGridTransport
+from lifecycle.ledger import Outcome
+
+MAX_ATTEMPTS = 3  # delivery attempts per row, counting the automatic re-plans of failures
+MAX_BATCHES = 1000  # Airflow's max_map_length is 1024
+WAITING_CHUNK = 10_000
+FLUSH_EVERY = 500  # outcomes recorded per UPDATE round trip
+
+
+class PreflightError(RuntimeError):
+    """The run cannot start; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive due ledger rows of one run: the unit of a mapped delivery task."""
+
+    first_id: int
+    last_id: int
+    size: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Batch:
+        return cls(int(data["first_id"]), int(data["last_id"]), int(data["size"]))
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    run_id: int
+    planned: int  # rows this run will send: due now, or waiting for the send window
+    skipped: dict[str, int]
+    batches: list[Batch]
+    waiting: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "batches": [b.to_dict() for b in self.batches]}
+
+
+@dataclass
+class DeliverResult:
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0  # may have been sent: reported, never re-sent automatically
+    skipped: int = 0  # claimed but given back (the run was stopped)
+    interrupted: int = 0  # rows an earlier attempt left in flight, now `unknown`
+    rendered: int = 0  # dry run: rendered, not sent
+    failed_reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+        if outcome.status == "failed":
+            key = outcome.reason or "failed"
+            self.failed_reasons[key] = self.failed_reasons.get(key, 0) + 1
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"as_of must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- preflight ----------------------------------------------------------------------------
+def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: datetime) -> None:
+    """Raise `PreflightError` unless the warehouse, segment, templates and transport are ready."""
+    _utc(as_of)
+    current, head = warehouse.current_revision(engine), warehouse.head_revision()
+    if current != head:
+        raise PreflightError(
+            f"warehouse is at revision {current or '(empty)'}, code expects {head}: "
+            "run `lifecycle db upgrade`"
+        )
+    transport = settings.chosen_transport()
+    if transport == "sendgrid" and not settings.sendgrid_api_key:
+        raise PreflightError(
+            "transport 'sendgrid' needs an API key: set SENDGRID_API_KEY or the password of "
+            "the Airflow connection 'sendgrid_default'"
+        )
+    if transport not in ("sendgrid", "outbox"):
+        raise PreflightError(f"unknown transport {transport!r}: use 'sendgrid' or 'outbox'")
+    try:
+        segments.load_segment(spec.segment, settings)
+        render.get_renderer(settings).preflight(spec)
+    except (segments.SegmentError, render.TemplateProblem) as exc:
+        raise PreflightError(f"campaign {spec.id}: {exc}") from None
+
+
+# --- plan ---------------------------------------------------------------------------------
+def _json_safe(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp | datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal | np.floating):
+        return float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _ledger_rows(
+    chunk: pd.DataFrame,
+    verdict: pd.DataFrame,
+    spec: CampaignSpec,
+    run_id: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    rows = []
+    fields = list(spec.template_fields)
+    for record, reason, send_after, expires_at in zip(
+        chunk.to_dict("records"),
+        verdict["reason"],
+        verdict["send_after"],
+        verdict["expires_at"],
+        strict=True,
+    ):
+        key = str(record["occurrence_key"])
+        sending = reason is None
+        rows.append(
+            {
+                "campaign_id": spec.id,
+                "occurrence_key": key,
+                "customer_id": int(record["customer_id"]),
+                "run_id": run_id,
+                "status": "planned" if sending else "skipped",
+                "reason": reason,
+                "template": spec.template_for(key),
+                "email": record["email"] if isinstance(record["email"], str) else None,
+                "locale": record["locale"] if isinstance(record["locale"], str) else None,
+                "timezone": record["timezone"],
+                "context": {
+                    "first_name": _json_safe(record.get("first_name")),
+                    "last_name": _json_safe(record.get("last_name")),
+                    "data": {name: _json_safe(record.get(name)) for name in fields},
+                },
+                "planned_at": now,
+                "send_after": send_after if sending else None,
+                "expires_at": expires_at if sending else None,
+            }
+        )
+    return rows
+
+
+def _adopt_waiting(engine: Engine, spec: CampaignSpec, run_id: int, as_of: datetime) -> None:
+    """Rows of earlier runs whose send window is open now join this run; others wait on."""
+    while True:
+        with engine.begin() as conn:
+            rows = ledger.waiting_rows(conn, spec.id, run_id, as_of, WAITING_CHUNK)
+            if not rows:
+                return
+            zones = pd.Series([row.timezone for row in rows])
+            timing = policies.schedule(zones, as_of, spec.policies.send_window)
+            ledger.adopt(
+                conn, [r.id for r, ok in zip(rows, timing["in_window"], strict=True) if ok], run_id
+            )
+            ledger.postpone(
+                conn,
+                [
+                    {"b_id": row.id, "b_send_after": after}
+                    for row, ok, after in zip(
+                        rows, timing["in_window"], timing["send_after"], strict=True
+                    )
+                    if not ok
+                ],
+            )
+
+
+def plan(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    *,
+    run_key: str,
+    as_of: datetime,
+    dry_run: bool = False,
+    limit: int | None = None,
+) -> PlanResult:
+    """Evaluate the audience and policies, write the ledger, return batches of due rows.
+
+    `dry_run` writes no ledger rows (it only counts, and stores the counts on the run row).
+    `limit` plans at most that many sendable customers (for local debugging).
+    """
+    as_of, now = _utc(as_of), _now()
+    with engine.begin() as conn:
+        run_id = ledger.ensure_run(conn, spec.id, run_key, as_of, dry_run, now)
+    if not dry_run:
+        with engine.begin() as conn:
+            ledger.expire_overdue(conn, spec.id, as_of)
+            ledger.requeue_retryable(conn, spec.id, run_id, as_of, MAX_ATTEMPTS)
+        _adopt_waiting(engine, spec, run_id, as_of)
+
+    remaining = limit
+    dry_counts: Counter[str] = Counter()
+    for chunk in segments.audience(engine, spec, as_of, settings):
+        if remaining is not None and remaining <= 0:
+            break
+        chunk = chunk.reset_index(drop=True)
+        with engine.begin() as conn:
+            verdict = policies.evaluate(conn, chunk, spec, as_of)
+            if remaining is not None:
+                sendable = verdict["reason"].isna().cumsum()
+                keep = sendable <= remaining
+                chunk, verdict = chunk[keep], verdict[keep]
+                remaining -= int(verdict["reason"].isna().sum())
+            if dry_run:
+                dry_counts.update(verdict["reason"].fillna("planned"))
+                continue
+            ledger.insert_rows(conn, _ledger_rows(chunk, verdict, spec, run_id, now))
+
+    if dry_run:
+        planned = dry_counts.pop("planned", 0)
+        with engine.begin() as conn:
+            counts = {"planned": planned, "skipped": dict(dry_counts), "dry_run": True}
+            ledger.finish_run(conn, run_id, counts, "success", _now())
+        return PlanResult(run_id, planned, dict(dry_counts), [])
+
+    with engine.connect() as conn:
+        counts = ledger.run_counts(conn, run_id, as_of)
+        due = counts["pending"]
+        size = max(spec.delivery.batch_size, math.ceil(due / MAX_BATCHES))
+        bounds = ledger.batch_bounds(conn, run_id, as_of, size)
+    return PlanResult(
+        run_id,
+        counts["planned"],
+        counts["skipped"],
+        [Batch(*b) for b in bounds],
+        counts["waiting"],
+    )
+
+
+# --- deliver ------------------------------------------------------------------------------
+def envelope_for(spec: CampaignSpec) -> Envelope:
+    return Envelope(
+        sender_email=str(spec.sender.email),
+        sender_name=spec.sender.name,
+        reply_to_email=str(spec.reply_to.email) if spec.reply_to else None,
+        reply_to_name=spec.reply_to.name if spec.reply_to else None,
+        categories=tuple(spec.delivery.categories),
+        asm_group_id=spec.delivery.asm_group_id,
+        sandbox_mode=spec.delivery.sandbox_mode,
+    )
+
+
+def make_transport(settings: Settings, spec: CampaignSpec) -> Transport:
+    envelope = envelope_for(spec)
+    if settings.chosen_transport() == "sendgrid":
+        return SendGridTransport(
+            settings.sendgrid_api_key or "",
+            settings.sendgrid_host,
+            envelope,
+            concurrency=spec.delivery.concurrency,
+        )
+    return OutboxTransport(settings.outbox_dir / spec.id, envelope)
+
+
+class _Composer:
+    """Turns claimed ledger rows into rendered messages (coupons, unsubscribe links, headers)."""
+
+    def __init__(self, engine: Engine, spec: CampaignSpec, settings: Settings, as_of: datetime):
+        self.engine, self.spec, self.settings, self.as_of = engine, spec, settings, as_of
+        self.renderer = render.get_renderer(settings)
+
+    def _coupons(self, rows: list[Any]) -> dict[tuple[int, str], Any]:
+        if self.spec.coupon is None:
+            return {}
+        keys = [(int(row.customer_id), row.occurrence_key) for row in rows]
+        with self.engine.begin() as conn:
+            return coupons.ensure_coupons(
+                conn,
+                self.spec.id,
+                keys,
+                self.spec.coupon.discount_percent,
+                self.spec.coupon.valid_days,
+                self.as_of,
+            )
+
+    def compose(self, rows: list[Any]) -> tuple[list[Message], list[Outcome]]:
+        issued = self._coupons(rows)
+        messages, failures = [], []
+        for row in rows:
+            try:
+                messages.append(
+                    self._message(row, issued.get((int(row.customer_id), row.occurrence_key)))
+                )
+            except (
+                Exception
+            ) as exc:  # one broken row must not stop the batch; it surely did not leave
+                error = f"{type(exc).__name__}: {exc}"[:1000]
+                failures.append(
+                    Outcome(row.id, "failed", error=error, retryable=False, reason="render_error")
+                )
+        return messages, failures
+
+    def _message(self, row: Any, coupon: Any) -> Message:
+        spec, settings = self.spec, self.settings
+        stored = row.context or {}
+        token = unsubscribe.token_for(settings, int(row.customer_id), spec.id, row.email)
+        url = unsubscribe.unsubscribe_url(settings, token)
+        zone = ZoneInfo(row.timezone or "UTC")
+        context = {
+            "customer": {
+                "id": int(row.customer_id),
+                "first_name": stored.get("first_name"),
+                "last_name": stored.get("last_name"),
+                "email": row.email,
+                "locale": row.locale,
+                "timezone": row.timezone,
+            },
+            "campaign": {"id": spec.id, "occurrence_key": row.occurrence_key},
+            "data": stored.get("data", {}),
+            "coupon": None
+            if coupon is None
+            else {
+                "code": coupon.code,
+                "discount_percent": coupon.discount_percent,
+                "expires_at": coupon.expires_at,
+            },
+            "unsubscribe_url": url,
+            "local_date": self.as_of.astimezone(zone).date(),
+        }
+        rendered = self.renderer.render(row.template, row.locale, spec.default_locale, context)
+        name = " ".join(p for p in (stored.get("first_name"), stored.get("last_name")) if p)
+        return Message(
+            send_id=int(row.id),
+            to_email=row.email,
+            to_name=name or None,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            headers=compliance.list_unsubscribe_headers(settings, url, token),
+            custom_args={
+                "send_id": str(row.id),
+                "campaign": spec.id,
+                "occurrence_key": row.occurrence_key,
+            },
+        )
+
+
+async def _deliver(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    run: Any,
+    batch: Batch,
+    attempt: str,
+    result: DeliverResult,
+) -> None:
+    composer = _Composer(engine, spec, settings, run.as_of)
+    transport = make_transport(settings, spec)
+    # rate_per_second is the campaign's total: each of the parallel batch tasks gets its share.
+    limiter = TokenBucket(spec.delivery.rate_per_second / spec.delivery.max_active_batches)
+    slots = asyncio.Semaphore(spec.delivery.concurrency)
+    claim_size = max(50, spec.delivery.concurrency)
+    outcomes: list[Outcome] = []
+    unsent: set[int] = set()  # claimed by us, not handed to the transport (or refused 401/403)
+    in_flight: set[asyncio.Task[Outcome]] = set()
+    stop: list[DeliveryStopped] = []
+
+    def finished(task: asyncio.Task[Outcome], send_id: int) -> None:
+        in_flight.discard(task)
+        slots.release()
+        if task.cancelled():
+            outcomes.append(Outcome(send_id, "unknown", error="cancelled", reason="interrupted"))
+            return
+        error = task.exception()
+        if isinstance(error, DeliveryStopped):
+            stop.append(error)
+            unsent.add(send_id)
+        elif error is not None:
+            message = f"{type(error).__name__}: {error}"[:1000]
+            outcomes.append(Outcome(send_id, "unknown", error=message, reason="transport_error"))
+        else:
+            outcomes.append(task.result())
+
+    async def flush() -> None:
+        if outcomes:
+            done = outcomes[:]
+            outcomes.clear()
+            await asyncio.to_thread(_record, engine, done, attempt)
+            for outcome in done:
+                result.add(outcome)
+
+    try:
+        while not stop:
+            rows = await asyncio.to_thread(_claim, engine, run, batch, attempt, claim_size)
+            if not rows:
+                break
+            messages, failures = await asyncio.to_thread(composer.compose, rows)
+            outcomes.extend(failures)
+            unsent.update(m.send_id for m in messages)
+            for message in messages:
+                await slots.acquire()
+                if stop:
+                    slots.release()
+                    break
+                await limiter.acquire()
+                unsent.discard(message.send_id)
+                task = asyncio.create_task(transport.send(message))
+                in_flight.add(task)
+                task.add_done_callback(lambda t, sid=message.send_id: finished(t, sid))
+            if len(outcomes) >= FLUSH_EVERY:
+                await flush()
+        while in_flight:
+            await asyncio.wait(set(in_flight))
+        await flush()
+    finally:
+        await transport.close()
+        if unsent:
+            await asyncio.to_thread(_release, engine, sorted(unsent), attempt)
+            result.skipped += len(unsent)
+    if stop:
+        raise stop[0]
+
+
+def _claim(engine: Engine, run: Any, batch: Batch, attempt: str, size: int) -> list[Any]:
+    with engine.begin() as conn:
+        return ledger.claim(
+            conn, run.id, batch.first_id, batch.last_id, run.as_of, attempt, _now(), size
+        )
+
+
+def _record(engine: Engine, outcomes: list[Outcome], attempt: str) -> None:
+    with engine.begin() as conn:
+        ledger.record(conn, outcomes, attempt, _now())
+
+
+def _release(engine: Engine, ids: list[int], attempt: str) -> None:
+    with engine.begin() as conn:
+        ledger.release(conn, ids, attempt)
+
+
+def deliver(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    *,
+    run_id: int,
+    batch: Batch,
+    attempt: str,
+    dry_run: bool = False,
+) -> DeliverResult:
+    """Send the due rows of `batch`. `attempt` must differ between retries (e.g. try number).
+
+    Raises `DeliveryStopped` (after recording what was sent) when SendGrid answers 401/403.
+    A dry run renders every due row of the batch and changes nothing.
+    """
+    result = DeliverResult()
+    with engine.begin() as conn:
+        run = ledger.get_run(conn, run_id)
+        if not dry_run:
+            result.interrupted = ledger.mark_interrupted(
+                conn, run_id, batch.first_id, batch.last_id, attempt
+            )
+    if dry_run:
+        with engine.connect() as conn:
+            rows = ledger.due_rows(conn, run_id, batch.first_id, batch.last_id, run.as_of)
+        messages, failures = _Composer(engine, spec, settings, run.as_of).compose(rows)
+        result.rendered, result.failed = len(messages), len(failures)
+        return result
+    asyncio.run(_deliver(engine, spec, settings, run, batch, attempt, result))
+    return result
+
+
+# --- finalize -----------------------------------------------------------------------------
+def finalize(engine: Engine, spec: CampaignSpec, *, run_id: int) -> dict[str, Any]:
+    """Outcome counts of the run, stored on its campaign_runs row. Rows still `sending` (their
+    attempt is over) become `unknown`. Status: `failed` when any row's fate is unknown or
+    nothing could be sent although something was due, else `success`."""
+    with engine.begin() as conn:
+        run = ledger.get_run(conn, run_id)
+        if run.dry_run:
+            return dict(run.counts or {})
+        ledger.mark_run_interrupted(conn, run_id)
+        counts = ledger.run_counts(conn, run_id, run.as_of)
+        broken = counts["unknown"] > 0 or (counts["failed"] > 0 and counts["sent"] == 0)
+        ledger.finish_run(conn, run_id, counts, "failed" if broken else "success", _now())
+    return counts
+
+
+# --- the whole run ------------------------------------------------------------------------
+def run_campaign(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    *,
+    as_of: datetime,
+    run_key: str | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """preflight → plan → deliver every batch → finalize, in this process (`lifecycle run`)."""
+    as_of = _utc(as_of)
+    run_key = run_key or f"cli__{as_of:%Y-%m-%dT%H:%M:%S}"
+    preflight(engine, spec, settings, as_of=as_of)
+    planned = plan(
+        engine, spec, settings, run_key=run_key, as_of=as_of, dry_run=dry_run, limit=limit
+    )
+    attempt = f"{run_key}/{uuid.uuid4().hex[:8]}"
+    try:
+        for batch in planned.batches:
+            deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt=attempt)
+    finally:
+        counts = finalize(engine, spec, run_id=planned.run_id)
+    return {"run_id": planned.run_id, **counts}
