@@ -284,3 +284,16 @@ def test_newcombe_interval_matches_published_values(k1, n1, k2, n2, expected) ->
     low, high = reporting.newcombe_interval(k1, n1, k2, n2)
     assert low == pytest.approx(expected[0], abs=5e-4)
     assert high == pytest.approx(expected[1], abs=5e-4)
+
+
+def test_daily_activity_counts_sends_and_distinct_engaged_sends(engine: Engine) -> None:
+    fill(engine)
+    as_of = t("2026-01-09 23:00")
+    report = reporting.build_report(engine, load_settings(), as_of=as_of, months=1, days=3)
+    # Jan 8: three winback emails sent (the dry run's does not count); c1's email opened twice
+    # (once that day, once the next) and clicked once.
+    assert [(d.day, d.sent, d.opened, d.clicked) for d in report.days] == [
+        (date(2026, 1, 7), 0, 0, 0),
+        (date(2026, 1, 8), 3, 1, 1),
+        (date(2026, 1, 9), 0, 1, 0),
+    ]

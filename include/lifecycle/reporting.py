@@ -268,6 +268,17 @@ class CohortValue:
         return {**asdict(self), "cohort": self.cohort.isoformat(), "average_ltv": self.average_ltv}
 
 
+@dataclass(frozen=True)
+class DayActivity:
+    day: date  # UTC
+    sent: int
+    opened: int  # distinct sends with an open that day
+    clicked: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "day": self.day.isoformat()}
+
+
 @dataclass
 class Report:
     as_of: datetime
@@ -277,6 +288,7 @@ class Report:
     runs: list[RunReport]  # newest first
     months: list[MonthKpis]  # oldest first
     cohorts: list[CohortValue]  # oldest first
+    days: list[DayActivity]  # the last `days` UTC days, oldest first
     simulated_events: int  # engagement events that were generated for the demo, not real
 
     @property
@@ -297,6 +309,7 @@ class Report:
             "runs": [r.to_dict() for r in self.runs],
             "months": [m.to_dict() for m in self.months],
             "cohorts": [c.to_dict() for c in self.cohorts],
+            "days": [d.to_dict() for d in self.days],
         }
 
 
@@ -334,12 +347,13 @@ def build_report(
     conversion_days: int = 7,
     months: int = 12,
     active_days: int = 365,
+    days: int = 30,
 ) -> Report:
     """The whole report as of `as_of` (optionally for one campaign's runs)."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
-    if conversion_days < 1 or months < 1 or active_days < 1:
-        raise ValueError("conversion_days, months and active_days must be at least 1")
+    if min(conversion_days, months, active_days, days) < 1:
+        raise ValueError("conversion_days, months, active_days and days must be at least 1")
     as_of = as_of.astimezone(UTC)
     with engine.connect() as conn:
         runs = _runs(conn, campaign_id, as_of)
@@ -347,6 +361,7 @@ def build_report(
         orders = _orders(conn, settings, EPOCH, as_of)
         signups = _signups(conn, settings, as_of)
         simulated = _simulated_events(conn, campaign_id)
+        activity = _daily_activity(conn, as_of, days, campaign_id)
     run_reports = [
         RunReport(
             run_id=run["id"],
@@ -369,6 +384,7 @@ def build_report(
         runs=run_reports,
         months=monthly_kpis(orders, as_of, months, active_days),
         cohorts=cohort_values(signups, orders),
+        days=activity,
         simulated_events=simulated,
     )
 
@@ -523,6 +539,48 @@ def _simulated_events(conn: Connection, campaign_id: str | None) -> int:
     if campaign_id is not None:
         query = query.where(events.c.campaign_id == campaign_id)
     return conn.execute(query).scalar_one()
+
+
+def _daily_activity(
+    conn: Connection, as_of: datetime, days: int, campaign_id: str | None
+) -> list[DayActivity]:
+    """Emails sent, and sends opened and clicked, per UTC day (dry runs left out)."""
+    ledger, events, runs = schema.send_ledger, schema.engagement_events, schema.campaign_runs
+    first_day = (as_of - timedelta(days=days - 1)).date()
+    since = datetime.combine(first_day, datetime.min.time(), UTC)
+    real_runs = select(runs.c.id).where(runs.c.dry_run == false())
+    if campaign_id is not None:
+        real_runs = real_runs.where(runs.c.campaign_id == campaign_id)
+    in_real_runs = ledger.c.run_id.in_(real_runs.scalar_subquery())
+    sent = conn.execute(
+        select(ledger.c.sent_at).where(
+            in_real_runs, ledger.c.status == "sent", ledger.c.sent_at.between(since, as_of)
+        )
+    ).scalars()
+    engaged = conn.execute(
+        select(events.c.event, events.c.send_id, events.c.occurred_at)
+        .select_from(events.join(ledger, ledger.c.id == events.c.send_id))
+        .where(
+            in_real_runs,
+            events.c.event.in_(["open", "click"]),
+            events.c.occurred_at.between(since, as_of),
+        )
+    ).all()
+    sent_per_day: dict[date, int] = defaultdict(int)
+    for sent_at in sent:
+        sent_per_day[sent_at.date()] += 1
+    engaged_per_day: dict[tuple[date, str], set[int]] = defaultdict(set)
+    for event, send_id, occurred_at in engaged:
+        engaged_per_day[(occurred_at.date(), event)].add(send_id)
+    return [
+        DayActivity(
+            day,
+            sent_per_day[day],
+            len(engaged_per_day[(day, "open")]),
+            len(engaged_per_day[(day, "click")]),
+        )
+        for day in (first_day + timedelta(days=i) for i in range(days))
+    ]
 
 
 def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
