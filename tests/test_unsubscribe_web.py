@@ -1,0 +1,161 @@
+"""Unsubscribe pages over real HTTP: confirm (GET), perform (POST), one-click, bad tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import Engine, func, insert, select
+
+from lifecycle import unsubscribe
+from lifecycle.config import Settings, load_settings
+from lifecycle.schema import send_ledger, suppressions
+from lifecycle.web.public import standalone_app
+from lifecycle.web.server import serve_in_thread
+
+EMAIL = "Ani.Petrosyan@Example.am"
+
+
+@pytest.fixture
+def settings(warehouse_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        home=tmp_path, warehouse_url=warehouse_url, unsubscribe_secret="test-secret-0123456789"
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    """The standalone app: same paths as in the email links (/lifecycle/unsubscribe/...)."""
+    with (
+        serve_in_thread(standalone_app(settings)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        yield http
+
+
+def path_of(settings: Settings, token: str) -> str:
+    return httpx.URL(unsubscribe.unsubscribe_url(settings, token)).path
+
+
+def strings(settings: Settings, locale: str) -> dict[str, str]:
+    path = settings.templates_dir / "_pages" / "unsubscribe" / f"{locale}.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def rows(engine: Engine) -> list[tuple[str, str, str, str]]:
+    with engine.connect() as conn:
+        result = conn.execute(
+            select(suppressions.c.email, suppressions.c.scope, suppressions.c.reason,
+                   suppressions.c.source)
+        )  # fmt: skip
+        return [tuple(r) for r in result]
+
+
+def add_ledger_row(engine: Engine, customer_id: int, locale: str | None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(send_ledger).values(
+                campaign_id="birthday",
+                occurrence_key="2026",
+                customer_id=customer_id,
+                run_id=1,
+                status="sent",
+                template="birthday",
+                email=EMAIL,
+                locale=locale,
+                planned_at=datetime.now(UTC),
+            )
+        )
+
+
+def test_get_shows_confirmation_and_changes_nothing(
+    client: httpx.Client, settings: Settings, engine: Engine
+) -> None:
+    token = unsubscribe.token_for(settings, 17, "birthday", EMAIL)
+    response = client.get(path_of(settings, token))
+
+    assert response.status_code == 200
+    assert strings(settings, "en")["confirm_heading"] in response.text
+    assert '<form method="post">' in response.text
+    assert EMAIL.lower() not in response.text  # masked: a forwarded link reveals little
+    assert rows(engine) == []
+
+
+def test_post_unsubscribes_once(client: httpx.Client, settings: Settings, engine: Engine) -> None:
+    path = path_of(settings, unsubscribe.token_for(settings, 17, "birthday", EMAIL))
+    first, second = client.post(path), client.post(path)
+
+    assert first.status_code == second.status_code == 200
+    assert strings(settings, "en")["done_heading"] in first.text
+    assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
+
+
+def test_one_click_post_works_without_the_page(
+    client: httpx.Client, settings: Settings, engine: Engine
+) -> None:
+    path = path_of(settings, unsubscribe.token_for(settings, 5, "feedback", EMAIL))
+    response = client.post(
+        path,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
+
+
+@pytest.mark.parametrize("locale", ["hy-AM", "ka", "en_GB"])
+def test_page_speaks_the_customers_language(
+    client: httpx.Client, settings: Settings, engine: Engine, locale: str
+) -> None:
+    add_ledger_row(engine, 23, locale)
+    language = locale[:2]
+    path = path_of(settings, unsubscribe.token_for(settings, 23, "birthday", EMAIL))
+
+    page, done = client.get(path), client.post(path)
+    assert f'<html lang="{language}">' in page.text
+    assert strings(settings, language)["confirm_heading"] in page.text
+    assert strings(settings, language)["done_heading"] in done.text
+
+
+def test_unknown_locale_falls_back_to_english(
+    client: httpx.Client, settings: Settings, engine: Engine
+) -> None:
+    add_ledger_row(engine, 24, "fr-FR")
+    path = path_of(settings, unsubscribe.token_for(settings, 24, "birthday", EMAIL))
+    assert '<html lang="en">' in client.get(path).text
+
+
+def tampered(token: str) -> str:
+    payload, signature = token.split(".")
+    flipped = "A" if signature[0] != "A" else "B"
+    return f"{payload}.{flipped}{signature[1:]}"
+
+
+def other_address(settings: Settings, token: str) -> str:
+    """The same signature on a payload naming someone else."""
+    good = unsubscribe.token_for(settings, 17, "birthday", "victim@example.com")
+    return f"{good.split('.')[0]}.{token.split('.')[1]}"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("kind", ["tampered", "foreign", "swapped-payload", "malformed"])
+def test_bad_tokens_get_400_and_change_nothing(
+    client: httpx.Client, settings: Settings, engine: Engine, method: str, kind: str
+) -> None:
+    token = unsubscribe.token_for(settings, 17, "birthday", EMAIL)
+    bad = {
+        "tampered": tampered(token),
+        "foreign": unsubscribe.make_token(b"another-secret", 17, "birthday", EMAIL),
+        "swapped-payload": other_address(settings, token),
+        "malformed": "not-a-token",
+    }[kind]
+    response = client.request(method, path_of(settings, bad))
+
+    assert response.status_code == 400
+    assert strings(settings, "en")["invalid_heading"] in response.text
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(suppressions)).scalar_one() == 0
