@@ -192,3 +192,56 @@ coupons = Table(
     Column("redeemed_at", UtcDateTime),
     UniqueConstraint("campaign_id", "customer_id", "occurrence_key"),
 )
+
+# --- customer features (issue 3) ----------------------------------------------------------
+# The latest snapshot of every customer's features, replaced by each `features.materialize`.
+customer_features = Table(
+    "customer_features",
+    marketing,
+    Column("customer_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("as_of", UtcDateTime, nullable=False),
+    Column("timezone", String(64), nullable=False),  # effective: "UTC" when unknown
+    Column("timezone_valid", Boolean, nullable=False),
+    Column("local_date", Date, nullable=False),
+    Column("email_valid", Boolean, nullable=False),
+    Column("email_reason", String(32)),  # missing_email, malformed_email
+    Column("signup_at", UtcDateTime, nullable=False),
+    Column("tenure_days", Integer, nullable=False),
+    Column("first_order_at", UtcDateTime),
+    Column("last_order_at", UtcDateTime),
+    Column("order_count", Integer, nullable=False),
+    Column("total_spend", Float, nullable=False),
+    Column("avg_spend", Float),
+    Column("days_since_last_order", Integer),
+    Column("delivered_orders_30d", Integer, nullable=False),
+    Column("loyalty_points", Integer, nullable=False),
+    Column("loyalty_tier", String(16)),
+    Column("birth_date", Date),
+    Column("next_birthday", Date),
+    Column("rfm_recency", Integer),
+    Column("rfm_frequency", Integer),
+    Column("rfm_monetary", Integer),
+    Column("rfm_score", String(3)),
+    Column("rfm_segment", String(32)),
+)
+
+# One row per materialized snapshot: when, how many customers, and what looked wrong.
+feature_snapshots = Table(
+    "feature_snapshots",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("as_of", UtcDateTime, nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("warnings", JSON, nullable=False),
+    Column("computed_at", UtcDateTime, nullable=False),
+)
+
+# Periods of constant UTC offset per IANA timezone (see lifecycle.localtime): SQLite has no
+# timezone support, so local dates are computed by joining this table on both backends.
+tz_offsets = Table(
+    "tz_offsets",
+    marketing,
+    Column("timezone", String(64), primary_key=True),
+    Column("starts_at", UtcDateTime, primary_key=True),
+    Column("offset_seconds", Integer, nullable=False),
+)
