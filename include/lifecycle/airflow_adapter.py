@@ -97,10 +97,12 @@ def warehouse_url(conn: Connection) -> str:
             port=conn.port or None,
             database=conn.schema or None,
         ).render_as_string(hide_password=False)
-    if conn.conn_type == "sqlite":
-        return f"sqlite:///{conn.host}"
+    if conn.conn_type == "sqlite" and (conn.host or conn.schema):
+        # The SQLite provider keeps the file path in host; the URI form puts it in schema.
+        return f"sqlite:///{conn.host or conn.schema}"
     raise ValueError(
-        f"connection {WAREHOUSE_CONN_ID!r} has type {conn.conn_type!r}: use postgres or sqlite, "
+        f"connection {WAREHOUSE_CONN_ID!r} (type {conn.conn_type!r}) names no database: use a "
+        "postgres connection, a sqlite one with the file path as host, "
         "or put a SQLAlchemy URL in its extra field 'sqlalchemy_url'"
     )
 
@@ -415,6 +417,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             ti.xcom_push(key="campaign_run_id", value=result.run_id)
             ti.xcom_push(key="planned", value=result.planned)
             ti.xcom_push(key="skipped", value=result.skipped)
+            ti.xcom_push(key="waiting", value=result.waiting)
             return [batch.to_dict() for batch in result.batches]
 
         @task(

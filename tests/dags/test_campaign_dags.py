@@ -1,0 +1,237 @@
+"""The shape of every campaign DAG, the trigger form, and the adapter's run-time inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+
+import pytest
+from airflow.sdk import AssetOrTimeSchedule, Connection, CronTriggerTimetable, TriggerRule
+from airflow.sdk.definitions.param import ParamsDict
+from airflow.sdk.exceptions import ParamValidationError
+
+from lifecycle import airflow_adapter as adapter
+from lifecycle.campaigns import load_campaigns
+from lifecycle.config import load_settings
+
+SPECS = load_campaigns(load_settings().campaigns_dir)
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def spec_and_dag(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    spec = SPECS[request.param]
+    return spec, adapter.build_campaign_dag(spec)
+
+
+def test_task_graph(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    _, dag = spec_and_dag
+    tasks = dag.task_dict
+    assert set(tasks) == {"preflight", "plan", "deliver", "finalize"}
+    assert tasks["plan"].upstream_task_ids == {"preflight"}
+    assert tasks["deliver"].upstream_task_ids == {"plan"}
+    assert {"deliver", "plan"} <= tasks["finalize"].upstream_task_ids
+    assert dag.leaves == [tasks["finalize"]]
+
+
+def test_deliver_is_mapped_over_batches_with_bounded_parallelism(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    deliver = dag.task_dict["deliver"]
+    assert deliver.is_mapped
+    assert deliver.max_active_tis_per_dagrun == spec.delivery.max_active_batches
+    assert "batch_label" in deliver.map_index_template
+
+
+def test_finalize_runs_after_an_empty_audience_and_announces_an_asset(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    finalize = dag.task_dict["finalize"]
+    assert finalize.trigger_rule == TriggerRule.NONE_FAILED
+    assert [a.uri for a in finalize.outlets] == [f"lifecycle://campaigns/{spec.id}"]
+
+
+def test_dag_settings_follow_the_spec(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    assert dag.dag_id == f"campaign_{spec.id}"
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert {"lifecycle", "campaign", *spec.tags} <= set(dag.tags)
+    assert spec.description in dag.doc_md
+    assert spec.template in dag.doc_md
+    for task in dag.tasks:
+        assert task.owner == spec.owner
+        assert task.retries >= 1 and task.retry_exponential_backoff
+        assert any(
+            isinstance(cb, adapter.CampaignFailureNotifier) for cb in task.on_failure_callback
+        )
+    assert set(dag.params) == set(adapter.TRIGGER_OPTIONS)
+
+
+def test_schedule_follows_the_spec(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    timetable = dag.timetable
+    if spec.schedule.cron and spec.schedule.after_features:
+        assert isinstance(timetable, AssetOrTimeSchedule)
+        timetable = timetable.timetable
+    if spec.schedule.cron:
+        assert isinstance(timetable, CronTriggerTimetable)
+        assert timetable.expression == spec.schedule.cron
+        assert str(timetable.timezone) == spec.schedule.timezone
+    if spec.schedule.after_features:
+        assets = dag.timetable.asset_condition.objects
+        assert [a.uri for a in assets] == [adapter.FEATURES_ASSET.uri]
+    if not spec.schedule.after_features:
+        assert not isinstance(dag.timetable, AssetOrTimeSchedule)
+
+
+def test_shipped_schedules_cover_cron_assets_and_both() -> None:
+    kinds = {(bool(s.schedule.cron), s.schedule.after_features) for s in SPECS.values()}
+    assert {(True, False), (False, True), (True, True)} <= kinds
+
+
+def test_features_dag_publishes_the_features_asset() -> None:
+    dag = adapter.build_features_dag()
+    (task,) = dag.tasks
+    assert [a.uri for a in task.outlets] == [adapter.FEATURES_ASSET.uri]
+    assert isinstance(dag.timetable, CronTriggerTimetable)
+
+
+# --- trigger form ---------------------------------------------------------------------------
+def _validated(conf: dict) -> dict:
+    params: ParamsDict = copy.deepcopy(adapter.build_campaign_dag(SPECS["birthday"]).params)
+    params.update(conf)
+    return params.validate()
+
+
+def test_trigger_form_accepts_a_full_conf() -> None:
+    conf = {
+        "dry_run": True,
+        "limit": 5,
+        "as_of": "2026-11-24T09:00:00Z",
+        "test_recipients": ["qa@lifecycle-demo.shop"],
+    }
+    assert _validated(conf) == conf
+    options = adapter.trigger_options(conf, conf)
+    assert options.as_of == datetime(2026, 11, 24, 9, tzinfo=UTC)
+    assert options.test_recipients == ("qa@lifecycle-demo.shop",)
+
+
+@pytest.mark.parametrize(
+    ("conf", "named"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"as_of": "tomorrow"}, "as_of"),
+        ({"dry_run": "yes"}, "dry_run"),
+        ({"test_recipients": ["not-an-address"]}, "test_recipients"),
+        ({"test_recipients": "qa@lifecycle-demo.shop"}, "test_recipients"),
+    ],
+)
+def test_trigger_form_rejects_bad_values_naming_the_field(conf: dict, named: str) -> None:
+    with pytest.raises(ParamValidationError, match=f"param {named}"):
+        _validated(conf)
+
+
+def test_unknown_trigger_option_is_refused_not_ignored() -> None:
+    """A typo must not turn a rehearsal into a real send."""
+    with pytest.raises(adapter.TriggerOptionError, match=r"dryrun.*dry_run"):
+        adapter.trigger_options({"dry_run": False}, {"dryrun": True})
+
+
+def test_as_of_in_the_task_is_checked_again_with_a_readable_message() -> None:
+    with pytest.raises(adapter.TriggerOptionError, match="2026-11-24T09:00:00Z"):
+        adapter.trigger_options({"as_of": "24/11/2026"}, {})
+
+
+# --- as-of resolution -----------------------------------------------------------------------
+SCHEDULED = datetime(2026, 11, 24, 10, 20, tzinfo=UTC)
+
+
+def test_as_of_from_the_form_wins() -> None:
+    options = adapter.TriggerOptions(as_of=datetime(2026, 1, 2, tzinfo=UTC))
+    events = [{"as_of": "2026-11-24T10:00:00+00:00"}]
+    assert adapter.resolve_as_of(options, events, SCHEDULED) == options.as_of
+
+
+def test_as_of_from_the_newest_features_snapshot() -> None:
+    events = [
+        {"as_of": "2026-11-24T08:00:00+00:00"},
+        {"as_of": "2026-11-24T09:00:00+04:00"},
+        {"row_count": 3},
+    ]
+    got = adapter.resolve_as_of(adapter.TriggerOptions(), events, SCHEDULED)
+    assert got == datetime(2026, 11, 24, 8, tzinfo=UTC)
+
+
+def test_as_of_defaults_to_the_scheduled_time() -> None:
+    assert adapter.resolve_as_of(adapter.TriggerOptions(), [], SCHEDULED) == SCHEDULED
+
+
+# --- connections ------------------------------------------------------------------------------
+def test_warehouse_url_from_a_postgres_connection() -> None:
+    conn = Connection(
+        conn_id="lifecycle_warehouse",
+        conn_type="postgres",
+        host="db",
+        port=5433,
+        login="mkt",
+        password="p@ss",
+        schema="warehouse",
+    )
+    url = adapter.warehouse_url(conn)
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    assert (parsed.drivername, parsed.host, parsed.port, parsed.database) == (
+        "postgresql+psycopg",
+        "db",
+        5433,
+        "warehouse",
+    )
+    assert parsed.password == "p@ss"
+
+
+def test_warehouse_url_from_sqlite_uri_and_extra() -> None:
+    conn = Connection.from_uri("sqlite:////data/wh.db", conn_id="lifecycle_warehouse")
+    assert adapter.warehouse_url(conn) == "sqlite:////data/wh.db"
+    conn = Connection(
+        conn_id="lifecycle_warehouse",
+        conn_type="generic",
+        extra=json.dumps({"sqlalchemy_url": "mysql://x/y"}),
+    )
+    assert adapter.warehouse_url(conn) == "mysql://x/y"
+
+
+def test_warehouse_connection_without_database_is_a_clear_error() -> None:
+    conn = Connection(conn_id="lifecycle_warehouse", conn_type="http", host="")
+    with pytest.raises(ValueError, match="lifecycle_warehouse"):
+        adapter.warehouse_url(conn)
+
+
+def test_runtime_settings_read_connections_and_keep_the_key_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", f"sqlite:///{tmp_path / 'wh.db'}")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SENDGRID_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "sendgrid",
+                "password": "SG.very-secret",
+                "host": "127.0.0.1",
+                "port": 8025,
+                "schema": "http",
+            }
+        ),
+    )
+    settings = adapter.runtime_settings()
+    assert settings.warehouse_url == f"sqlite:///{tmp_path / 'wh.db'}"
+    assert settings.sendgrid_api_key == "SG.very-secret"
+    assert settings.sendgrid_host == "http://127.0.0.1:8025"
+    assert "SG.very-secret" not in repr(settings)
+
+
+def test_runtime_settings_fall_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_SENDGRID_DEFAULT", raising=False)
+    monkeypatch.setenv("LIFECYCLE_WAREHOUSE_URL", "sqlite:////elsewhere/wh.db")
+    assert adapter.runtime_settings().warehouse_url == "sqlite:////elsewhere/wh.db"
