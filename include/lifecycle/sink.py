@@ -31,6 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
+from lifecycle import sink_suppressions
+
 STATE: web.AppKey[SinkState] = web.AppKey("sink_state")
 MAX_RECIPIENTS = 1000
 MAX_CUSTOM_ARGS_BYTES = 10_000
@@ -394,5 +396,5 @@ def run_sink_in_thread(
 
 def serve(port: int, host: str = "127.0.0.1", **options: Any) -> None:
     """Run a sink in the foreground until interrupted (the `lifecycle sink` command)."""
-    app = build_app(make_state(**options))
+    app = build_app(make_state(**options), extensions=[sink_suppressions.register])
     web.run_app(app, host=host, port=port, access_log=None, backlog=2048, print=None)
