@@ -7,6 +7,7 @@ every file and raises `SpecError` naming the file and the field at fault.
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import time
 from pathlib import Path
@@ -14,7 +15,16 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
 LOCALES = ("en", "hy", "ka")
@@ -52,8 +62,11 @@ class Schedule(_Model):
     @field_validator("cron")
     @classmethod
     def _cron_shape(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {value!r}")
+        if value is not None and (len(value.split()) != 5 or not croniter.is_valid(value)):
+            raise ValueError(
+                f"{value!r} is not a cron expression: it needs 5 fields "
+                "(minute hour day-of-month month weekday), e.g. '0 10 * * *' for 10:00 daily"
+            )
         return value
 
 
@@ -65,6 +78,14 @@ class FrequencyCap(_Model):
 class SendWindow(_Model):
     start: time = time(9, 0)
     end: time = time(20, 0)
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> SendWindow:
+        if self.start >= self.end:
+            raise ValueError(
+                f"the window must start before it ends, got {self.start:%H:%M}-{self.end:%H:%M}"
+            )
+        return self
 
 
 class Policies(_Model):
@@ -119,6 +140,15 @@ class CampaignSpec(_Model):
     coupon: Coupon | None = None
     source_path: Path | None = Field(None, exclude=True)
 
+    @field_validator("segment", mode="before")
+    @classmethod
+    def _segment_shape(cls, value: Any) -> Any:
+        if not isinstance(value, str | dict) or not value:
+            raise ValueError(
+                "give a segment name (e.g. birthday) or {use: <segment>, params: {...}}"
+            )
+        return value
+
     @property
     def dag_id(self) -> str:
         return f"campaign_{self.id}"
@@ -129,7 +159,25 @@ class CampaignSpec(_Model):
 
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    return f"field '{where}': {error['msg']}"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field" + _did_you_mean(error["loc"])
+    return f"field '{where}': {message}"
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """Suggest the known field a misspelt one was probably meant to be."""
+    model: Any = CampaignSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, _Model)), None)
+        if model is None:
+            return ""
+    known = [name for name in model.model_fields if name != "source_path"]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(known)}"
 
 
 def load_spec(path: Path) -> CampaignSpec:
@@ -146,8 +194,11 @@ def load_spec(path: Path) -> CampaignSpec:
         raise SpecError(f"{path}: {problems}") from None
     if spec.id != path.stem:
         raise SpecError(f"{path}: field 'id': {spec.id!r} must match the file name {path.stem!r}")
-    if not re.fullmatch(r"[a-z0-9_/{}]+", spec.template):
-        raise SpecError(f"{path}: field 'template': {spec.template!r} is not a template folder")
+    if not re.fullmatch(r"[a-z0-9_/]*(\{occurrence_key\}[a-z0-9_/]*)*", spec.template):
+        raise SpecError(
+            f"{path}: field 'template': {spec.template!r} is not a template folder "
+            "(lower-case letters, digits, _ and /, optionally {occurrence_key})"
+        )
     return spec
 
 
