@@ -1,0 +1,259 @@
+"""docker-compose.yml and the Dockerfile, checked by parsing them (no Docker engine here).
+
+`compose()` interpolates the file the way Docker Compose does (`$$`, `${VAR}`, `${VAR:-x}`,
+`${VAR:?msg}`), with a made-up .env, so the tests see what the containers would see.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from airflow.configuration import conf
+from airflow.models.connection import Connection
+
+from lifecycle.config import PROJECT_ROOT
+
+COMPOSE = PROJECT_ROOT / "docker-compose.yml"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+AIRFLOW_SERVICES = {
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-init",
+}
+LONG_RUNNING = {"postgres", "warehouse-db", "redis"} | AIRFLOW_SERVICES - {"airflow-init"}
+SECRETS = [
+    "AIRFLOW_DB_PASSWORD",
+    "WAREHOUSE_DB_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "LIFECYCLE_UNSUBSCRIBE_SECRET",
+]
+SHARED_SETTINGS = [
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__API__SECRET_KEY",
+    "LIFECYCLE_UNSUBSCRIBE_SECRET",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE",
+    "LIFECYCLE_WAREHOUSE_URL",
+]
+VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        op, arg = match.group(2), match.group(3)
+        value = env.get(name)
+        unset = value is None or (op is not None and op.startswith(":") and value == "")
+        if unset and op and op.endswith("?"):
+            raise MissingVariable(f"{name}: {arg}")
+        if unset and op and op.endswith("-"):
+            return arg
+        return value or ""
+
+    return VARIABLE.sub(replace, text)
+
+
+def compose(env: dict[str, str]) -> dict[str, Any]:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+
+
+@pytest.fixture(scope="module")
+def dotenv() -> dict[str, str]:
+    return {name: secrets.token_hex(16) for name in SECRETS}
+
+
+@pytest.fixture(scope="module")
+def services(dotenv: dict[str, str]) -> dict[str, Any]:
+    return compose(dotenv)["services"]
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    return {key: str(value) for key, value in (service.get("environment") or {}).items()}
+
+
+def test_has_every_service_of_the_official_celery_shape(services: dict[str, Any]) -> None:
+    assert set(services) == {"postgres", "warehouse-db", "redis"} | AIRFLOW_SERVICES
+    commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES}
+    assert commands["airflow-apiserver"] == "api-server"
+    assert commands["airflow-scheduler"] == "scheduler"
+    assert commands["airflow-dag-processor"] == "dag-processor"
+    assert commands["airflow-triggerer"] == "triggerer"
+    assert commands["airflow-worker"] == "celery worker"
+    for name in AIRFLOW_SERVICES:
+        env = env_of(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert sa.make_url(env["AIRFLOW__CELERY__BROKER_URL"]).host == "redis", name
+
+
+def test_every_secret_is_required_from_the_environment(dotenv: dict[str, str]) -> None:
+    for name in SECRETS:
+        with pytest.raises(MissingVariable, match=name):
+            compose({k: v for k, v in dotenv.items() if k != name})
+        with pytest.raises(MissingVariable, match=name):
+            compose({**dotenv, name: ""})
+
+
+def test_no_secret_value_is_written_in_the_file() -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())
+    secretish = re.compile(r"SECRET|PASSWORD$|FERNET|_KEY$")
+    for name, service in raw["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if secretish.search(key):
+                assert re.fullmatch(r"\$\{\w+(:\?[^}]*|:-)?\}", str(value)), (name, key, value)
+    # Any password inside a URL or a connection comes from a variable as well.
+    placeholders = {name: f"<{name}>" for name in SECRETS}
+    for name, service in compose(placeholders)["services"].items():
+        for key, value in env_of(service).items():
+            for password in re.findall(r"//[^:/@\s]*:([^@]+)@", value):
+                assert password in placeholders.values(), (name, key)
+            if key.startswith("AIRFLOW_CONN_"):
+                password = json.loads(value).get("password", "")
+                assert password in [*placeholders.values(), ""], (name, key)
+
+
+def test_airflow_components_share_secrets_and_databases(
+    services: dict[str, Any], dotenv: dict[str, str]
+) -> None:
+    envs = {name: env_of(services[name]) for name in AIRFLOW_SERVICES}
+    for setting in SHARED_SETTINGS:
+        values = {name: env.get(setting) for name, env in envs.items()}
+        assert len(set(values.values())) == 1 and None not in values.values(), (setting, values)
+    env = envs["airflow-apiserver"]
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == dotenv["AIRFLOW_FERNET_KEY"]
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == dotenv["AIRFLOW_JWT_SECRET"]
+    assert env["AIRFLOW__API__SECRET_KEY"] == dotenv["AIRFLOW_API_SECRET_KEY"]
+    assert env["LIFECYCLE_UNSUBSCRIBE_SECRET"] == dotenv["LIFECYCLE_UNSUBSCRIBE_SECRET"]
+
+
+def test_workers_reach_the_execution_api_on_the_apiserver(services: dict[str, Any]) -> None:
+    api = services["airflow-apiserver"]
+    assert any(str(port).endswith(":8080") for port in api["ports"])
+    for name in AIRFLOW_SERVICES:
+        url = env_of(services[name])["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
+        assert url == "http://airflow-apiserver:8080/execution/", name
+
+
+def test_airflow_settings_are_real_airflow_options(services: dict[str, Any]) -> None:
+    """A typo in AIRFLOW__SECTION__KEY is silently ignored by Airflow: catch it here."""
+    options = conf.configuration_description
+    for name in AIRFLOW_SERVICES:
+        for key in env_of(services[name]):
+            if key.startswith("AIRFLOW__"):
+                section, option = key.removeprefix("AIRFLOW__").lower().split("__", 1)
+                assert option in options.get(section, {}).get("options", {}), (name, key)
+
+
+def test_warehouse_is_a_separate_database_reached_by_the_connection_and_the_cli(
+    services: dict[str, Any], dotenv: dict[str, str]
+) -> None:
+    env = env_of(services["airflow-worker"])
+    metadata = sa.make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    cli_url = sa.make_url(env["LIFECYCLE_WAREHOUSE_URL"])
+    conn = Connection.from_json(env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"], conn_id="w")
+
+    assert metadata.host == "postgres"
+    assert cli_url.host == conn.host == "warehouse-db"
+    assert (cli_url.username, cli_url.password, cli_url.database, cli_url.port or 5432) == (
+        conn.login,
+        conn.password,
+        conn.schema,
+        conn.port,
+    )
+    assert cli_url.password == dotenv["WAREHOUSE_DB_PASSWORD"]
+    assert cli_url.get_driver_name() == "psycopg"
+    assert conn.conn_type == "postgres"
+
+    metadata_db, warehouse_db = services["postgres"], services["warehouse-db"]
+    assert metadata_db["environment"]["POSTGRES_DB"] == metadata.database
+    assert warehouse_db["environment"]["POSTGRES_DB"] == cli_url.database
+    assert warehouse_db["environment"]["POSTGRES_USER"] == cli_url.username
+    assert warehouse_db["environment"]["POSTGRES_PASSWORD"] == cli_url.password
+    assert metadata_db["environment"]["POSTGRES_PASSWORD"] == metadata.password
+    assert metadata_db["volumes"] != warehouse_db["volumes"]
+
+    sendgrid = Connection.from_json(env["AIRFLOW_CONN_SENDGRID_DEFAULT"], conn_id="s")
+    assert sendgrid.conn_type == "sendgrid"
+
+
+def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        assert services[name]["healthcheck"]["test"], name
+    for name in AIRFLOW_SERVICES:
+        depends = services[name]["depends_on"]
+        for db in ("postgres", "warehouse-db", "redis"):
+            assert depends[db]["condition"] == "service_healthy", (name, db)
+        if name != "airflow-init":
+            assert depends["airflow-init"]["condition"] == "service_completed_successfully"
+    worker = services["airflow-worker"]["depends_on"]
+    assert worker["airflow-apiserver"]["condition"] == "service_healthy"
+
+
+def test_init_migrates_both_databases_and_sets_the_admin_password(
+    services: dict[str, Any], dotenv: dict[str, str]
+) -> None:
+    init = services["airflow-init"]
+    script = "\n".join(init["command"])
+    assert script.index("airflow db migrate") < script.index("lifecycle db upgrade")
+    env = env_of(init)
+    assert env["AIRFLOW_ADMIN_PASSWORD"] == dotenv["AIRFLOW_ADMIN_PASSWORD"]
+    assert "AIRFLOW_ADMIN_PASSWORD" not in env_of(services["airflow-apiserver"])
+    password_file = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    assert "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}" in script
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    shared = [
+        {v for v in services[name]["volumes"] if v.endswith(f":{password_file.parent}")}
+        for name in ("airflow-init", "airflow-apiserver")
+    ]
+    assert shared[0] and shared[0] == shared[1]
+
+
+def test_every_airflow_service_runs_the_image_built_from_this_repo(
+    services: dict[str, Any],
+) -> None:
+    images = {services[name]["image"] for name in AIRFLOW_SERVICES}
+    assert len(images) == 1
+    for name in AIRFLOW_SERVICES:
+        build = services[name]["build"]
+        assert (PROJECT_ROOT / build["context"]).resolve() == PROJECT_ROOT
+        assert (PROJECT_ROOT / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_dockerfile_installs_the_lock_on_the_locked_airflow_version() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    locked = re.search(
+        r"^apache-airflow==(\S+)$", (PROJECT_ROOT / "requirements.txt").read_text(), re.M
+    )
+    assert locked
+    assert re.search(rf"^FROM apache/airflow:{re.escape(locked[1])}-python3\.11$", dockerfile, re.M)
+    assert "pip install --no-cache-dir -r /opt/lifecycle/requirements.txt" in dockerfile
+    assert "pip install --no-cache-dir --no-deps -e /opt/lifecycle" in dockerfile
+    for folder in ("dags", "plugins"):
+        assert f"=/opt/lifecycle/{folder}" in dockerfile
+        assert (PROJECT_ROOT / folder).is_dir()
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image() -> None:
+    ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
+    for entry in (".env", ".venv", ".local", ".git"):
+        assert entry in ignored
