@@ -49,7 +49,10 @@ class _Context:
     @cached_property
     def public_key(self) -> ec.EllipticCurvePublicKey | None:
         key = self.settings.sendgrid_webhook_public_key
-        return events.load_public_key(key) if key else None
+        if not key:
+            log.warning("no SendGrid webhook public key configured: accepting unsigned events")
+            return None
+        return events.load_public_key(key)
 
     @cached_property
     def pages(self) -> Environment:
