@@ -1,0 +1,227 @@
+"""The leadership dashboard: what each campaign did for retention, on one page.
+
+Served by the Airflow plugin at /campaigns behind Airflow's own login (the "Campaigns" entry
+in Airflow's navigation shows it in an iframe). `create_app(require_login=False)` serves the
+same page without Airflow, for tests and local previews:
+`uvicorn --factory lifecycle.web.dashboard:local_app`.
+
+Routes (relative to the mount point): `/` the page, `/report.json`, and CSV exports
+`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`. Every route takes
+`campaign` (one campaign only) and `days` (conversion window, default 7).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from lifecycle import reporting, warehouse
+from lifecycle.config import Settings, load_settings
+from lifecycle.web import charts
+
+log = logging.getLogger(__name__)
+PAGES = Path(__file__).with_name("static")
+EXPORTS: dict[str, Callable[[reporting.Report], str]] = {
+    "runs": reporting.runs_csv,
+    "retention": reporting.retention_csv,
+    "cohorts": reporting.cohorts_csv,
+}
+STEP_LABELS = {
+    "audience": "Audience",
+    "planned": "Passed the policies",
+    "sent": "Sent",
+    "delivered": "Delivered",
+    "opened": "Opened",
+    "clicked": "Clicked",
+}
+PROBLEM_LABELS = {
+    "failed": "Failed to send",
+    "bounced": "Bounced",
+    "unsubscribed": "Unsubscribed",
+    "spam_reports": "Marked as spam",
+}
+
+# Query parameters every route takes (module level: FastAPI resolves them by name).
+Campaign = Annotated[str | None, Query(max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+Days = Annotated[int, Query(ge=1, le=90, description="conversion window in days")]
+
+
+def warehouse_settings() -> Settings:
+    """Inside Airflow the `lifecycle_warehouse` connection wins; elsewhere the environment."""
+    try:
+        from lifecycle.airflow_adapter import runtime_settings
+    except ImportError:
+        return load_settings()
+    return runtime_settings()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    require_login: bool = True,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> FastAPI:
+    """The dashboard app. `require_login` puts every route behind Airflow's authentication
+    (the UI's cookie or a Bearer token), which only works inside the Airflow API server."""
+    dependencies = []
+    if require_login:
+        from airflow.api_fastapi.core_api.security import requires_authenticated
+
+        dependencies.append(Depends(requires_authenticated()))
+    app = FastAPI(
+        title="Lifecycle campaigns", docs_url=None, redoc_url=None, dependencies=dependencies
+    )
+    pages = Environment(loader=FileSystemLoader(PAGES), autoescape=select_autoescape(default=True))
+    pages.filters.update(number=_number, percent=_percent, money=_money, points=_points)
+
+    def report(campaign: str | None, days: int) -> reporting.Report:
+        current = settings or warehouse_settings()
+        engine = warehouse.engine_for(current.warehouse_url)
+        return reporting.build_report(
+            engine, current, as_of=clock(), campaign_id=campaign, conversion_days=days
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(campaign: Campaign = None, days: Days = 7) -> HTMLResponse:
+        # The full list of campaigns for the filter, whatever is selected.
+        built = report(None, days)
+        shown = built if campaign is None else report(campaign, days)
+        html = pages.get_template("dashboard.html").render(
+            **view(shown), campaigns=[c.campaign_id for c in built.campaigns], selected=campaign
+        )
+        return HTMLResponse(html)
+
+    @app.get("/report.json")
+    def report_json(campaign: Campaign = None, days: Days = 7) -> dict[str, Any]:
+        return report(campaign, days).to_dict()
+
+    @app.get("/export/{name}.csv")
+    def export(name: str, campaign: Campaign = None, days: Days = 7) -> Response:
+        if name not in EXPORTS:
+            return Response(f"unknown export {name!r}; use one of {sorted(EXPORTS)}", 404)
+        body = EXPORTS[name](report(campaign, days))
+        stamp = f"{clock():%Y%m%d}"
+        headers = {"Content-Disposition": f'attachment; filename="lifecycle-{name}-{stamp}.csv"'}
+        return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
+
+    return app
+
+
+def local_app() -> FastAPI:
+    """For `uvicorn --factory`: the dashboard without Airflow's login, on the local warehouse."""
+    return create_app(load_settings(), require_login=False)
+
+
+# --- the page's data ----------------------------------------------------------------------
+def view(report: reporting.Report) -> dict[str, Any]:
+    """Everything the template shows, already computed."""
+    total = report.total
+    last_month = report.months[-1] if report.months else None
+    return {
+        "report": report,
+        "total": total,
+        "last_month": last_month,
+        "funnels": [_funnel(c.campaign_id, c.performance) for c in report.campaigns],
+        "uplifts": [
+            (c.campaign_id, c.performance.uplift)
+            for c in report.campaigns
+            if c.performance.uplift.holdout
+        ],
+        "uplift_chart": _uplift_chart(report),
+        "activity_chart": charts.line_chart(
+            "Emails per day",
+            [f"{d.day:%b %d}" for d in report.days],
+            {
+                "Sent": [d.sent for d in report.days],
+                "Opened": [d.opened for d in report.days],
+                "Clicked": [d.clicked for d in report.days],
+            },
+        ),
+        "retention_chart": charts.line_chart(
+            "Retention by month",
+            [f"{m.month:%b %y}" for m in report.months],
+            {
+                "Customer retention rate": [m.crr for m in report.months],
+                "Churn rate": [m.churn_rate for m in report.months],
+                "Repeat purchase rate": [m.repeat_purchase_rate for m in report.months],
+            },
+            fmt=lambda v: f"{v:.0f}%",
+        ),
+        "revenue_chart": charts.bar_chart(
+            "Revenue by month",
+            [f"{m.month:%b %y}" for m in report.months],
+            {"Revenue": [m.revenue for m in report.months]},
+            fmt=_compact_money,
+        ),
+        "ltv_chart": charts.bar_chart(
+            "Average lifetime value by signup month",
+            [f"{c.cohort:%b %y}" for c in report.cohorts[-18:]],
+            {"Average lifetime value": [c.average_ltv for c in report.cohorts[-18:]]},
+            fmt=_compact_money,
+        ),
+        "recent_runs": report.runs[:25],
+    }
+
+
+def _funnel(campaign_id: str, perf: reporting.Performance) -> dict[str, Any]:
+    top = perf.funnel["audience"] or 1
+    steps = [
+        {
+            "key": key,
+            "label": label,
+            "count": perf.funnel[key],
+            "share": perf.funnel[key] / top,
+        }
+        for key, label in STEP_LABELS.items()
+    ]
+    problems = [
+        {"key": key, "label": label, "count": perf.funnel[key]}
+        for key, label in PROBLEM_LABELS.items()
+    ]
+    return {
+        "campaign_id": campaign_id,
+        "steps": steps,
+        "problems": problems,
+        "skipped": sorted(perf.skipped.items(), key=lambda item: -item[1]),
+        "conversions": perf.conversions,
+        "revenue": perf.revenue,
+    }
+
+
+def _uplift_chart(report: reporting.Report) -> charts.Markup | None:
+    rows = []
+    for campaign in report.campaigns:
+        uplift = campaign.performance.uplift
+        if uplift.interval is not None and uplift.difference is not None:
+            rows.append((campaign.campaign_id, uplift.difference, *uplift.interval))
+    return charts.interval_chart(rows) if rows else None
+
+
+# --- formatting ---------------------------------------------------------------------------
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _percent(value: float | None, digits: int = 1) -> str:
+    """A proportion (0.25) as '25.0%'."""
+    return "—" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _money(value: float | None) -> str:
+    return "—" if value is None else f"${value:,.2f}" if value < 10_000 else f"${value:,.0f}"
+
+
+def _compact_money(value: float) -> str:
+    return f"${value / 1000:,.0f}k" if value >= 10_000 else f"${value:,.0f}"
+
+
+def _points(value: float | None) -> str:
+    """A difference of proportions as percentage points."""
+    return "—" if value is None else f"{value * 100:+.1f} pts"
