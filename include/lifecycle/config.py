@@ -32,6 +32,8 @@ class Settings:
     # Signed Event Webhook: base64 DER public key (not a secret); None accepts unsigned posts.
     sendgrid_webhook_public_key: str | None = None
     webhook_max_age_seconds: int = 600  # replay window for signed webhook timestamps
+    # mailto target of the List-Unsubscribe header (RFC 2369), next to the one-click https URL
+    unsubscribe_mailbox: str = "unsubscribe@lifecycle-demo.shop"
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
 
@@ -63,6 +65,9 @@ def load_settings(**overrides: object) -> Settings:
         ),
         "sendgrid_webhook_public_key": _env("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"),
         "webhook_max_age_seconds": int(_env("LIFECYCLE_WEBHOOK_MAX_AGE_SECONDS", "600")),
+        "unsubscribe_mailbox": _env(
+            "LIFECYCLE_UNSUBSCRIBE_MAILBOX", "unsubscribe@lifecycle-demo.shop"
+        ),
         "sendgrid_api_key": _env("SENDGRID_API_KEY"),
         "unsubscribe_secret": _env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
     }
