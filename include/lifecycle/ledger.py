@@ -295,7 +295,7 @@ def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: dat
         .where(
             L.c.id == bindparam("b_id"),
             L.c.claimed_by == attempt,
-            L.c.status.in_(("sending", "unknown")),
+            or_(L.c.status == "sending", L.c.status == "unknown"),  # no IN with executemany
         )
         .values(
             status=bindparam("b_status"),

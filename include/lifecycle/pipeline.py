@@ -171,7 +171,7 @@ def _ledger_rows(
         strict=True,
     ):
         key = str(record["occurrence_key"])
-        sending = reason is None
+        sending = not isinstance(reason, str)
         rows.append(
             {
                 "campaign_id": spec.id,
@@ -179,7 +179,7 @@ def _ledger_rows(
                 "customer_id": int(record["customer_id"]),
                 "run_id": run_id,
                 "status": "planned" if sending else "skipped",
-                "reason": reason,
+                "reason": None if sending else reason,
                 "template": spec.template_for(key),
                 "email": record["email"] if isinstance(record["email"], str) else None,
                 "locale": record["locale"] if isinstance(record["locale"], str) else None,

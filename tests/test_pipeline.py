@@ -1,0 +1,376 @@
+"""A campaign run end to end on both backends: plan → deliver → finalize against the sink."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, insert, select
+
+from lifecycle import ledger, pipeline, segments
+from lifecycle.campaigns import CampaignSpec
+from lifecycle.config import Settings, load_settings
+from lifecycle.delivery import DeliveryStopped
+from lifecycle.schema import campaign_runs, customers, send_ledger, suppressions
+from lifecycle.sink import SinkHandle, run_sink_in_thread
+
+KEY = "SG.pipeline-test-key-do-not-leak"
+AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # 16:00 in Yerevan, 04:00 in Los Angeles
+
+
+@pytest.fixture
+def sink() -> Iterator[SinkHandle]:
+    with run_sink_in_thread(api_keys=[KEY], reset_after_s=0) as handle:
+        yield handle
+
+
+@pytest.fixture
+def settings(warehouse_url: str, sink: SinkHandle, tmp_path: Path) -> Settings:
+    return load_settings(
+        home=tmp_path,
+        warehouse_url=warehouse_url,
+        transport="sendgrid",
+        sendgrid_api_key=KEY,
+        sendgrid_host=sink.url,
+        unsubscribe_secret="pipeline-test-unsubscribe-secret",
+    )
+
+
+def make_spec(**changes: Any) -> CampaignSpec:
+    raw: dict[str, Any] = {
+        "id": "onboarding",
+        "description": "welcome series",
+        "segment": "onboarding",
+        "template": "onboarding/{occurrence_key}",
+        "occurrence_key": "onboarding_step",
+        "sender": {"email": "hello@shop.example", "name": "Shop"},
+        "policies": {"frequency_cap": {"max_emails": 3, "days": 7}, "holdout_percent": 0},
+        "delivery": {"rate_per_second": 2000, "concurrency": 16, "batch_size": 25},
+    }
+    for key, value in changes.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    return CampaignSpec.model_validate(raw)
+
+
+def add_customers(engine: Engine, count: int, start: int = 1, **overrides: Any) -> list[int]:
+    """New customers who signed up an hour before AS_OF (so onboarding day 0 is due)."""
+    locales = ["en", "hy", "ka"]
+    rows = [
+        {
+            "id": i,
+            "email": f"customer{i}@example.am",
+            "first_name": f"Name{i}",
+            "last_name": "Test",
+            "locale": locales[i % 3],
+            "timezone": "Asia/Yerevan",
+            "signup_at": AS_OF - timedelta(hours=1),
+            "marketing_consent": True,
+            **overrides,
+        }
+        for i in range(start, start + count)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(customers), rows)
+    return [row["id"] for row in rows]
+
+
+def ledger_rows(engine: Engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(select(send_ledger).order_by(send_ledger.c.id)).mappings())
+
+
+def run(engine: Engine, spec: CampaignSpec, settings: Settings, as_of: datetime = AS_OF) -> dict:
+    return pipeline.run_campaign(engine, spec, settings, as_of=as_of)
+
+
+def received_by_customer(sink: SinkHandle) -> dict[int, int]:
+    counts = sink.state.recipients()
+    return {int(email.removeprefix("customer").split("@")[0]): n for email, n in counts.items()}
+
+
+def test_every_planned_customer_gets_one_email_and_a_rerun_sends_none(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 60)
+    spec = make_spec()
+    first = run(engine, spec, settings)
+    second = run(engine, spec, settings)
+    again = pipeline.run_campaign(engine, spec, settings, as_of=AS_OF, run_key="another-key")
+
+    assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+    assert first["sent"] == len(ids) and first["planned"] == len(ids)
+    assert second["run_id"] == first["run_id"] and second["sent"] == len(ids)
+    assert again["planned"] == 0 and again["sent"] == 0
+    rows = ledger_rows(engine)
+    assert len(rows) == len(ids)
+    assert set(rows["status"]) == {"sent"}
+    stored = {m["custom_args"]["send_id"]: m["message_id"] for m in sink.state.snapshot()}
+    assert dict(zip(rows["id"].astype(str), rows["message_id"], strict=True)) == stored
+    with engine.connect() as conn:
+        run_row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == first["run_id"]))
+        assert run_row.one().status == "success"
+
+
+def test_policies_skip_with_reasons_and_nobody_skipped_gets_mail(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 40)
+    no_consent = add_customers(engine, 3, start=100, marketing_consent=False)
+    late = add_customers(engine, 2, start=200, timezone="America/Los_Angeles")
+    reachable = pd.Series([*ids[1:], *late])
+    held = set(reachable[segments.holdout_mask(reachable, "onboarding", 30).to_numpy()])
+    suppressed_id = ids[0]
+    capped_id = next(i for i in ids[1:] if i not in held)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(suppressions),
+            [
+                {
+                    "email": f"customer{suppressed_id}@example.am",
+                    "scope": "global",
+                    "reason": "unsubscribe",
+                    "source": "link",
+                    "created_at": AS_OF - timedelta(days=30),
+                }
+            ],
+        )
+        conn.execute(
+            insert(send_ledger),
+            [
+                {
+                    "campaign_id": "other",
+                    "occurrence_key": "x",
+                    "customer_id": capped_id,
+                    "run_id": 0,
+                    "status": "sent",
+                    "template": "other",
+                    "planned_at": AS_OF - timedelta(days=2),
+                    "sent_at": AS_OF - timedelta(days=2),
+                }
+            ],
+        )
+    spec = make_spec(
+        policies={"holdout_percent": 30, "frequency_cap": {"max_emails": 1, "days": 7}}
+    )
+    counts = run(engine, spec, settings)
+
+    rows = ledger_rows(engine).query("campaign_id == 'onboarding'").set_index("customer_id")
+    assert held - set(late)  # the data exercises the holdout
+    expected = {suppressed_id: "suppressed", capped_id: "frequency_cap"}
+    expected |= dict.fromkeys(no_consent, "no_consent") | dict.fromkeys(held, "holdout")
+    skipped = rows[rows["status"] == "skipped"]["reason"].to_dict()
+    assert skipped == expected
+    assert counts["skipped"] == pd.Series(expected).value_counts().to_dict()
+
+    late = [i for i in late if i not in held]
+    assert late and set(rows.loc[late, "status"]) == {"planned"}
+    opens = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)  # 09:00 in Los Angeles
+    assert set(rows.loc[late, "send_after"]) == {opens}
+    assert counts["waiting"] == len(late)
+
+    received = received_by_customer(sink)
+    should_get = set(ids) - set(expected)
+    assert received == dict.fromkeys(should_get, 1)
+
+    later = run(engine, spec, settings, as_of=opens + timedelta(minutes=5))
+    assert later["sent"] == len(late)
+    assert received_by_customer(sink) == dict.fromkeys(should_get | set(late), 1)
+
+
+def test_window_rows_expire_after_the_next_local_day(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    late = add_customers(engine, 2, timezone="America/Los_Angeles")
+    spec = make_spec()
+    run(engine, spec, settings)
+    much_later = AS_OF + timedelta(days=2)  # after the end of the next local day; not day 3 yet
+    counts = pipeline.run_campaign(engine, spec, settings, as_of=much_later)
+    rows = ledger_rows(engine)
+    assert set(rows["reason"]) == {"expired"} and len(rows) == len(late)
+    assert counts["sent"] == 0
+    assert sink.state.snapshot() == []
+
+
+def test_exactly_once_under_injected_faults(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 120)
+    sink.state.faults.update({"rate_429": 0.1, "rate_5xx": 0.1})
+    counts = run(engine, make_spec(), settings)
+    assert sink.state.stats["429"] > 0 and sink.state.stats["500"] + sink.state.stats["503"] > 0
+    # retries that ran out are failed+retryable and re-planned by the next run
+    sink.state.faults.update({"rate_429": 0, "rate_5xx": 0})
+    run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=30))
+    assert counts["unknown"] == 0
+    assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+    assert set(ledger_rows(engine)["status"]) == {"sent"}
+
+
+def test_dropped_connections_are_reported_then_requeued_by_a_human(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 50)
+    sink.state.faults.update({"fail_next": ["drop", "drop", "drop"]})
+    counts = run(engine, make_spec(), settings)
+    assert counts["unknown"] == 3 and counts["sent"] == len(ids) - 3
+    received = received_by_customer(sink)
+    assert set(received.values()) == {1} and len(received) == len(ids) - 3
+
+    # A later run does not touch them: their fate is unknown.
+    later = AS_OF + timedelta(minutes=30)
+    assert run(engine, make_spec(), settings, as_of=later)["sent"] == 0
+    # The operator checked SendGrid's activity feed: they never arrived.
+    with engine.begin() as conn:
+        assert ledger.requeue_unknown(conn, "onboarding") == 3
+    run(engine, make_spec(), settings, as_of=later + timedelta(minutes=30))
+    assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+
+
+DELIVER_SCRIPT = """
+import json, sys
+from lifecycle import pipeline, warehouse
+from lifecycle.campaigns import CampaignSpec
+from lifecycle.config import load_settings
+settings = load_settings()
+spec = CampaignSpec.model_validate_json(sys.argv[1])
+batch = pipeline.Batch.from_dict(json.loads(sys.argv[3]))
+engine = warehouse.make_engine(settings.warehouse_url)
+pipeline.deliver(engine, spec, settings, run_id=int(sys.argv[2]), batch=batch, attempt="doomed")
+"""
+
+
+def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
+    engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
+) -> None:
+    ids = add_customers(engine, 300)
+    spec = make_spec(delivery={"batch_size": 1000, "concurrency": 8})
+    planned = pipeline.plan(engine, spec, settings, run_key="kill", as_of=AS_OF)
+    (batch,) = planned.batches
+    sink.state.faults.update({"latency_ms": 40})
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(tmp_path),
+        "LIFECYCLE_WAREHOUSE_URL": warehouse_url,
+        "LIFECYCLE_TRANSPORT": "sendgrid",
+        "SENDGRID_API_KEY": KEY,
+        "LIFECYCLE_SENDGRID_HOST": sink.url,
+        "LIFECYCLE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret or "",
+    }
+    args = [spec.model_dump_json(), str(planned.run_id), json.dumps(batch.to_dict())]
+    child = subprocess.Popen([sys.executable, "-c", DELIVER_SCRIPT, *args], env=env)
+    deadline = time.monotonic() + 120
+    while len(sink.state.snapshot()) < 60 and child.poll() is None:
+        assert time.monotonic() < deadline, "the delivery subprocess made no progress"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    time.sleep(0.2)  # requests already in flight land at the sink: the "unknown" case
+
+    result = pipeline.deliver(
+        engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="rescue"
+    )
+    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+
+    rows = ledger_rows(engine).set_index("id")
+    unknown = set(rows.index[rows["status"] == "unknown"])
+    assert result.interrupted == len(unknown) > 0
+    assert counts["unknown"] == len(unknown) and counts["sent"] == len(ids) - len(unknown)
+    received = {int(k): n for k, n in sink.state.send_ids().items()}
+    assert set(received.values()) == {1}  # nobody twice
+    sent = set(rows.index[rows["status"] == "sent"])
+    assert sent <= set(received)  # every recorded send arrived
+    assert set(received) <= sent | unknown  # only unknown rows may have arrived unrecorded
+    assert sent | unknown == set(rows.index)  # everyone else was sent by the rerun
+
+
+def test_bad_key_stops_the_run_and_leaves_rows_planned(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 30)
+    wrong = load_settings(**{**settings.__dict__, "sendgrid_api_key": "SG.wrong"})
+    with pytest.raises(DeliveryStopped, match="401"):
+        run(engine, make_spec(), wrong)
+    rows = ledger_rows(engine)
+    assert set(rows["status"]) == {"planned"}
+    assert rows["attempts"].max() == 0
+    assert sink.state.snapshot() == []
+
+
+def test_api_key_never_in_logs_or_the_ledger(
+    engine: Engine, settings: Settings, sink: SinkHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    add_customers(engine, 20)
+    sink.state.faults.update({"fail_next": ["429", "500", "drop"]})
+    run(engine, make_spec(), settings)
+    with engine.connect() as conn:
+        dump = repr(conn.execute(select(send_ledger)).all())
+        dump += repr(conn.execute(select(campaign_runs)).all())
+    assert "customer1@example.am" in dump  # the dump is real
+    assert KEY not in dump
+    assert KEY not in caplog.text
+    assert KEY not in repr(settings) and KEY not in repr(
+        pipeline.make_transport(settings, make_spec())
+    )
+
+
+def test_dry_run_writes_no_ledger_rows(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 10)
+    add_customers(engine, 2, start=50, marketing_consent=False)
+    counts = pipeline.run_campaign(engine, make_spec(), settings, as_of=AS_OF, dry_run=True)
+    assert counts["planned"] == 10 and counts["skipped"] == {"no_consent": 2}
+    assert ledger_rows(engine).empty
+    assert sink.state.snapshot() == []
+
+
+def test_limit_plans_at_most_n(engine: Engine, settings: Settings, sink: SinkHandle) -> None:
+    add_customers(engine, 30)
+    counts = pipeline.run_campaign(engine, make_spec(), settings, as_of=AS_OF, limit=7)
+    assert counts["sent"] == 7 and len(sink.state.snapshot()) == 7
+
+
+def test_batches_cover_due_rows_and_stay_under_the_map_limit(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_customers(engine, 57)
+    add_customers(engine, 3, start=500, timezone="America/Los_Angeles")
+    spec = make_spec(delivery={"batch_size": 10})
+    result = pipeline.plan(engine, spec, settings, run_key="b", as_of=AS_OF)
+    assert [b.size for b in result.batches] == [10, 10, 10, 10, 10, 7]
+    rows = ledger_rows(engine)
+    due = rows[rows["send_after"] <= AS_OF]["id"]
+    covered = [i for b in result.batches for i in due if b.first_id <= i <= b.last_id]
+    assert sorted(covered) == sorted(due)
+    assert result.waiting == 3 and result.planned == 60
+    assert pipeline.Batch.from_dict(result.batches[0].to_dict()) == result.batches[0]
+
+    monkeypatch.setattr(pipeline, "MAX_BATCHES", 4)
+    again = pipeline.plan(engine, spec, settings, run_key="b", as_of=AS_OF)
+    assert len(again.batches) <= 4 and sum(b.size for b in again.batches) == 57
+    assert again.run_id == result.run_id
+
+
+def test_outbox_transport_writes_one_eml_per_send(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    ids = add_customers(engine, 12)
+    outbox = load_settings(**{**settings.__dict__, "transport": "outbox"})
+    counts = run(engine, make_spec(), outbox)
+    files = sorted((tmp_path / "outbox" / "onboarding").glob("*.eml"))
+    assert counts["sent"] == len(ids) == len(files)
+    rows = ledger_rows(engine)
+    assert sorted(f"{i}.eml" for i in rows["id"]) == sorted(f.name for f in files)
+    assert rows["message_id"].notna().all()
