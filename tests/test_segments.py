@@ -2,54 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from source_rows import add_customer, add_order, utc
+from sqlalchemy import Engine, func, select
 
 from lifecycle import schema, segments
 from lifecycle.campaigns import CampaignSpec
 from lifecycle.config import Settings, load_settings
-
-
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
-
-
-def add_customer(engine: Engine, customer_id: int, **values: Any) -> None:
-    row = {
-        "id": customer_id,
-        "email": f"c{customer_id}@example.com",
-        "first_name": f"First{customer_id}",
-        "last_name": "Last",
-        "locale": "en",
-        "timezone": "UTC",
-        "birth_date": None,
-        "signup_at": utc(2020, 1, 1),
-        "marketing_consent": True,
-        "loyalty_points": 0,
-        **values,
-    }
-    with engine.begin() as conn:
-        conn.execute(insert(schema.customers), [row])
-
-
-def add_order(engine: Engine, order_id: int, customer_id: int, **values: Any) -> None:
-    row = {
-        "id": order_id,
-        "customer_id": customer_id,
-        "placed_at": utc(2024, 1, 1),
-        "delivered_at": None,
-        "amount": 50,
-        "currency": "USD",
-        "status": "placed",
-        **values,
-    }
-    with engine.begin() as conn:
-        conn.execute(insert(schema.orders), [row])
 
 
 @pytest.fixture
@@ -177,10 +141,10 @@ def test_lapsed_after_n_local_days_keyed_by_the_episode(engine: Engine, settings
     add_customer(engine, 5)
     add_order(engine, 5, 5, placed_at=utc(2025, 1, 1))
     add_order(engine, 6, 5, placed_at=utc(2026, 5, 30), status="cancelled")  # doesn't count
-    found = members(engine, settings, "lapsed", "lapse_episode", as_of)
+    found = members(engine, settings, "lapsed", "lapse_started_on", as_of)
     assert found == {1: "2026-03-03", 5: "2025-01-01"}
     shorter = {"use": "lapsed", "params": {"days": 30}}
-    assert set(members(engine, settings, shorter, "lapse_episode", as_of)) == {1, 2, 5}
+    assert set(members(engine, settings, shorter, "lapse_started_on", as_of)) == {1, 2, 5}
 
 
 def test_first_order_today_is_not_lapsed_and_later_orders_are_ignored(
@@ -192,7 +156,7 @@ def test_first_order_today_is_not_lapsed_and_later_orders_are_ignored(
     add_customer(engine, 2, signup_at=utc(2025, 1, 1))
     add_order(engine, 2, 2, placed_at=utc(2025, 2, 1))
     add_order(engine, 3, 2, placed_at=utc(2026, 6, 1, 13))  # after as_of: not yet
-    found = members(engine, settings, "lapsed", "lapse_episode", as_of)
+    found = members(engine, settings, "lapsed", "lapse_started_on", as_of)
     assert found == {2: "2025-02-01"}
     ref = {
         "rule": {"feature": "days_since_last_order", "op": "eq", "value": 0},
@@ -344,7 +308,7 @@ def test_bad_rules_fail_at_load_naming_file_and_rule(
     path = segments_dir / "broken.yaml"
     body = {
         "description": "broken",
-        "occurrence_key": "lapse_episode",
+        "occurrence_key": "lapse_started_on",
         "rule": {"all": [{"feature": "order_count", "op": "ge", "value": 1}, rule]},
     }
     path.write_text(__import__("yaml").safe_dump(body), encoding="utf-8")

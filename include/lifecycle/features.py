@@ -108,7 +108,9 @@ FEATURES: dict[str, Feature] = {
         "date", "orders", "local date of the last order", "last_order_at"
     ),
     "days_since_last_order": Feature("number", "orders", "local days since the last order"),
-    "lapse_episode": Feature("date", "orders", "identity of a lapse: the last order local date"),
+    "lapse_started_on": Feature(
+        "date", "orders", "the lapse episode: local date of the last order"
+    ),
     "delivered_orders_30d": Feature("number", "orders", "orders delivered in the last 30 days"),
     "order_id": Feature("number", "order", "the delivered order's id"),
     "order_amount": Feature("number", "order", "the delivered order's amount"),
@@ -342,7 +344,7 @@ def _history_columns(
         "avg_spend": cast(func.round(h.spend / func.nullif(h.kept_count, 0), 2), Float),
         "last_order_local_date": last_day,
         "days_since_last_order": days_between(today, last_day),
-        "lapse_episode": last_day,
+        "lapse_started_on": last_day,
         "delivered_orders_30d": func.coalesce(h.recent_deliveries, 0),
     }
 
@@ -364,7 +366,9 @@ def _delivered_order_columns(
 
 # --- the snapshot ---------------------------------------------------------------------------
 SNAPSHOT_FEATURES = [
-    name for name in customer_features.c if name in FEATURES and FEATURES[name].level != "rfm"
+    column.name
+    for column in customer_features.c
+    if column.name in FEATURES and FEATURES[column.name].level != "rfm"
 ]
 RFM_SEGMENTS = [
     # (name, recency scores, frequency scores): the usual R x F grid.

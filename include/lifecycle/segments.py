@@ -5,7 +5,7 @@ A segment file (`include/segments/<name>.yaml`) holds:
     description: Customers with orders but none for a while.
     grain: customer            # or "order": one row per delivered order (feedback)
     params: {days: 90}         # defaults; a campaign may override: {use: lapsed, params: {...}}
-    occurrence_key: lapse_episode   # the feature that identifies "the same email"
+    occurrence_key: lapse_started_on   # the feature that identifies "the same email"
     rule:                      # all / any / not over conditions
       all:
         - {feature: order_count, op: ge, value: 1}
