@@ -30,7 +30,10 @@ VECTOR_KEY = (
     "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+"
     "2fNNRaINXvVpiglSI8eNEc6wEA3F+g=="
 )
-VECTOR_SIGNATURE = "MEUCIGHQVtGj+Y3LkG9fLcxf3qfI10QysgDWmMOVmxG0u6ZUAiEAyBiXDWzM+uOe5W0JuG+luQAbPIqHh89M15TluLtEZtM="
+VECTOR_SIGNATURE = (
+    "MEUCIGHQVtGj+Y3LkG9fLcxf3qfI10QysgDWmMOVmxG0u6ZUAiEAyBiX"
+    "DWzM+uOe5W0JuG+luQAbPIqHh89M15TluLtEZtM="
+)
 VECTOR_TIMESTAMP = "1600112502"
 VECTOR_EVENT = {
     "email": "hello@world.com",
@@ -352,8 +355,24 @@ def test_suppressing_events(post_events: Callable[[Any], httpx.Response], engine
         ).encode(),
         json.dumps([event("open", 1), {**event("open", 2), "sg_event_id": "x" * 500}]).encode(),
         b"\xff\xfe[]",
+        b'[{"event": "open", "timestamp": 1, "email": "\xff"}]',
+        json.dumps([{**event("open", 1), "email": "nul\x00@example.com"}]).encode(),
+        json.dumps([{**event("open", 1), "timestamp": float("nan")}]).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
     ],
-    ids=["not-json", "not-array", "not-object", "bad-timestamp", "no-event", "long-id", "utf16"],
+    ids=[
+        "not-json",
+        "not-array",
+        "not-object",
+        "bad-timestamp",
+        "no-event",
+        "long-id",
+        "utf16",
+        "not-utf8",
+        "nul-char",
+        "nan",
+        "deep",
+    ],
 )
 def test_malformed_batch_gets_400_and_stores_nothing(
     post_events: Callable[[Any], httpx.Response], engine: Engine, body: bytes

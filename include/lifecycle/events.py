@@ -105,11 +105,16 @@ def natural_key(event: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _plain(value: Any, limit: int) -> bool:
+    """A string that fits a column of `limit` chars (PostgreSQL text cannot hold NUL)."""
+    return isinstance(value, str) and len(value) <= limit and "\x00" not in value
+
+
 def _text(event: dict[str, Any], name: str, limit: int, index: int) -> str | None:
     value = event.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > limit:
+    if not _plain(value, limit):
         raise WebhookRejected(400, f"event {index}: {name!r} must be a string of <= {limit} chars")
     return value
 
@@ -143,7 +148,7 @@ def to_row(event: Any, index: int, received_at: datetime) -> dict[str, Any]:
         "email": _text(event, "email", 320, index),
         "occurred_at": occurred_at,
         "send_id": _send_id(event.get("send_id")),
-        "campaign_id": campaign if isinstance(campaign, str) and len(campaign) <= 64 else None,
+        "campaign_id": campaign if _plain(campaign, 64) else None,
         # sg_message_id = X-Message-Id (what the ledger stores) + "." + SendGrid's suffix
         "message_id": message.split(".", 1)[0][:128] if message else None,
         "url": _text(event, "url", 100_000, index),
@@ -154,14 +159,22 @@ def to_row(event: Any, index: int, received_at: datetime) -> dict[str, Any]:
     }
 
 
+def _no_constants(name: str) -> None:
+    raise WebhookRejected(400, f"body is not JSON: {name} is not a JSON number")
+
+
 def parse_batch(body: bytes, received_at: datetime) -> list[dict[str, Any]]:
     """engagement_events rows for a webhook body, or WebhookRejected (nothing partial)."""
     if len(body) > MAX_BODY_BYTES:
         raise WebhookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
-        events = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WebhookRejected(400, f"body is not JSON: {exc.msg}") from None
+        events = json.loads(body, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise WebhookRejected(400, "body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise WebhookRejected(400, f"body is not JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise WebhookRejected(400, "body is nested too deeply") from None
     if not isinstance(events, list):
         raise WebhookRejected(400, "body must be a JSON array of events")
     return [to_row(event, index, received_at) for index, event in enumerate(events)]
