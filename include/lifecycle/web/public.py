@@ -31,6 +31,13 @@ PREFIX = "/lifecycle"
 LOCALES = ("en", "hy", "ka")
 
 
+def airflow_settings() -> Settings:
+    """Inside the Airflow API server: the `lifecycle_warehouse` connection wins (read once)."""
+    from lifecycle.airflow_adapter import runtime_settings
+
+    return runtime_settings()
+
+
 class _Context:
     """Settings, engine, key and page templates, resolved on first use (not at import)."""
 
@@ -40,7 +47,7 @@ class _Context:
 
     @cached_property
     def settings(self) -> Settings:
-        return self._given or load_settings()
+        return self._given or airflow_settings()
 
     @cached_property
     def engine(self) -> Engine:
@@ -102,8 +109,9 @@ def create_app(
 ) -> FastAPI:
     """The public routes, relative to the mount point /lifecycle.
 
-    `settings` defaults to `load_settings()` at the first request; `clock` (unix seconds) is
-    what signed webhook timestamps are checked against.
+    `settings` defaults to the Airflow connections plus environment, read at the first request
+    (this is how the plugin mounts it); `clock` (unix seconds) is what signed webhook
+    timestamps are checked against.
     """
     context = _Context(settings, clock)
     app = FastAPI(title="Lifecycle public endpoints", docs_url=None, redoc_url=None)
@@ -170,9 +178,10 @@ def create_app(
 
 
 def standalone_app(settings: Settings | None = None) -> FastAPI:
-    """The public routes under /lifecycle, as the Airflow plugin mounts them."""
+    """The public routes under /lifecycle, as the Airflow plugin mounts them, configured from
+    the environment (`LIFECYCLE_*`) unless `settings` are given."""
     outer = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    outer.mount(PREFIX, create_app(settings))
+    outer.mount(PREFIX, create_app(settings or load_settings()))
     return outer
 
 
