@@ -22,7 +22,7 @@ from lifecycle import ledger, pipeline, segments
 from lifecycle.campaigns import CampaignSpec
 from lifecycle.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
-from lifecycle.schema import campaign_runs, customers, send_ledger, suppressions
+from lifecycle.schema import campaign_runs, customers, send_ledger, suppressions, test_sends
 from lifecycle.sink import SinkHandle, run_sink_in_thread
 
 KEY = "SG.pipeline-test-key-do-not-leak"
@@ -374,3 +374,24 @@ def test_outbox_transport_writes_one_eml_per_send(
     rows = ledger_rows(engine)
     assert sorted(f"{i}.eml" for i in rows["id"]) == sorted(f.name for f in files)
     assert rows["message_id"].notna().all()
+
+
+def test_send_tests_reach_only_the_test_recipients(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 10)
+    team = ["qa@shop.example", "crm@shop.example"]
+    spec = make_spec()
+    sent = pipeline.send_tests(
+        engine, spec, settings, run_key="t", as_of=AS_OF, recipients=team, limit=3
+    )
+    again = pipeline.send_tests(
+        engine, spec, settings, run_key="t", as_of=AS_OF, recipients=team, limit=3
+    )
+    assert (sent, again) == (6, 0)
+    assert sink.state.recipients() == dict.fromkeys(team, 3)
+    assert all(m["subject"].startswith("[TEST] ") for m in sink.state.snapshot())
+    assert ledger_rows(engine).empty
+    with engine.connect() as conn:
+        rows = conn.execute(select(test_sends)).all()
+    assert len(rows) == 6 and {r.status for r in rows} == {"sent"}

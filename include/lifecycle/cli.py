@@ -104,6 +104,86 @@ def cmd_suppressions_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- delivery (issue 5) --------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from lifecycle import pipeline
+    from lifecycle.campaigns import SpecError, load_campaigns
+    from lifecycle.delivery import DeliveryStopped
+
+    settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
+    try:
+        specs = load_campaigns(settings.campaigns_dir)
+    except SpecError as exc:
+        print(f"invalid campaign spec: {exc}", file=sys.stderr)
+        return 2
+    spec = specs.get(args.campaign)
+    if spec is None:
+        print(f"no campaign {args.campaign!r}; known: {', '.join(sorted(specs))}", file=sys.stderr)
+        return 2
+    as_of = args.as_of or datetime.now(UTC)
+    try:
+        counts = pipeline.run_campaign(
+            engine_from(args), spec, settings, as_of=as_of, dry_run=args.dry_run, limit=args.limit
+        )
+    except (pipeline.PreflightError, DeliveryStopped) as exc:
+        print(f"{spec.id}: {exc}", file=sys.stderr)
+        return 1
+    print_run(spec.id, as_of, counts, settings.chosen_transport())
+    return 1 if counts.get("unknown") else 0
+
+
+def print_run(campaign: str, as_of: datetime, counts: dict, transport: str) -> None:  # type: ignore[type-arg]
+    dry = " (dry run: nothing written or sent)" if counts.get("dry_run") else ""
+    print(f"{campaign} as of {as_of:%Y-%m-%d %H:%M} UTC via {transport}{dry}")
+    print(f"planned: {counts.get('planned', 0):,}")
+    skipped = counts.get("skipped") or {}
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(skipped.items()))
+    print(f"skipped: {sum(skipped.values()):,}" + (f" ({reasons})" if reasons else ""))
+    if counts.get("dry_run"):
+        return
+    print(
+        f"sent: {counts['sent']:,}  failed: {counts['failed']:,}  unknown: {counts['unknown']:,}"
+        f"  waiting for the send window: {counts['waiting']:,}"
+    )
+    if counts["unknown"]:
+        print(
+            f"{counts['unknown']:,} emails may or may not have reached SendGrid; they are not "
+            f"resent automatically. Check SendGrid's activity, then `lifecycle requeue-unknown "
+            f"{campaign}` for the ones that never arrived."
+        )
+
+
+def cmd_requeue_unknown(args: argparse.Namespace) -> int:
+    from lifecycle import ledger
+
+    with engine_from(args).begin() as conn:
+        count = ledger.requeue_unknown(conn, args.campaign, args.ids or None)
+    print(f"{count:,} unknown rows of {args.campaign} planned again; the next run sends them")
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from lifecycle import sink, sink_suppressions
+
+    print(f"SendGrid-compatible sink on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    print(f"  LIFECYCLE_SENDGRID_HOST=http://{args.host}:{args.port}")
+    sink.serve(
+        args.port,
+        args.host,
+        extensions=[sink_suppressions.register],
+        api_keys=args.api_key,
+        keep_bodies=not args.no_bodies,
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        rate_429=args.rate_429,
+        rate_5xx=args.rate_5xx,
+        rate_drop=args.rate_drop,
+        rate_slow=args.rate_slow,
+        slow_ms=args.slow_ms,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifecycle",
@@ -163,6 +243,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="pull SendGrid's suppressions, push our unsubscribes (what the DAG runs)",
     )
     supp_sync.set_defaults(handler=cmd_suppressions_sync)
+
+    run = commands.add_parser(
+        "run",
+        help="run one campaign now: plan, deliver, finalize (what the DAG runs)",
+        description="The campaign DAG's code path in this process. Prints planned, skipped by "
+        "reason, sent, failed and unknown. Exit 1 when some emails' fate is unknown.",
+    )
+    run.add_argument("campaign", metavar="CAMPAIGN", help="campaign id (include/campaigns/*.yaml)")
+    run.add_argument(
+        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+    )
+    run.add_argument("--dry-run", action="store_true", help="count only; write and send nothing")
+    run.add_argument("--limit", type=int, default=None, metavar="N", help="plan at most N emails")
+    run.set_defaults(handler=cmd_run)
+
+    requeue = commands.add_parser(
+        "requeue-unknown",
+        help="plan again emails whose fate is unknown (after checking they never arrived)",
+    )
+    requeue.add_argument("campaign", metavar="CAMPAIGN")
+    requeue.add_argument(
+        "--id", dest="ids", type=int, action="append", metavar="LEDGER_ID", help="only these rows"
+    )
+    requeue.set_defaults(handler=cmd_requeue_unknown)
+
+    sink_cmd = commands.add_parser(
+        "sink",
+        help="local SendGrid-compatible server (mail/send + suppressions) with fault injection",
+    )
+    sink_cmd.add_argument("--host", default="127.0.0.1")
+    sink_cmd.add_argument("--port", type=int, default=3025)
+    sink_cmd.add_argument(
+        "--api-key", action="append", default=None, help="accepted key (default: any key)"
+    )
+    sink_cmd.add_argument("--latency-ms", type=float, default=0.0, help="added to every send")
+    sink_cmd.add_argument("--rate-429", type=float, default=0.0, metavar="P")
+    sink_cmd.add_argument("--rate-5xx", type=float, default=0.0, metavar="P")
+    sink_cmd.add_argument("--rate-drop", type=float, default=0.0, metavar="P")
+    sink_cmd.add_argument("--rate-slow", type=float, default=0.0, metavar="P")
+    sink_cmd.add_argument("--slow-ms", type=float, default=5000.0)
+    sink_cmd.add_argument("--seed", type=int, default=None, help="fault randomness seed")
+    sink_cmd.add_argument(
+        "--no-bodies", action="store_true", help="keep only recipients and ids (benchmarks)"
+    )
+    sink_cmd.set_defaults(handler=cmd_sink)
     return parser
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from lifecycle.schema import campaign_runs, send_ledger
+from lifecycle.schema import campaign_runs, send_ledger, test_sends
 
 L = send_ledger
 IN_CHUNK = 5_000  # bound parameters per IN list (SQLite allows 32,766 per statement)
@@ -384,3 +384,14 @@ def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | Non
             update(L).where(*where, L.c.id.in_(part)).values(status="planned", reason=None)
         ).rowcount
     return total
+
+
+def insert_or_update_test_send(conn: Connection):  # type: ignore[no-untyped-def]
+    """Upsert of one `test_sends` row on (run_id, customer_id, recipient)."""
+    statement = _insert(conn, test_sends)
+    return statement.on_conflict_do_update(
+        index_elements=["run_id", "customer_id", "recipient"],
+        set_={
+            name: statement.excluded[name] for name in ("status", "message_id", "error", "sent_at")
+        },
+    )

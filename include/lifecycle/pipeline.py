@@ -19,14 +19,16 @@ import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from lifecycle import (
     compliance,
@@ -45,6 +47,7 @@ from lifecycle.delivery.outbox import OutboxTransport
 from lifecycle.delivery.ratelimit import TokenBucket
 from lifecycle.delivery.sendgrid import SendGridTransport
 from lifecycle.ledger import Outcome
+from lifecycle.schema import test_sends
 
 MAX_ATTEMPTS = 3  # delivery attempts per row, counting the automatic re-plans of failures
 MAX_BATCHES = 1000  # Airflow's max_map_length is 1024
@@ -297,7 +300,9 @@ def envelope_for(spec: CampaignSpec) -> Envelope:
     )
 
 
-def make_transport(settings: Settings, spec: CampaignSpec) -> Transport:
+def make_transport(
+    settings: Settings, spec: CampaignSpec, outbox_dir: Path | None = None
+) -> Transport:
     envelope = envelope_for(spec)
     if settings.chosen_transport() == "sendgrid":
         return SendGridTransport(
@@ -306,7 +311,7 @@ def make_transport(settings: Settings, spec: CampaignSpec) -> Transport:
             envelope,
             concurrency=spec.delivery.concurrency,
         )
-    return OutboxTransport(settings.outbox_dir / spec.id, envelope)
+    return OutboxTransport(outbox_dir or settings.outbox_dir / spec.id, envelope)
 
 
 class _Composer:
@@ -449,7 +454,8 @@ async def _deliver(
                 if stop:
                     slots.release()
                     break
-                await limiter.acquire()
+                if transport.throttled:
+                    await limiter.acquire()
                 unsent.discard(message.send_id)
                 task = asyncio.create_task(transport.send(message))
                 in_flight.add(task)
@@ -531,6 +537,115 @@ def finalize(engine: Engine, spec: CampaignSpec, *, run_id: int) -> dict[str, An
         broken = counts["unknown"] > 0 or (counts["failed"] > 0 and counts["sent"] == 0)
         ledger.finish_run(conn, run_id, counts, "failed" if broken else "success", _now())
     return counts
+
+
+# --- test sends ---------------------------------------------------------------------------
+def _sample_rows(
+    engine: Engine, spec: CampaignSpec, settings: Settings, as_of: datetime, limit: int
+) -> list[SimpleNamespace]:
+    """The first `limit` audience members with a valid address, shaped like ledger rows."""
+    rows: list[SimpleNamespace] = []
+    for chunk in segments.audience(engine, spec, as_of, settings, chunk_size=max(limit, 1000)):
+        valid = chunk[chunk["email_valid"].astype(bool)].head(limit - len(rows))
+        for record in valid.to_dict("records"):
+            key = str(record["occurrence_key"])
+            rows.append(
+                SimpleNamespace(
+                    id=-(len(rows) + 1),  # no ledger row: test sends never touch the ledger
+                    customer_id=int(record["customer_id"]),
+                    occurrence_key=key,
+                    template=spec.template_for(key),
+                    email=record["email"],
+                    locale=record["locale"] if isinstance(record["locale"], str) else None,
+                    timezone=record["timezone"],
+                    context={
+                        "first_name": _json_safe(record.get("first_name")),
+                        "last_name": _json_safe(record.get("last_name")),
+                        "data": {f: _json_safe(record.get(f)) for f in spec.template_fields},
+                    },
+                )
+            )
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def send_tests(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    *,
+    run_key: str,
+    as_of: datetime,
+    recipients: list[str],
+    limit: int = 3,
+) -> int:
+    """Render real audience members' emails and send them only to internal `recipients`.
+
+    Recorded in `test_sends` (one row per customer and recipient); no ledger rows, no coupons
+    issued (a sample code is shown). A retry does not resend what was already sent.
+    Returns the number of test emails sent.
+    """
+    as_of = _utc(as_of)
+    with engine.begin() as conn:
+        run_id = ledger.ensure_run(conn, spec.id, run_key, as_of, True, _now())
+        done = set(
+            conn.execute(
+                select(test_sends.c.customer_id, test_sends.c.recipient).where(
+                    test_sends.c.run_id == run_id, test_sends.c.status == "sent"
+                )
+            ).tuples()
+        )
+    composer = _Composer(engine, spec, settings, as_of)
+    sample_coupon = None
+    if spec.coupon is not None:
+        expires = as_of + timedelta(days=spec.coupon.valid_days)
+        sample_coupon = SimpleNamespace(
+            code="TEST-COUPON", discount_percent=spec.coupon.discount_percent, expires_at=expires
+        )
+    messages = []
+    for row in _sample_rows(engine, spec, settings, as_of, limit):
+        rendered = composer._message(row, sample_coupon)
+        for recipient in recipients:
+            if (row.customer_id, recipient) not in done:
+                test = dataclasses.replace(
+                    rendered,
+                    send_id=len(messages) + 1,
+                    to_email=recipient,
+                    to_name=None,
+                    subject=f"[TEST] {rendered.subject}",
+                    custom_args={"campaign": spec.id, "test_send": "true"},
+                )
+                messages.append((row.customer_id, test))
+    outbox = settings.outbox_dir / spec.id / "tests" / str(run_id)
+    outcomes = asyncio.run(_send_each(make_transport(settings, spec, outbox), messages))
+    now = _now()
+    with engine.begin() as conn:
+        for (customer_id, message), outcome in zip(messages, outcomes, strict=True):
+            values = {
+                "status": "sent" if outcome.status == "sent" else "failed",
+                "message_id": outcome.message_id,
+                "error": outcome.error,
+                "sent_at": now,
+            }
+            conn.execute(
+                ledger.insert_or_update_test_send(conn),
+                {
+                    "run_id": run_id,
+                    "campaign_id": spec.id,
+                    "customer_id": customer_id,
+                    "recipient": message.to_email,
+                    **values,
+                },
+            )
+    return sum(outcome.status == "sent" for outcome in outcomes)
+
+
+async def _send_each(transport: Transport, messages: list[tuple[int, Message]]) -> list[Outcome]:
+    try:
+        return [await transport.send(message) for _, message in messages]
+    finally:
+        await transport.close()
 
 
 # --- the whole run ------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class Message:
 
 
 class Transport(Protocol):
+    throttled: bool  # whether the campaign's rate limit applies (not to files on disk)
+
     async def send(self, message: Message) -> Outcome: ...
 
     async def close(self) -> None: ...

@@ -36,6 +36,8 @@ def build_email(message: Message, envelope: Envelope) -> EmailMessage:
 
 
 class OutboxTransport:
+    throttled = False
+
     def __init__(self, directory: Path, envelope: Envelope) -> None:
         self.directory = directory
         self.envelope = envelope

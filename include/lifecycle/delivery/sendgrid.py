@@ -74,6 +74,8 @@ def _errors(text: str) -> str:
 
 
 class SendGridTransport:
+    throttled = True
+
     def __init__(
         self,
         api_key: str,
