@@ -5,6 +5,8 @@ Target: 1,000,000 customers in under 2 minutes on each backend.
     python -m benchmarks.bench_seed                  # 1,000,000 customers
     python -m benchmarks.bench_seed --customers 20000   # smoke run (or BENCH_SEED_CUSTOMERS)
 
+The "1M (linear)" column scales a smaller run up; fixed costs make it pessimistic for small N.
+
 PostgreSQL: a throw-away database on the server of LIFECYCLE_TEST_PG
 (default postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
 """
