@@ -297,3 +297,25 @@ def test_daily_activity_counts_sends_and_distinct_engaged_sends(engine: Engine) 
         (date(2026, 1, 8), 3, 1, 1),
         (date(2026, 1, 9), 0, 1, 0),
     ]
+
+
+def test_cli_report_formats(
+    engine: Engine, warehouse_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from lifecycle import cli
+
+    fill(engine)
+    base = ["--warehouse", warehouse_url, "report", "--as-of", AS_OF.isoformat()]
+    assert cli.main([*base, "--format", "json", "--months", "2"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["total"]["funnel"]["sent"] == 3 + 1
+    assert [m["month"] for m in body["months"]] == ["2026-01-01", "2026-02-01"]
+    assert cli.main([*base, "--campaign", "winback", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["run_id"], r["skipped_holdout"], r["conversions"]) for r in rows] == [
+        ("1", "2", "1")
+    ]
+    assert cli.main(base) == 0
+    assert "SIMULATED" in capsys.readouterr().out

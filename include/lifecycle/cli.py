@@ -184,6 +184,56 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- reports (issue 7) ---------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from lifecycle import reporting
+
+    settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
+    report = reporting.build_report(
+        engine_from(args),
+        settings,
+        as_of=args.as_of or datetime.now(UTC),
+        campaign_id=args.campaign,
+        conversion_days=args.days,
+        months=args.months,
+    )
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    elif args.format == "csv":
+        csv_for = {
+            "runs": reporting.runs_csv,
+            "retention": reporting.retention_csv,
+            "cohorts": reporting.cohorts_csv,
+        }
+        print(csv_for[args.table](report), end="")
+    else:
+        print(reporting.format_table(report))
+    return 0
+
+
+def cmd_simulate_events(args: argparse.Namespace) -> int:
+    from lifecycle import simulate
+
+    if load_settings().chosen_transport() == "sendgrid" and not args.force:
+        print(
+            "refusing to simulate events while the SendGrid transport is configured: real "
+            "sends get real events from the webhook (use --force for a test warehouse)",
+            file=sys.stderr,
+        )
+        return 2
+    result = simulate.simulate_events(
+        engine_from(args),
+        as_of=args.as_of or datetime.now(UTC),
+        seed=args.seed,
+        campaign_id=args.campaign,
+    )
+    kinds = ", ".join(f"{kind}: {n:,}" for kind, n in result.events.items()) or "none"
+    print(f"simulated events for {result.sends:,} sent emails ({kinds}); labelled simulated")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifecycle",
@@ -288,6 +338,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-bodies", action="store_true", help="keep only recipients and ids (benchmarks)"
     )
     sink_cmd.set_defaults(handler=cmd_sink)
+
+    report = commands.add_parser(
+        "report",
+        help="campaign funnels, conversions, holdout uplift and monthly retention KPIs",
+        description="The same figures as the Campaigns dashboard and the retention_report DAG.",
+    )
+    report.add_argument("--campaign", metavar="ID", help="only this campaign's runs")
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument(
+        "--table",
+        choices=("runs", "retention", "cohorts"),
+        default="runs",
+        help="which table --format csv prints (default runs)",
+    )
+    report.add_argument(
+        "--days", type=int, default=7, metavar="N", help="conversion window after a send (7)"
+    )
+    report.add_argument("--months", type=int, default=12, metavar="N", help="KPI months (12)")
+    report.add_argument(
+        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+    )
+    report.set_defaults(handler=cmd_report)
+
+    simulate_cmd = commands.add_parser(
+        "simulate-events",
+        help="demo only: plausible delivered/open/click/bounce events for outbox sends",
+        description="Adds engagement events marked simulated=true for sent emails that have "
+        "none, deterministic by seed. The dashboard labels them as simulated.",
+    )
+    simulate_cmd.add_argument("--campaign", metavar="ID")
+    simulate_cmd.add_argument("--seed", type=int, default=7)
+    simulate_cmd.add_argument(
+        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+    )
+    simulate_cmd.add_argument("--force", action="store_true", help="even with SendGrid configured")
+    simulate_cmd.set_defaults(handler=cmd_simulate_events)
     return parser
 
 
