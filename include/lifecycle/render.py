@@ -30,9 +30,11 @@ from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
     Template,
+    TemplateNotFound,
     TemplateSyntaxError,
     select_autoescape,
 )
+from jinja2.defaults import DEFAULT_NAMESPACE
 
 from lifecycle.campaigns import LOCALES, CampaignSpec
 from lifecycle.config import Settings
@@ -43,6 +45,7 @@ FALLBACK_LOCALE = "en"
 
 _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PLACEHOLDER = re.compile(r"@@J(\d+)@@|<!--J(\d+)-->")
+_STATIC = re.compile(r"\[\[\s*([A-Za-z_][\w.]*)\s*\]\]")
 
 
 class TemplateProblem(ValueError):
@@ -111,33 +114,70 @@ def inline_css(source: str, css: str, filename: str) -> _Inlined:
 
 
 class _Loader(FileSystemLoader):
-    """Loads templates from disk, inlining the email CSS into every `.html` source once."""
+    """Loads templates from disk and prepares each source once, for one locale:
 
-    def __init__(self, root: Path, css: str):
+    1. `[[ brand.name ]]`, `[[ t.unsubscribe ]]`, `[[ sender_address ]]`... are replaced by the
+       values from brand.yaml / settings for the template's locale (the text goes in as template
+       source, so a brand.yaml string may itself hold `{{ ... }}` evaluated per email);
+       `[[ partials.coupon ]]` inserts `_layouts/partials/coupon.html` (on one line);
+    2. `.html` sources get the email CSS inlined.
+
+    Layouts are shared by all locales: `_layouts/hy/base.html` is `_layouts/base.html` prepared
+    for hy (see `_Environment.join_path`).
+    """
+
+    def __init__(self, root: Path, css: str, static: dict[str, dict[str, Any]]):
         super().__init__(str(root))
-        self.css = css
+        self.css, self.static = css, static
         self.line_maps: dict[str, list[tuple[int, int]]] = {}
 
     def get_source(self, environment: Environment, template: str):  # type: ignore[no-untyped-def]
-        source, filename, uptodate = super().get_source(environment, template)
-        if template.endswith(".html"):
+        folder, locale, part = template.rsplit("/", 2)
+        path = f"{LAYOUTS}/{part}" if folder == LAYOUTS else template
+        source, filename, uptodate = super().get_source(environment, path)
+        source = self._substitute(source, filename, locale)
+        if part.endswith(".html"):
             environment.parse(source, template, filename)  # syntax errors with the file's lines
             inlined = inline_css(source, self.css, filename)
             self.line_maps[filename] = inlined.lines
             source = inlined.source
         return source, filename, uptodate
 
-    def original_line(self, filename: str, line: int) -> int:
-        """The file's line for `line` of the inlined source (the first Jinja tag on it)."""
-        mapping = self.line_maps.get(filename, [])
-        same = [original for inlined, original in mapping if inlined == line]
-        if same:
-            return same[0]
-        before = [(inlined, original) for inlined, original in mapping if inlined < line]
-        if not before:
-            return line
-        inlined, original = before[-1]
-        return original + line - inlined
+    def _substitute(self, source: str, filename: str, locale: str) -> str:
+        values = self.static.get(locale)
+        if values is None:
+            raise TemplateProblem(filename, None, f"brand.yaml has no strings for {locale!r}")
+
+        def value(match: re.Match[str]) -> str:
+            found: Any = values
+            for key in match.group(1).split("."):
+                if not isinstance(found, dict) or key not in found:
+                    line = source.count("\n", 0, match.start()) + 1
+                    raise TemplateProblem(filename, line, f"unknown {match.group(0)} ({locale})")
+                found = found[key]
+            if match.group(1).startswith("partials."):
+                # on one line, so that the including file keeps its line numbers
+                return self._substitute(str(found), filename, locale).replace("\n", " ")
+            return str(found)
+
+        return _STATIC.sub(value, source)
+
+
+class _Environment(Environment):
+    def join_path(self, template: str, parent: str) -> str:
+        """A layout in the locale of the template that uses it: `_layouts/base.html` from
+        `birthday/hy/body.html` is `_layouts/hy/base.html`."""
+        folder, _, part = template.rpartition("/")
+        if folder == LAYOUTS:
+            return f"{LAYOUTS}/{parent.rsplit('/', 2)[-2]}/{part}"
+        return template
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Contexts are plain dicts: try the key first (the default tries the attribute first
+        # and pays for an AttributeError on every `customer.first_name`).
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
 
 # --- formatting for the customer's locale (Babel), cached: values repeat across a send ------
@@ -210,10 +250,25 @@ class Renderer:
         self.root = Path(settings.templates_dir)
         layouts = self.root / LAYOUTS
         brand_file = layouts / "brand.yaml"
-        self.brand = yaml.safe_load(brand_file.read_text(encoding="utf-8"))
+        brand = yaml.safe_load(brand_file.read_text(encoding="utf-8"))
+        strings = brand.pop("strings")
+        partials = {p.stem: p.read_text(encoding="utf-8") for p in layouts.glob("partials/*")}
+        # What `[[ ... ]]` can name (at load) and what every render sees, per locale.
+        self.static = {
+            locale: {
+                **DEFAULT_NAMESPACE,  # range, dict...: renders pass this dict as is
+                "brand": brand,
+                "t": words,
+                "sender_address": settings.sender_address,
+                "locale": locale,
+                "partials": partials,
+            }
+            for locale, words in strings.items()
+        }
         self.brand_file = str(brand_file)
-        self.loader = _Loader(self.root, (layouts / "email.css").read_text(encoding="utf-8"))
-        self.env = Environment(
+        css = (layouts / "email.css").read_text(encoding="utf-8")
+        self.loader = _Loader(self.root, css, self.static)
+        self.env = _Environment(
             loader=self.loader,
             autoescape=select_autoescape(["html"], default_for_string=False),
             undefined=StrictUndefined,
@@ -259,6 +314,9 @@ class Renderer:
             except TemplateSyntaxError as exc:
                 file = exc.filename or str(self.root / template / locale)
                 raise TemplateProblem(file, exc.lineno, exc.message or "syntax error") from None
+            except TemplateNotFound as exc:
+                folder = str(self.root / template / locale)
+                raise TemplateProblem(folder, None, f"template not found: {exc}") from None
             compiled = self._compiled[key] = parts  # type: ignore[assignment]
         return compiled  # type: ignore[return-value]
 
@@ -267,37 +325,55 @@ class Renderer:
     ) -> Rendered:
         """Subject, HTML and text of one email. Raises `TemplateProblem` naming file and line."""
         locale_used = self.resolve_locale(template, locale, default_locale)
-        subject_t, html_t, text_t = self._templates_for(template, locale_used)
+        parts = self._templates_for(template, locale_used)
         values = self._values(context, locale_used)
         try:
-            subject = " ".join(subject_t.render(values).split())
-            html = html_t.render(values)
-            text = text_t.render(values).strip() + "\n"
-        except TemplateProblem:
-            raise
+            # Template.render() copies the context twice per call; one shared dict is enough.
+            subject, html, text = (
+                "".join(t.root_render_func(t.new_context(values, shared=True))) for t in parts
+            )
         except Exception as exc:
-            raise self._problem(exc, template, locale_used) from exc
-        return Rendered(subject, html, text, locale_used)
+            raise self._problem(exc, parts, values, template, locale_used) from exc
+        return Rendered(" ".join(subject.split()), html, text.strip() + "\n", locale_used)
 
     def _values(self, context: dict[str, Any], locale: str) -> dict[str, Any]:
-        try:
-            strings = self.brand["strings"][locale]
-        except KeyError:
-            raise TemplateProblem(self.brand_file, None, f"no strings for {locale!r}") from None
+        static = self.static.get(locale)
+        if static is None:
+            raise TemplateProblem(self.brand_file, None, f"no strings for {locale!r}")
         customer = context["customer"]
         first_name = (customer.get("first_name") or "").strip()
-        return {
+        fmt = Formatter(locale, customer.get("timezone"))
+        values = {
+            **static,
             **context,
-            "first_name": first_name or strings["fallback_name"],
-            "locale": locale,
-            "brand": self.brand,
-            "t": strings,
-            "sender_address": self.settings.sender_address,
-            "fmt": Formatter(locale, customer.get("timezone")),
+            "first_name": first_name or static["t"]["fallback_name"],
+            "fmt": fmt,
         }
+        coupon = context.get("coupon")
+        if coupon is not None:  # the terms, formatted once for the subject, HTML and text
+            values["coupon"] = {
+                **coupon,
+                "discount": fmt.percent(coupon["discount_percent"]),
+                "expires": fmt.date(coupon["expires_at"]),
+            }
+        return values
 
-    def _problem(self, exc: Exception, template: str, locale: str) -> TemplateProblem:
-        """The innermost template frame of `exc`, with the line as it is in the file."""
+    def _problem(
+        self,
+        exc: Exception,
+        parts: tuple[Template, ...],
+        values: dict[str, Any],
+        template: str,
+        locale: str,
+    ) -> TemplateProblem:
+        """`exc` located in the template files: the public `Template.render` rewrites the
+        traceback to template lines, so the failing render is repeated through it."""
+        for part in parts:
+            try:
+                part.render(values)
+            except Exception as located:
+                exc = located
+                break
         root = str(self.root)
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(root)]
         reason = f"{type(exc).__name__}: {exc}"
@@ -372,9 +448,13 @@ def sample_context(
     fields = spec.template_fields if spec is not None else list(SAMPLE_DATA)
     data = {name: SAMPLE_DATA.get(name, f"sample {name}") for name in fields}
     coupon_spec = spec.coupon if spec is not None else None
-    discount, valid_days = (20.0, 7) if coupon_spec is None else (
-        coupon_spec.discount_percent,
-        coupon_spec.valid_days,
+    discount, valid_days = (
+        (20.0, 7)
+        if coupon_spec is None
+        else (
+            coupon_spec.discount_percent,
+            coupon_spec.valid_days,
+        )
     )
     with_coupon = spec is None or coupon_spec is not None
     names = SAMPLE_NAMES.get(locale, SAMPLE_NAMES["en"])
