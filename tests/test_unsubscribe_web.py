@@ -1,7 +1,12 @@
-"""Unsubscribe pages over real HTTP: confirm (GET), perform (POST), one-click, bad tokens."""
+"""Unsubscribe pages over real HTTP: confirm (GET), perform (POST), one-click, bad tokens;
+and (slow) both public endpoints served by our plugin on a real `airflow standalone`."""
 
 from __future__ import annotations
 
+import base64
+import json
+import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,11 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, func, insert, select
 
-from lifecycle import unsubscribe
+from lifecycle import events, unsubscribe, warehouse
 from lifecycle.config import Settings, load_settings
-from lifecycle.schema import send_ledger, suppressions
+from lifecycle.schema import engagement_events, send_ledger, suppressions
+from lifecycle.standalone import start_standalone
 from lifecycle.web.public import standalone_app
 from lifecycle.web.server import serve_in_thread
 
@@ -159,3 +167,62 @@ def test_bad_tokens_get_400_and_change_nothing(
     assert strings(settings, "en")["invalid_heading"] in response.text
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(suppressions)).scalar_one() == 0
+
+
+@pytest.mark.slow
+def test_public_endpoints_in_airflow_need_no_login_and_use_the_connection(
+    tmp_path: Path,
+) -> None:
+    """Our plugin on a real `airflow standalone`: webhook and unsubscribe answer without an
+    Airflow login and write to the warehouse of the `lifecycle_warehouse` connection."""
+    database = tmp_path / "connection-warehouse.db"
+    engine = warehouse.make_engine(f"sqlite:///{database}")
+    warehouse.upgrade(engine)
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_key = base64.b64encode(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = load_settings(home=tmp_path, unsubscribe_secret="e2e-secret-0123456789")
+    env = {
+        "LIFECYCLE_HOME": str(tmp_path / "lifecycle"),
+        "LIFECYCLE_WAREHOUSE_URL": f"sqlite:///{tmp_path / 'not-this-one.db'}",
+        "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": json.dumps(
+            {"conn_type": "sqlite", "host": str(database)}
+        ),
+        "LIFECYCLE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret or "",
+        "LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY": public_key,
+    }
+    body = json.dumps([{"event": "spamreport", "email": "Angry@Example.com",
+                        "timestamp": 1_790_000_000, "sg_event_id": "e2e-1"}]).encode()  # fmt: skip
+    stamp = str(int(time.time()))
+    signature = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256())))
+    token = unsubscribe.token_for(settings, 3, "birthday", EMAIL)
+
+    with start_standalone(tmp_path / "airflow", port, env) as airflow:
+        airflow.wait_healthy(300)
+        with httpx.Client(base_url=airflow.url, timeout=60) as http:
+            posted = http.post(
+                "/lifecycle/events/sendgrid",
+                content=body,
+                headers={events.SIGNATURE_HEADER: signature.decode(),
+                         events.TIMESTAMP_HEADER: stamp},
+            )  # fmt: skip
+            unsigned = http.post("/lifecycle/events/sendgrid", content=body)
+            page = http.get(path_of(settings, token))
+            done = http.post(path_of(settings, token))
+            tampered_post = http.post(path_of(settings, tampered(token)))
+
+    assert posted.status_code == 200, posted.text
+    assert unsigned.status_code == 401
+    assert (page.status_code, done.status_code, tampered_post.status_code) == (200, 200, 400)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(engagement_events)).scalar_one() == 1
+    assert sorted(rows(engine)) == [
+        ("angry@example.com", "global", "spamreport", "webhook"),
+        (EMAIL.lower(), "global", "unsubscribe", "link"),
+    ]
