@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
-from airflow.configuration import conf
-from airflow.models.connection import Connection
 
 from lifecycle.config import PROJECT_ROOT
 
@@ -156,6 +154,8 @@ def test_workers_reach_the_execution_api_on_the_apiserver(services: dict[str, An
 
 def test_airflow_settings_are_real_airflow_options(services: dict[str, Any]) -> None:
     """A typo in AIRFLOW__SECTION__KEY is silently ignored by Airflow: catch it here."""
+    from airflow.configuration import conf  # imported late: tests/dags configures Airflow first
+
     options = conf.configuration_description
     for name in AIRFLOW_SERVICES:
         for key in env_of(services[name]):
@@ -167,6 +167,8 @@ def test_airflow_settings_are_real_airflow_options(services: dict[str, Any]) -> 
 def test_warehouse_is_a_separate_database_reached_by_the_connection_and_the_cli(
     services: dict[str, Any], dotenv: dict[str, str]
 ) -> None:
+    from airflow.models.connection import Connection
+
     env = env_of(services["airflow-worker"])
     metadata = sa.make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     cli_url = sa.make_url(env["LIFECYCLE_WAREHOUSE_URL"])
