@@ -10,15 +10,19 @@ dates in the customer's own timezone at `as_of`; an unknown timezone counts as U
 
 from __future__ import annotations
 
+import calendar
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import (
     BigInteger,
     Boolean,
     ColumnElement,
+    Connection,
     Date,
     Engine,
     Float,
@@ -37,9 +41,9 @@ from sqlalchemy import (
     literal,
     not_,
     or_,
-    over,
     select,
     text,
+    update,
 )
 
 from lifecycle.config import Settings
@@ -96,7 +100,6 @@ FEATURES: dict[str, Feature] = {
     "onboarding_step": Feature("text", "customer", "day0 / day3 / day7 on those local days"),
     "birth_date": Feature("date", "customer", "date of birth"),
     "next_birthday": Feature("date", "customer", "next local birthday (today if it is today)"),
-    "days_until_birthday": Feature("number", "customer", "local days until next_birthday"),
     "birthday_today": Feature("bool", "customer", "local birthday today (29 Feb on 28 Feb)"),
     "birthday_year": Feature("number", "customer", "the customer's local year at as_of"),
     "first_order_at": Feature("datetime", "orders", "first order (not cancelled)"),
@@ -210,6 +213,7 @@ def feature_query(
     c = source_customers(settings)
     known = c.c.timezone.in_(known_timezones)
     tz = case((known, c.c.timezone), else_=literal("UTC"))
+    todays = {local_today(as_of, name) for name in ["UTC", *known_timezones]}
     today = _local_today(c.c.timezone, as_of, known_timezones)
     columns: dict[str, ColumnElement] = {
         "customer_id": c.c.customer_id,
@@ -229,7 +233,7 @@ def feature_query(
         "birth_date": c.c.birth_date,
         **_email_columns(c.c.email),
         **_signup_columns(c.c.signup_at, tz, today),
-        **_birthday_columns(c.c.birth_date, today),
+        **_birthday_columns(c.c.birth_date, today, todays),
     }
     from_clause: FromClause = c
     where = c.c.signup_at <= as_of
@@ -281,22 +285,32 @@ def _signup_columns(
 ) -> dict[str, ColumnElement]:
     signup_day = local_date(signup_at, offset_at(tz, signup_at))
     tenure = days_between(today, signup_day)
-    steps = case(*((tenure == days, literal(step)) for days, step in ONBOARDING_STEPS.items()))
+    steps = case(ONBOARDING_STEPS, value=tenure)
     return {"signup_local_date": signup_day, "tenure_days": tenure, "onboarding_step": steps}
 
 
 def _birthday_columns(
-    birth_date: ColumnElement[date], today: ColumnElement[date]
+    birth_date: ColumnElement[date], today: ColumnElement[date], todays: set[date]
 ) -> dict[str, ColumnElement]:
     year = year_of(today)
     this_year, next_year = _birthday_in(birth_date, year), _birthday_in(birth_date, year + 1)
-    upcoming = case((this_year >= today, this_year), else_=next_year)
+    # Per possible local today, the birth month-days celebrated on it: a cheap test per row.
+    celebrated = or_(
+        *(and_(today == day, month_day(birth_date).in_(_celebrated_on(day))) for day in todays)
+    )
     return {
-        "next_birthday": upcoming,
-        "days_until_birthday": days_between(upcoming, today),
-        "birthday_today": and_(birth_date.is_not(None), this_year == today),
+        "next_birthday": case((this_year >= today, this_year), else_=next_year),
+        "birthday_today": and_(birth_date.is_not(None), celebrated),
         "birthday_year": year,
     }
+
+
+def _celebrated_on(day: date) -> list[str]:
+    """Birth month-days celebrated on `day`: 29 February moves to 28 February in common years."""
+    month_days = [f"{day:%m-%d}"]
+    if (day.month, day.day) == (2, 28) and not calendar.isleap(day.year):
+        month_days.append("02-29")
+    return month_days
 
 
 def _birthday_in(birth_date: ColumnElement[date], year: ColumnElement[int]) -> ColumnElement:
@@ -390,14 +404,11 @@ def materialize(engine: Engine, as_of: datetime, settings: Settings) -> FeatureS
     as_of = as_of.astimezone(UTC)
     known = prepare_timezones(engine, settings)
     query = feature_query(settings, as_of, known, {"customer", "orders"})
-    base = query.select(SNAPSHOT_FEATURES).subquery("features")
-    scored = _with_rfm_scores(base)
-    rfm = _rfm_names(scored)
-    columns = ["as_of", *SNAPSHOT_FEATURES, *RFM_SCORES, *rfm]
-    rows = select(literal(as_of, UtcDateTime), *scored.c, *rfm.values())
+    rows = query.select(SNAPSHOT_FEATURES).add_columns(literal(as_of, UtcDateTime))
     with engine.begin() as conn:
         conn.execute(delete(customer_features))
-        conn.execute(insert(customer_features).from_select(columns, rows))
+        conn.execute(insert(customer_features).from_select([*SNAPSHOT_FEATURES, "as_of"], rows))
+        _score_rfm(conn)
         warnings = _warnings(conn)
         row_count = conn.execute(select(func.count()).select_from(customer_features)).scalar_one()
         conn.execute(
@@ -411,33 +422,58 @@ def materialize(engine: Engine, as_of: datetime, settings: Settings) -> FeatureS
     return FeatureSnapshot(as_of=as_of, row_count=row_count, warnings=warnings)
 
 
-RFM_SCORES = ["rfm_recency", "rfm_frequency", "rfm_monetary"]
+def _score_rfm(conn: Connection) -> None:
+    """RFM quintile scores 1-5 among customers with orders, and their named segment.
+
+    A customer's score is 1 + 5 * (customers ranked strictly below) // (customers with
+    orders), so ties share a score. pandas finds the four cut points per dimension from three
+    narrow columns; one set-based UPDATE applies them.
+    """
+    f = customer_features.c
+    buyers = f.order_count > 0
+    values = conn.execute(
+        select(-f.days_since_last_order, f.order_count, f.total_spend).where(buyers)
+    ).all()
+    if not values:
+        return
+    frame = pd.DataFrame(values, columns=["recency", "frequency", "monetary"])
+    recency, frequency, monetary = (
+        _score(column, _cut_points(frame[name].to_numpy()))
+        for column, name in (
+            (-f.days_since_last_order, "recency"),
+            (f.order_count, "frequency"),
+            (f.total_spend, "monetary"),
+        )
+    )
+    segment = case(
+        *(
+            (and_(recency.in_(rs), frequency.in_(fs)), literal(name))
+            for name, rs, fs in RFM_SEGMENTS
+        )
+    )
+    conn.execute(
+        update(customer_features)
+        .where(buyers)
+        .values(
+            rfm_recency=recency,
+            rfm_frequency=frequency,
+            rfm_monetary=monetary,
+            rfm_score=cast(recency, String) + cast(frequency, String) + cast(monetary, String),
+            rfm_segment=segment,
+        )
+    )
 
 
-def _with_rfm_scores(base: FromClause) -> FromClause:
-    """Quintile scores 1-5 among customers with orders; ties share a score on every backend."""
-    buyer = base.c.order_count > 0
-
-    def score(*order_by: ColumnElement) -> ColumnElement[int]:
-        rank = over(func.rank(), partition_by=buyer, order_by=order_by)
-        size = over(func.count(), partition_by=buyer)
-        return case((buyer, 1 + (5 * (rank - 1)) // size))
-
-    return select(
-        *base.c,
-        score(base.c.days_since_last_order.desc()).label("rfm_recency"),
-        score(base.c.order_count).label("rfm_frequency"),
-        score(base.c.total_spend).label("rfm_monetary"),
-    ).subquery("scored")
+def _cut_points(values: np.ndarray) -> list[float | int]:
+    """For scores 2..5, the smallest value whose score reaches it (higher value, higher score)."""
+    ordered = np.sort(values)
+    distinct = np.unique(ordered)
+    scores = 1 + (5 * np.searchsorted(ordered, distinct, side="left")) // len(ordered)
+    return [distinct[scores >= k][0].item() for k in range(2, 6) if (scores >= k).any()]
 
 
-def _rfm_names(scored: FromClause) -> dict[str, ColumnElement]:
-    r, f, m = (scored.c[name] for name in RFM_SCORES)
-    segment = case(*((and_(r.in_(rs), f.in_(fs)), literal(name)) for name, rs, fs in RFM_SEGMENTS))
-    return {
-        "rfm_score": cast(r, String) + cast(f, String) + cast(m, String),
-        "rfm_segment": segment,
-    }
+def _score(column: ColumnElement, cuts: list[float | int]) -> ColumnElement[int]:
+    return literal(1) + sum((case((column >= cut, 1), else_=0) for cut in cuts), start=literal(0))
 
 
 def _warnings(conn) -> dict[str, int]:  # type: ignore[no-untyped-def]
