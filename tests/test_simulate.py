@@ -82,11 +82,13 @@ def test_deterministic_and_idempotent(engine: Engine) -> None:
     assert [(e["natural_key"], e["event"], e["occurred_at"]) for e in events(engine)] == first
 
 
-def test_nothing_after_as_of(engine: Engine) -> None:
+def test_young_sends_get_all_their_events_but_none_after_as_of(engine: Engine) -> None:
     fill_ledger(engine)
-    early = SENT_AT + timedelta(minutes=1)
-    simulate.simulate_events(engine, as_of=early, seed=3)
+    early = SENT_AT + timedelta(minutes=10)
+    result = simulate.simulate_events(engine, as_of=early, seed=3)
     e = schema.engagement_events
     with engine.connect() as conn:
         latest = conn.execute(select(func.max(e.c.occurred_at)).where(e.c.simulated)).scalar_one()
     assert latest <= early
+    assert result.events["delivered"] + result.events["bounce"] == SENDS - 1
+    assert result.events["open"] > 0.3 * result.events["delivered"]

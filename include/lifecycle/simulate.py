@@ -10,6 +10,10 @@ larger ledger gives every existing send the same events. Sends that already have
 (real or simulated) are left alone, and inserts ignore an existing natural key, so running it
 twice changes nothing. Conversions are never simulated: they come from real orders. Simulated
 bounces and unsubscribes do not create suppressions.
+
+Engagement spreads over about three days after a send. A send younger than that at `as_of`
+(the demo simulates right after sending) gets all its events anyway, with the delays scaled
+down to fit between the send and `as_of`: no event is ever dated after `as_of`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ CLICKED = 0.25  # of opened
 UNSUBSCRIBED = 0.004  # of delivered
 SPAM_REPORTED = 0.001  # of delivered
 CHUNK = 5_000
+HORIZON = timedelta(hours=73)  # the longest nominal delay: a late open plus its click
 
 
 @dataclass(frozen=True)
@@ -45,15 +50,17 @@ def _uniform(seed: int, send_id: int, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def events_for(seed: int, send: dict) -> list[dict]:
+def events_for(seed: int, send: dict, as_of: datetime) -> list[dict]:
     """The simulated events of one sent ledger row (`id`, `sent_at`, ...), in time order."""
     send_id, sent_at = send["id"], send["sent_at"]
+    scale = min(1.0, max((as_of - sent_at) / HORIZON, 0.0))
 
     def u(salt: str) -> float:
         return _uniform(seed, send_id, salt)
 
     def event(name: str, at: datetime, **extra: object) -> dict:
-        return {"event": name, "occurred_at": at.replace(microsecond=0), **extra}
+        occurred = sent_at + (at - sent_at) * scale
+        return {"event": name, "occurred_at": occurred, **extra}
 
     if u("delivered") >= DELIVERED:
         reason = "550 5.1.1 mailbox does not exist (simulated)"
@@ -83,7 +90,7 @@ def events_for(seed: int, send: dict) -> list[dict]:
 def simulate_events(
     engine: Engine, *, as_of: datetime, seed: int = 7, campaign_id: str | None = None
 ) -> SimulationResult:
-    """Add simulated events (up to `as_of`) for every sent ledger row that has none."""
+    """Add simulated events, none later than `as_of`, for every sent row that has none."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     as_of = as_of.astimezone(UTC)
@@ -92,9 +99,7 @@ def simulate_events(
     for chunk in _sends_without_events(engine, as_of, campaign_id):
         rows = []
         for send in chunk:
-            for event in events_for(seed, send):
-                if event["occurred_at"] <= as_of:
-                    rows.append(_row(send, event, seed))
+            rows.extend(_row(send, event, seed) for event in events_for(seed, send, as_of))
         if rows:
             _insert_ignoring_existing(engine, rows)
         sends += len(chunk)
