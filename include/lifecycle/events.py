@@ -106,8 +106,10 @@ def natural_key(event: dict[str, Any]) -> str:
 
 
 def _plain(value: Any, limit: int) -> bool:
-    """A string that fits a column of `limit` chars (PostgreSQL text cannot hold NUL)."""
-    return isinstance(value, str) and len(value) <= limit and "\x00" not in value
+    """A string a text column of `limit` chars can hold (PostgreSQL: no NUL, valid UTF-8)."""
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        return False
+    return value.isascii() or not any("\ud800" <= char <= "\udfff" for char in value)
 
 
 def _text(event: dict[str, Any], name: str, limit: int, index: int) -> str | None:
