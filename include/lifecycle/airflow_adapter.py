@@ -10,7 +10,8 @@ YAML specs: the pipeline, the warehouse and pandas are imported inside the tasks
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +31,11 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
 
 from lifecycle.campaigns import CampaignSpec
 from lifecycle.config import Settings, load_settings
@@ -49,6 +54,16 @@ AS_OF_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2
 
 class TriggerOptionError(ValueError):
     """Trigger options (the run's conf) that cannot be used; the message says what to fix."""
+
+
+@contextmanager
+def fail_fast(*problems: type[Exception]) -> Iterator[None]:
+    """Problems a retry cannot fix (a bad option, template or API key) fail the task at once,
+    with their message, instead of being retried with backoff."""
+    try:
+        yield
+    except problems as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
 
 
 def campaign_asset(campaign_id: str) -> Asset:
@@ -370,10 +385,12 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             from lifecycle import pipeline
 
             context = get_current_context()
-            options = _options(context)
-            as_of = _context_as_of(context, options)
-            settings = runtime_settings()
-            pipeline.preflight(_engine(settings), spec, settings, as_of=as_of)
+            # ValueError here is configuration: a bad as-of or warehouse connection.
+            with fail_fast(pipeline.PreflightError, ValueError):
+                options = _options(context)
+                as_of = _context_as_of(context, options)
+                settings = runtime_settings()
+                pipeline.preflight(_engine(settings), spec, settings, as_of=as_of)
             return as_of.isoformat()
 
         @task
@@ -427,6 +444,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
             """Render and send one ledger batch; rows are claimed, so a retry never re-sends."""
             from lifecycle import pipeline
+            from lifecycle.delivery import DeliveryStopped
 
             context = get_current_context()
             bounds = pipeline.Batch.from_dict(batch)
@@ -435,15 +453,16 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             )
             ti = context["ti"]
             settings = runtime_settings()
-            result = pipeline.deliver(
-                _engine(settings),
-                spec,
-                settings,
-                run_id=campaign_run_id,
-                batch=bounds,
-                attempt=f"{ti.dag_id}/{ti.run_id}/{ti.map_index}/try{ti.try_number}",
-                dry_run=_options(context).dry_run,
-            )
+            with fail_fast(DeliveryStopped):  # SendGrid refused the API key: stop, do not retry
+                result = pipeline.deliver(
+                    _engine(settings),
+                    spec,
+                    settings,
+                    run_id=campaign_run_id,
+                    batch=bounds,
+                    attempt=f"{ti.dag_id}/{ti.run_id}/{ti.map_index}/try{ti.try_number}",
+                    dry_run=_options(context).dry_run,
+                )
             return result.to_dict()
 
         @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[asset])
