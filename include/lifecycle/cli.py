@@ -163,14 +163,13 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from lifecycle import sink, sink_suppressions
+    from lifecycle import sink
 
     print(f"SendGrid-compatible sink on http://{args.host}:{args.port} (Ctrl-C stops it)")
     print(f"  LIFECYCLE_SENDGRID_HOST=http://{args.host}:{args.port}")
     sink.serve(
         args.port,
         args.host,
-        extensions=[sink_suppressions.register],
         api_keys=args.api_key,
         keep_bodies=not args.no_bodies,
         seed=args.seed,

@@ -294,7 +294,10 @@ async def set_faults(request: web.Request) -> web.Response:
 
 async def get_stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({**state.stats, "messages": len(state.messages)})
+    distinct = len(state.send_ids())
+    return web.json_response(
+        {**state.stats, "messages": len(state.messages), "distinct_send_ids": distinct}
+    )
 
 
 def build_app(

@@ -1,0 +1,290 @@
+"""Delivery throughput: plan → render → send → record against the sink, and a naive loop.
+
+    python -m benchmarks.bench_delivery                      # 200,000 recipients, 100 ms latency
+    python -m benchmarks.bench_delivery --recipients 5000    # smoke run (or BENCH_DELIVERY_N)
+    python -m benchmarks.bench_delivery --memory 100000,1000000
+
+The sink runs in its own process (`lifecycle sink --no-bodies`) with the given latency on every
+request. Delivery runs the campaign's batches in `--workers` processes, like Airflow's mapped
+tasks with `max_active_batches`. The naive loop is what most scripts do: render, then
+`SendGridAPIClient.send` per customer, sequentially, against the same sink; it runs on a
+sample (`--naive-sample`) and its time for all recipients is extrapolated from that sample.
+
+`--memory` runs the pipeline (seeded in a separate process) at each size and reports the peak
+RSS of the planning process and of a delivery worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lifecycle import pipeline, render, warehouse
+from lifecycle.campaigns import CampaignSpec
+from lifecycle.config import Settings, load_settings
+
+AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+KEY = "SG.benchmark-key"
+SPEC = {
+    "id": "bench_delivery",
+    "description": "every customer, once",
+    "segment": {
+        "occurrence_key": "birthday_year",
+        "rule": {"feature": "customer_id", "op": "ge", "value": 0},
+    },
+    "template": "onboarding/day0",
+    "occurrence_key": "birthday_year",
+    "sender": {"email": "hello@lifecycle-demo.shop", "name": "Lifecycle Demo Shop"},
+    "policies": {
+        "requires_consent": False,
+        "send_window": None,
+        "frequency_cap": {"max_emails": 3, "days": 7},
+    },
+    "delivery": {
+        "rate_per_second": 20_000,
+        "concurrency": 256,
+        "batch_size": 10_000,
+        "max_active_batches": 2,
+        "categories": ["lifecycle", "bench"],
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def start_sink(latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "lifecycle.cli", "sink", "--port", str(port)]
+    command += ["--latency-ms", str(latency_ms), "--no-bodies", "--api-key", KEY]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            httpx.get(f"{url}/_sink/stats", timeout=1)
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the sink did not start")
+
+
+def prepare(url: str, recipients: int) -> None:
+    """Migrate and seed in a child process, so its memory is not counted below."""
+    env = {**os.environ, "LIFECYCLE_WAREHOUSE_URL": url}
+    for args in (
+        ["db", "upgrade"],
+        ["seed", "--customers", str(recipients), "--as-of", AS_OF.isoformat()],
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "lifecycle.cli", *args],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+def _deliver(
+    settings: Settings, run_id: int, batch: dict[str, int]
+) -> tuple[dict[str, Any], float]:
+    engine = warehouse.make_engine(settings.warehouse_url)
+    spec = CampaignSpec.model_validate(SPEC)
+    result = pipeline.deliver(
+        engine,
+        spec,
+        settings,
+        run_id=run_id,
+        batch=pipeline.Batch.from_dict(batch),
+        attempt="bench",
+    )
+    return result.to_dict(), peak_rss_mb()
+
+
+def run_pipeline(settings: Settings, workers: int) -> dict[str, Any]:
+    engine = warehouse.make_engine(settings.warehouse_url)
+    spec = CampaignSpec.model_validate(SPEC)
+    started = time.perf_counter()
+    planned = pipeline.plan(engine, spec, settings, run_key="bench", as_of=AS_OF)
+    planned_at = time.perf_counter()
+    worker_rss = 0.0
+    with ProcessPoolExecutor(workers) as pool:
+        jobs = [
+            pool.submit(_deliver, settings, planned.run_id, b.to_dict()) for b in planned.batches
+        ]
+        for job in jobs:
+            worker_rss = max(worker_rss, job.result()[1])
+    delivered_at = time.perf_counter()
+    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+    finished = time.perf_counter()
+    return {
+        "planned": planned.planned,
+        "skipped": planned.skipped,
+        "batches": len(planned.batches),
+        "counts": counts,
+        "plan_s": planned_at - started,
+        "deliver_s": delivered_at - planned_at,
+        "total_s": finished - started,
+        "plan_rss_mb": peak_rss_mb(),
+        "worker_rss_mb": worker_rss,
+    }
+
+
+def naive_loop(settings: Settings, sample: int) -> float:
+    """Seconds per email: render + SendGridAPIClient.send, one customer after the other."""
+    from sendgrid import SendGridAPIClient
+    from sendgrid.helpers.mail import Content, Mail
+
+    spec = CampaignSpec.model_validate(SPEC)
+    engine = warehouse.make_engine(settings.warehouse_url)
+    rows = pipeline._sample_rows(engine, spec, settings, AS_OF, sample)
+    composer = pipeline._Composer(engine, spec, settings, AS_OF)
+    client = SendGridAPIClient(api_key=KEY, host=settings.sendgrid_host)
+    started = time.perf_counter()
+    for row in rows:
+        message = composer._message(row, None)
+        mail = Mail(
+            from_email=str(spec.sender.email), to_emails=message.to_email, subject=message.subject
+        )
+        mail.add_content(Content("text/plain", message.text))
+        mail.add_content(Content("text/html", message.html))
+        client.send(mail)
+    return (time.perf_counter() - started) / len(rows)
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as home:
+        url = args.warehouse or f"sqlite:///{home}/warehouse.db"
+        prepare(url, args.recipients)
+        sink, sink_url = start_sink(args.latency_ms)
+        try:
+            settings = load_settings(
+                home=Path(home),
+                warehouse_url=url,
+                transport="sendgrid",
+                sendgrid_api_key=KEY,
+                sendgrid_host=sink_url,
+                unsubscribe_secret="benchmark-secret",
+            )
+            render.get_renderer(settings)  # compile templates before the clock starts
+            figures = run_pipeline(settings, args.workers)
+            stats = httpx.get(f"{sink_url}/_sink/stats", timeout=30).json()
+            figures["sink"] = stats
+            if args.naive_sample:
+                figures["naive_s_per_email"] = naive_loop(settings, args.naive_sample)
+        finally:
+            sink.terminate()
+            sink.wait()
+    return figures
+
+
+def report(args: argparse.Namespace, f: dict[str, Any]) -> None:
+    sent = f["counts"]["sent"]
+    print(
+        f"recipients: {args.recipients:,} customers, sink latency {args.latency_ms:.0f} ms, "
+        f"{args.workers} delivery worker(s), {f['batches']} batches"
+    )
+    print(f"planned {f['planned']:,}, skipped {f['skipped']}")
+    print(
+        f"sent {sent:,}, failed {f['counts']['failed']:,}, unknown {f['counts']['unknown']:,}; "
+        f"sink accepted {f['sink'].get('accepted', 0):,} ({f['sink'].get('distinct_send_ids', 0):,} distinct send ids)"
+    )
+    print(
+        f"plan: {f['plan_s']:.1f} s   deliver (render+send+record): {f['deliver_s']:.1f} s   "
+        f"total: {f['total_s']:.1f} s"
+    )
+    print(
+        f"throughput end to end: {sent / f['total_s']:,.0f} emails/s "
+        f"(deliver only: {sent / f['deliver_s']:,.0f} emails/s)"
+    )
+    print(
+        f"peak RSS: planning process {f['plan_rss_mb']:.0f} MB, delivery worker {f['worker_rss_mb']:.0f} MB"
+    )
+    if "naive_s_per_email" in f:
+        per = f["naive_s_per_email"]
+        hours = per * f["planned"] / 3600
+        print(
+            f"naive loop (sequential SendGridAPIClient.send, measured on {args.naive_sample} "
+            f"emails, extrapolated): {1 / per:,.1f} emails/s, {hours:,.1f} h for {f['planned']:,} "
+            f"(pipeline is {per * sent / f['total_s']:,.0f}x faster)"
+        )
+
+
+def memory(args: argparse.Namespace) -> None:
+    rows = []
+    for size in (int(s) for s in args.memory.split(",")):
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_delivery",
+            "--recipients",
+            str(size),
+            "--latency-ms",
+            str(args.latency_ms),
+            "--workers",
+            "1",
+            "--naive-sample",
+            "0",
+            "--json",
+        ]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        figures = json.loads(out.strip().splitlines()[-1])
+        rows.append((size, figures["plan_rss_mb"], figures["worker_rss_mb"], figures["total_s"]))
+    for size, plan_mb, worker_mb, seconds in rows:
+        print(
+            f"{size:>10,} recipients: planning process {plan_mb:6.0f} MB, delivery worker "
+            f"{worker_mb:6.0f} MB ({seconds:,.0f} s)"
+        )
+    (small, *_), (large, *_) = rows[0], rows[-1]
+    for label, index in (("planning", 1), ("delivery", 2)):
+        change = rows[-1][index] / rows[0][index] - 1
+        print(f"{label} peak RSS {large:,} vs {small:,}: {change:+.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--recipients", type=int, default=int(os.environ.get("BENCH_DELIVERY_N", 200_000))
+    )
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--naive-sample", type=int, default=50)
+    parser.add_argument(
+        "--warehouse", help="SQLAlchemy URL of an empty database (default: a temp SQLite file)"
+    )
+    parser.add_argument("--memory", metavar="SIZES", help="e.g. 100000,1000000")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory:
+        memory(args)
+        return
+    figures = throughput(args)
+    if args.json:
+        print(json.dumps(figures, default=str))
+    else:
+        report(args, figures)
+
+
+if __name__ == "__main__":
+    main()
