@@ -51,11 +51,10 @@ from lifecycle.localtime import (
     date_from_text,
     days_between,
     ensure_offsets,
-    is_known_timezone,
     local_date,
     local_today,
     month_day,
-    offset_at,
+    usable_timezones,
     year_of,
 )
 from lifecycle.schema import customer_features, feature_snapshots
@@ -177,11 +176,10 @@ def source_orders(settings: Settings, name: str = "o") -> FromClause:
 
 
 def prepare_timezones(engine: Engine, settings: Settings) -> list[str]:
-    """The known IANA timezones customers use; their offsets are tabulated in the warehouse."""
+    """The known IANA timezones customers use (others count as UTC), ready for local dates."""
     customers = source_customers(settings)
     with engine.begin() as conn:
-        stored = conn.scalars(select(customers.c.timezone).distinct()).all()
-        known = sorted(name for name in stored if is_known_timezone(name))
+        known = usable_timezones(conn, conn.scalars(select(customers.c.timezone).distinct()))
         ensure_offsets(conn, known)
     return known
 
@@ -283,7 +281,7 @@ def _email_columns(email: ColumnElement[str]) -> dict[str, ColumnElement]:
 def _signup_columns(
     signup_at: ColumnElement[datetime], tz: ColumnElement[str], today: ColumnElement[date]
 ) -> dict[str, ColumnElement]:
-    signup_day = local_date(signup_at, offset_at(tz, signup_at))
+    signup_day = local_date(signup_at, tz)
     tenure = days_between(today, signup_day)
     steps = case(ONBOARDING_STEPS, value=tenure)
     return {"signup_local_date": signup_day, "tenure_days": tenure, "onboarding_step": steps}
@@ -349,7 +347,7 @@ def _history_columns(
     history: FromClause, tz: ColumnElement[str], today: ColumnElement[date]
 ) -> dict[str, ColumnElement]:
     h = history.c
-    last_day = local_date(h.last_order_at, offset_at(tz, h.last_order_at))
+    last_day = local_date(h.last_order_at, tz)
     return {
         "first_order_at": h.first_order_at,
         "last_order_at": h.last_order_at,
@@ -366,7 +364,7 @@ def _history_columns(
 def _delivered_order_columns(
     o: FromClause, tz: ColumnElement[str], today: ColumnElement[date]
 ) -> dict[str, ColumnElement]:
-    delivered_day = local_date(o.c.delivered_at, offset_at(tz, o.c.delivered_at))
+    delivered_day = local_date(o.c.delivered_at, tz)
     return {
         "order_id": o.c.order_id,
         "order_amount": cast(o.c.amount, Float),
