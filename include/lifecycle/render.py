@@ -162,6 +162,18 @@ class _Loader(FileSystemLoader):
 
         return _STATIC.sub(value, source)
 
+    def original_line(self, filename: str, line: int) -> int:
+        """The file's line for `line` of the inlined source (the first Jinja tag on it)."""
+        mapping = self.line_maps.get(filename, [])
+        same = [original for inlined, original in mapping if inlined == line]
+        if same:
+            return same[0]
+        before = [(inlined, original) for inlined, original in mapping if inlined < line]
+        if not before:
+            return line
+        inlined, original = before[-1]
+        return original + line - inlined
+
 
 class _Environment(Environment):
     def join_path(self, template: str, parent: str) -> str:
