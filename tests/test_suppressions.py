@@ -88,6 +88,29 @@ def test_sync_is_idempotent(
     assert ours(engine) == before
 
 
+def test_later_syncs_pull_only_what_is_new(
+    engine: Engine, store: SuppressionStore, client: suppressions.SuppressionClient
+) -> None:
+    suppressions.sync(engine, client, NOW)
+    newest = store.lists["bounces"][0]["created"] + 10 * 86_400
+    store.seed("bounces", ["new1@example.com", "new2@example.com"], created=newest)
+    suppressions.sync(engine, client, NOW)  # picks them up (and moves the bounce watermark)
+
+    third = suppressions.sync(engine, client, NOW)
+
+    assert ours(engine) == expected_from(store)
+    overlap = suppressions.SYNC_OVERLAP.total_seconds()
+    recent = [
+        item
+        for name in ("bounces", "spam_reports", "invalid_emails", "unsubscribes")
+        for item in store.lists[name]
+        if item["created"] >= max(i["created"] for i in store.lists[name]) - overlap
+    ]
+    grouped = sum(len(emails) for emails in store.groups.values())
+    assert third.pulled == len(recent) + grouped
+    assert third.requests == 4 + 1 + len(store.groups)  # one page per list now
+
+
 def test_our_unsubscribes_are_pushed_once(
     engine: Engine, store: SuppressionStore, client: suppressions.SuppressionClient
 ) -> None:

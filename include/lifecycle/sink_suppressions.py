@@ -2,9 +2,10 @@
 
 `register(app)` adds the routes to the sink's aiohttp app; the data lives in a
 `SuppressionStore` (seed it in tests, read `app[SUPPRESSIONS]`). Behaviour follows the real
-API where our sync depends on it: limit <= 500 with offset paging and a `Link: rel="next"`
-header, groups listed whole, POST to the global list, Bearer auth, and optional rate limiting
-(429 with `X-RateLimit-Reset`) so the client's waiting is exercised over real HTTP.
+API where our sync depends on it: limit <= 500 with offset paging, `start_time` (created at or
+after) and a `Link: rel="next"` header; groups listed whole; POST to the global list; Bearer
+auth; and optional rate limiting (429 with `X-RateLimit-Reset`) so that the client's waiting
+is exercised over real HTTP.
 """
 
 from __future__ import annotations
@@ -92,11 +93,12 @@ async def list_suppressions(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", MAX_LIMIT))
         offset = int(request.query.get("offset", 0))
+        start_time = int(request.query.get("start_time", 0))
     except ValueError:
-        return _errors(400, "limit and offset must be integers")
+        return _errors(400, "limit, offset and start_time must be integers")
     if not 1 <= limit <= MAX_LIMIT or offset < 0:
         return _errors(400, f"limit must be 1..{MAX_LIMIT}, offset >= 0")
-    items = store.lists[name]
+    items = [item for item in store.lists[name] if item["created"] >= start_time]
     response = web.json_response(items[offset : offset + limit])
     if offset + limit < len(items):
         following = request.url.update_query(limit=limit, offset=offset + limit)

@@ -5,7 +5,9 @@ Rows come from three places: our unsubscribe links (`source="link"`), the event 
 scope being "global" or "group:<asm group id>"; adding one that exists changes nothing. Our own
 unsubscribes are pushed to SendGrid's global list and marked with `pushed_at`.
 
-Blocks are not pulled: SendGrid does not suppress future sends to a blocked address either.
+The sync is incremental: each list is pulled from its newest entry seen so far (less a day of
+overlap); ASM groups have no paging or time filter and are pulled whole. Blocks are not pulled:
+SendGrid does not suppress future sends to a blocked address either.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.config import Settings
@@ -26,6 +28,7 @@ from lifecycle.schema import suppressions
 
 PAGE_LIMIT = 500  # SendGrid's maximum page size for the suppression lists
 PUSH_CHUNK = 1_000
+SYNC_OVERLAP = timedelta(days=1)
 # SendGrid list → our reason
 LISTS = {"bounces": "bounce", "spam_reports": "spamreport", "invalid_emails": "invalid"}
 
@@ -147,14 +150,14 @@ class SuppressionClient:
             f"{method} {path}: HTTP {response.status_code} after {self._max_attempts} attempts"
         )
 
-    def paged(self, path: str) -> Iterator[dict[str, Any]]:
+    def paged(self, path: str, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every item of a limit/offset list, following the `Link: rel="next"` header."""
         offset, following = 0, None
         while True:
             if following:
                 response = self.request("GET", following)
             else:
-                params = {"limit": PAGE_LIMIT, "offset": offset}
+                params = {**filters, "limit": PAGE_LIMIT, "offset": offset}
                 response = self.request("GET", path, params=params)
             page = response.json()
             yield from page
@@ -163,9 +166,11 @@ class SuppressionClient:
             offset += len(page)
             following = response.links.get("next", {}).get("url")
 
-    def suppression_list(self, name: str) -> Iterator[dict[str, Any]]:
-        """bounces, blocks, spam_reports, invalid_emails or unsubscribes (global)."""
-        return self.paged(f"/v3/suppression/{name}")
+    def suppression_list(self, name: str, start_time: int = 0) -> Iterator[dict[str, Any]]:
+        """bounces, blocks, spam_reports, invalid_emails or unsubscribes (global), created at
+        or after `start_time` (unix seconds)."""
+        filters = {"start_time": start_time} if start_time else {}
+        return self.paged(f"/v3/suppression/{name}", **filters)
 
     def group_ids(self) -> list[int]:
         return [int(group["id"]) for group in self.request("GET", "/v3/asm/groups").json()]
@@ -194,10 +199,27 @@ def _created(item: dict[str, Any], now: datetime) -> datetime:
     return datetime.fromtimestamp(created, UTC) if isinstance(created, int) else now
 
 
-def pulled_rows(client: SuppressionClient, now: datetime) -> Iterator[dict[str, Any]]:
-    """Every SendGrid suppression as a row of ours."""
+def watermarks(engine: Engine) -> dict[str, int]:
+    """Per reason, where the next pull of its list starts: the newest entry it gave us, less
+    an overlap for entries SendGrid records late. A list never pulled starts from the beginning.
+    """
+    newest = func.max(suppressions.c.created_at)
+    query = (
+        select(suppressions.c.reason, newest)
+        .where(suppressions.c.source == "sync", suppressions.c.scope == "global")
+        .group_by(suppressions.c.reason)
+    )
+    with engine.connect() as conn:
+        found = conn.execute(query).all()
+    return {reason: max(0, int((at - SYNC_OVERLAP).timestamp())) for reason, at in found}
+
+
+def pulled_rows(
+    client: SuppressionClient, now: datetime, since: dict[str, int]
+) -> Iterator[dict[str, Any]]:
+    """SendGrid's suppressions (lists from `since[reason]` on; groups whole) as rows of ours."""
     for name, reason in (*LISTS.items(), ("unsubscribes", "unsubscribe")):
-        for item in client.suppression_list(name):
+        for item in client.suppression_list(name, since.get(reason, 0)):
             if not isinstance(item.get("email"), str):
                 continue
             yield row(item["email"], "global", reason, "sync", _created(item, now))
@@ -239,14 +261,16 @@ def push_unsubscribes(engine: Engine, client: SuppressionClient, now: datetime) 
 
 
 def sync(engine: Engine, client: SuppressionClient, now: datetime) -> SyncResult:
-    """Pull SendGrid's suppressions into ours, then push our unsubscribes. Idempotent."""
+    """Pull SendGrid's new suppressions into ours, then push our unsubscribes. Idempotent."""
     pulled = added = 0
-    for chunk in _chunks(pulled_rows(client, now), PAGE_LIMIT * 4):
+    requests_before = client.requests
+    for chunk in _chunks(pulled_rows(client, now, watermarks(engine)), PAGE_LIMIT * 4):
         pulled += len(chunk)
         with engine.begin() as conn:
             added += add(conn, chunk)
     pushed = push_unsubscribes(engine, client, now)
-    return SyncResult(pulled=pulled, added=added, pushed=pushed, requests=client.requests)
+    requests = client.requests - requests_before
+    return SyncResult(pulled=pulled, added=added, pushed=pushed, requests=requests)
 
 
 def sync_with_settings(engine: Engine, settings: Settings, now: datetime) -> SyncResult:
