@@ -347,3 +347,11 @@ def test_holdout_is_deterministic_chunk_independent_and_proportional() -> None:
     assert not segments.holdout_mask(ids, "birthday", 0.0).any()
     smaller = segments.holdout_mask(ids, "birthday", 5.0)
     assert not (smaller & ~mask).any()  # a larger holdout contains a smaller one
+
+
+def test_counts_match_the_audience(engine: Engine, settings: Settings) -> None:
+    add_customer(engine, 1, birth_date=date(1990, 6, 1), loyalty_points=1_500)
+    add_customer(engine, 2, birth_date=date(1990, 6, 2), signup_at=utc(2026, 6, 1, 8))
+    as_of = utc(2026, 6, 1, 12)
+    found = segments.counts(engine, as_of, settings, ["birthday", "loyalty_tier_up", "onboarding"])
+    assert found == {"birthday": 1, "loyalty_tier_up": 1, "onboarding": 1}

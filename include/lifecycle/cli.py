@@ -233,6 +233,89 @@ def cmd_simulate_events(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- features and segments (issue 3) ------------------------------------------------------
+def cmd_features(args: argparse.Namespace) -> int:
+    from lifecycle import features
+
+    settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
+    as_of = args.as_of or datetime.now(UTC)
+    snapshot = features.materialize(engine_from(args), as_of, settings)
+    warnings = ", ".join(f"{k}: {n:,}" for k, n in snapshot.warnings.items()) or "none"
+    when = f"{snapshot.as_of:%Y-%m-%d %H:%M} UTC"
+    print(f"customer_features: {snapshot.row_count:,} customers as of {when}")
+    print(f"warnings: {warnings}")
+    return 0
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from lifecycle import segments
+
+    settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
+    as_of = args.as_of or datetime.now(UTC)
+    try:
+        chosen = [segments.load_segment(name) for name in args.segment or segments.builtin_names()]
+    except segments.SegmentError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    engine = engine_from(args)
+    print(f"segments as of {as_of:%Y-%m-%d %H:%M} UTC (customers' local dates); nothing is sent")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        for segment in chosen:
+            members = segments.count(engine, segment, as_of, settings)
+            print(f"\n{segment.name}: {members:,} ({segment.description})")
+            if members and args.sample:
+                print(
+                    segments.sample(engine, segment, as_of, settings, args.sample).to_string(
+                        index=False
+                    )
+                )
+    return 0
+
+
+# --- templates (issue 4) -------------------------------------------------------------------
+def cmd_preview(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lifecycle import preview
+    from lifecycle.campaigns import SpecError, load_campaigns
+    from lifecycle.render import TemplateProblem
+
+    if not args.all and (args.campaign is None or args.customer is None):
+        print("preview needs CAMPAIGN --customer ID, or --all", file=sys.stderr)
+        return 2
+    settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
+    out = Path(args.out)
+    try:
+        if args.all:
+            pages = preview.preview_all(settings, out)
+            print(f"{len(pages)} previews (templates x locales) in {out}; open {out / 'index.html'}")
+            return 0
+        spec = load_campaigns(settings.campaigns_dir).get(args.campaign)
+        if spec is None:
+            print(f"no campaign {args.campaign!r}", file=sys.stderr)
+            return 2
+        rendered = preview.preview_customer(
+            engine_from(args),
+            settings,
+            spec,
+            args.customer,
+            as_of=args.as_of or datetime.now(UTC),
+            locale=args.locale,
+            occurrence_key=args.occurrence_key,
+        )
+    except (SpecError, TemplateProblem, preview.PreviewError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(rendered.html, encoding="utf-8")
+    out.with_suffix(".txt").write_text(rendered.text, encoding="utf-8")
+    print(f"subject ({rendered.locale_used}): {rendered.subject}")
+    print(f"wrote {out} and {out.with_suffix('.txt')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifecycle",
@@ -373,6 +456,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate_cmd.add_argument("--force", action="store_true", help="even with SendGrid configured")
     simulate_cmd.set_defaults(handler=cmd_simulate_events)
+    features_cmd = commands.add_parser(
+        "features",
+        help="materialize the customer_features snapshot",
+        description="Compute every customer's features at --as-of in the warehouse and replace "
+        "the customer_features snapshot (RFM scores included).",
+    )
+    features_cmd.add_argument(
+        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+    )
+    features_cmd.set_defaults(handler=cmd_features)
+
+    segments_cmd = commands.add_parser(
+        "segments",
+        help="count segment members and show a sample; sends nothing",
+        description="Members of the built-in segments (include/segments/) at --as-of, "
+        "evaluated in each customer's own timezone.",
+    )
+    segments_cmd.add_argument(
+        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+    )
+    segments_cmd.add_argument(
+        "--segment", action="append", metavar="NAME", help="only this segment (repeatable)"
+    )
+    segments_cmd.add_argument(
+        "--sample", type=int, default=3, metavar="N", help="sample rows per segment (default 3)"
+    )
+    segments_cmd.set_defaults(handler=cmd_segments)
+
+    preview_cmd = commands.add_parser(
+        "preview",
+        help="render a campaign's email for a customer, or every template x locale",
+        description="CAMPAIGN --customer ID --out FILE.html renders that customer's email "
+        "(their name, locale, timezone and features; nothing is sent or issued). "
+        "--all --out DIR renders every template in every locale with sample data, "
+        "with DIR/index.html.",
+    )
+    preview_cmd.add_argument("campaign", nargs="?", metavar="CAMPAIGN")
+    preview_cmd.add_argument("--all", action="store_true", help="every template x locale")
+    preview_cmd.add_argument("--customer", type=int, metavar="ID")
+    preview_cmd.add_argument("--locale", metavar="L", help="override the customer's locale")
+    preview_cmd.add_argument(
+        "--occurrence-key", metavar="KEY", help="e.g. day3 for onboarding (default: the first)"
+    )
+    preview_cmd.add_argument(
+        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+    )
+    preview_cmd.add_argument("--out", required=True, metavar="PATH", help="FILE.html or DIR")
+    preview_cmd.set_defaults(handler=cmd_preview)
     return parser
 
 

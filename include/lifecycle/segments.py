@@ -385,6 +385,16 @@ def count(engine: Engine, segment: Segment, as_of: datetime, settings: Settings)
         return conn.execute(statement).scalar_one()
 
 
+def counts(
+    engine: Engine, as_of: datetime, settings: Settings, names: list[str] | None = None
+) -> dict[str, int]:
+    """Members per built-in segment at `as_of` (what `lifecycle segments` and the DAG log)."""
+    return {
+        name: count(engine, load_segment(name, settings), as_of, settings)
+        for name in names or builtin_names()
+    }
+
+
 def sample(
     engine: Engine, segment: Segment, as_of: datetime, settings: Settings, size: int = 5
 ) -> pd.DataFrame:
