@@ -319,3 +319,12 @@ def test_cli_report_formats(
     ]
     assert cli.main(base) == 0
     assert "SIMULATED" in capsys.readouterr().out
+
+
+def test_orders_in_several_currencies_are_refused(engine: Engine) -> None:
+    fill(engine)
+    order = {"id": 99, "customer_id": 1, "placed_at": t("2026-01-02 10:00"), "amount": 10}
+    with engine.begin() as conn:
+        conn.execute(insert(schema.orders), [order | {"currency": "EUR", "status": "delivered"}])
+    with pytest.raises(reporting.ReportError, match=r"EUR, USD.*report_orders\.sql"):
+        reporting.build_report(engine, load_settings(), as_of=AS_OF)
