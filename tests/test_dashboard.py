@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from campaign_results import CAMPAIGNS, expected_figures, fill_campaign_results
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from lifecycle import schema
 from lifecycle.config import load_settings
@@ -54,6 +54,8 @@ def test_one_campaign(client: TestClient, engine: Engine) -> None:
     metrics = shown(client.get("/", params={"campaign": "birthday"}).text)
     assert metrics["sent"] == f"{expected_figures(engine)['birthday.sent']:,}"
     assert not any(key.startswith("onboarding.") for key in metrics)
+    html = client.get("/", params={"campaign": "birthday"}).text
+    assert all(f'<option value="{c}"' in html for c in CAMPAIGNS)  # the filter lists them all
     assert client.get("/", params={"campaign": "Robert'); DROP"}).status_code == 422
     assert client.get("/", params={"days": 0}).status_code == 422
 
@@ -95,3 +97,12 @@ def test_login_is_required_by_default(warehouse_url: str) -> None:
     client = TestClient(app)
     assert client.get("/").status_code == 401
     assert client.get("/export/runs.csv").status_code == 401
+
+
+def test_a_report_that_cannot_be_computed_says_why(client: TestClient, engine: Engine) -> None:
+    order = {"id": 10**9, "customer_id": 1, "placed_at": AS_OF, "amount": 5, "status": "placed"}
+    with engine.begin() as conn:
+        conn.execute(insert(schema.orders), [order | {"currency": "AMD"}])
+    response = client.get("/")
+    assert response.status_code == 500
+    assert "several currencies (AMD, USD)" in response.text

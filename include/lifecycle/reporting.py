@@ -391,6 +391,14 @@ def build_report(
     )
 
 
+def campaign_ids(engine: Engine) -> list[str]:
+    """Campaigns with at least one real (not dry) run."""
+    r = schema.campaign_runs
+    query = select(r.c.campaign_id).where(r.c.dry_run == false()).distinct()
+    with engine.connect() as conn:
+        return sorted(conn.execute(query).scalars())
+
+
 def _runs(conn: Connection, campaign_id: str | None, as_of: datetime) -> list[dict]:
     r = schema.campaign_runs
     query = (

@@ -13,14 +13,16 @@ Routes (relative to the mount point): `/` the page, `/report.json`, and CSV expo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Engine
 
 from lifecycle import reporting, warehouse
 from lifecycle.config import Settings, load_settings
@@ -28,6 +30,7 @@ from lifecycle.web import charts
 
 log = logging.getLogger(__name__)
 PAGES = Path(__file__).with_name("static")
+CACHE_SECONDS = 60
 EXPORTS: dict[str, Callable[[reporting.Report], str]] = {
     "runs": reporting.runs_csv,
     "retention": reporting.retention_csv,
@@ -81,20 +84,36 @@ def create_app(
     pages = Environment(loader=FileSystemLoader(PAGES), autoescape=select_autoescape(default=True))
     pages.filters.update(number=_number, percent=_percent, money=_money, points=_points)
 
-    def report(campaign: str | None, days: int) -> reporting.Report:
+    recent: dict[tuple[str | None, int], tuple[float, reporting.Report]] = {}
+
+    def engine_and_settings() -> tuple[Engine, Settings]:
         current = settings or warehouse_settings()
-        engine = warehouse.engine_for(current.warehouse_url)
-        return reporting.build_report(
+        return warehouse.engine_for(current.warehouse_url), current
+
+    def report(campaign: str | None, days: int) -> reporting.Report:
+        """Built at most once a minute per view: a large warehouse takes seconds."""
+        cached = recent.get((campaign, days))
+        if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        engine, current = engine_and_settings()
+        built = reporting.build_report(
             engine, current, as_of=clock(), campaign_id=campaign, conversion_days=days
         )
+        recent[(campaign, days)] = (time.monotonic(), built)
+        return built
+
+    @app.exception_handler(reporting.ReportError)
+    def report_error(request: Request, exc: reporting.ReportError) -> PlainTextResponse:
+        log.error("campaign report failed: %s", exc)
+        return PlainTextResponse(f"The report cannot be computed: {exc}", status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     def page(campaign: Campaign = None, days: Days = 7) -> HTMLResponse:
-        # The full list of campaigns for the filter, whatever is selected.
-        built = report(None, days)
-        shown = built if campaign is None else report(campaign, days)
+        shown = report(campaign, days)
         html = pages.get_template("dashboard.html").render(
-            **view(shown), campaigns=[c.campaign_id for c in built.campaigns], selected=campaign
+            **view(shown),
+            campaigns=reporting.campaign_ids(engine_and_settings()[0]),
+            selected=campaign,
         )
         return HTMLResponse(html)
 
