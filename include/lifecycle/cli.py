@@ -290,7 +290,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     try:
         if args.all:
             pages = preview.preview_all(settings, out)
-            print(f"{len(pages)} previews (templates x locales) in {out}; open {out / 'index.html'}")
+            print(f"{len(pages)} previews (template x locale) in {out}: open {out / 'index.html'}")
             return 0
         spec = load_campaigns(settings.campaigns_dir).get(args.campaign)
         if spec is None:
