@@ -21,7 +21,7 @@ Everything is computed from the warehouse relative to an explicit `as_of`:
 * **Average lifetime value by signup cohort** (signup month, UTC): all revenue of the cohort up
   to `as_of` divided by the customers who signed up that month, buyers or not.
 
-Revenue sums order amounts as stored; the reports assume one currency.
+Revenue adds up order amounts as stored: orders in several currencies are refused.
 """
 
 from __future__ import annotations
@@ -291,7 +291,8 @@ class Report:
     months: list[MonthKpis]  # oldest first
     cohorts: list[CohortValue]  # oldest first
     days: list[DayActivity]  # the last `days` UTC days, oldest first
-    simulated_events: int  # engagement events that were generated for the demo, not real
+    simulated_events: int  # engagement events generated for the demo, not real
+    currency: str | None  # of every amount (None without orders)
 
     @property
     def total(self) -> Performance:
@@ -306,6 +307,7 @@ class Report:
             "conversion_days": self.conversion_days,
             "active_days": self.active_days,
             "simulated_events": self.simulated_events,
+            "currency": self.currency,
             "total": self.total.to_dict(),
             "campaigns": [c.to_dict() for c in self.campaigns],
             "runs": [r.to_dict() for r in self.runs],
@@ -388,6 +390,7 @@ def build_report(
         cohorts=cohort_values(signups, orders),
         days=activity,
         simulated_events=simulated,
+        currency=orders["currency"].iloc[0] if len(orders) else None,
     )
 
 

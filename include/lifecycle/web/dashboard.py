@@ -31,6 +31,7 @@ from lifecycle.web import charts
 log = logging.getLogger(__name__)
 PAGES = Path(__file__).with_name("static")
 CACHE_SECONDS = 60
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "AMD": "֏", "GEL": "₾"}
 EXPORTS: dict[str, Callable[[reporting.Report], str]] = {
     "runs": reporting.runs_csv,
     "retention": reporting.retention_csv,
@@ -142,9 +143,11 @@ def local_app() -> FastAPI:
 def view(report: reporting.Report) -> dict[str, Any]:
     """Everything the template shows, already computed."""
     total = report.total
+    symbol = CURRENCY_SYMBOLS.get(report.currency or "USD", f"{report.currency} ")
     last_month = report.months[-1] if report.months else None
     return {
         "report": report,
+        "symbol": symbol,
         "total": total,
         "last_month": last_month,
         "funnels": [_funnel(c.campaign_id, c.performance) for c in report.campaigns],
@@ -177,13 +180,13 @@ def view(report: reporting.Report) -> dict[str, Any]:
             "Revenue by month",
             [f"{m.month:%b %y}" for m in report.months],
             {"Revenue": [m.revenue for m in report.months]},
-            fmt=_compact_money,
+            fmt=lambda v: _compact_money(v, symbol),
         ),
         "ltv_chart": charts.bar_chart(
             "Average lifetime value by signup month",
             [f"{c.cohort:%b %y}" for c in report.cohorts[-18:]],
             {"Average lifetime value": [c.average_ltv for c in report.cohorts[-18:]]},
-            fmt=_compact_money,
+            fmt=lambda v: _compact_money(v, symbol),
         ),
         "recent_runs": report.runs[:25],
     }
@@ -233,12 +236,14 @@ def _percent(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value * 100:.{digits}f}%"
 
 
-def _money(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.2f}" if value < 10_000 else f"${value:,.0f}"
+def _money(value: float | None, symbol: str = "$") -> str:
+    if value is None:
+        return "—"
+    return f"{symbol}{value:,.2f}" if value < 10_000 else f"{symbol}{value:,.0f}"
 
 
-def _compact_money(value: float) -> str:
-    return f"${value / 1000:,.0f}k" if value >= 10_000 else f"${value:,.0f}"
+def _compact_money(value: float, symbol: str) -> str:
+    return f"{symbol}{value / 1000:,.0f}k" if value >= 10_000 else f"{symbol}{value:,.0f}"
 
 
 def _points(value: float | None) -> str:
