@@ -434,21 +434,33 @@ async def _deliver(
             outcomes.append(task.result())
 
     async def flush() -> None:
-        if outcomes:
+        while outcomes:
             done = outcomes[:]
             outcomes.clear()
             await asyncio.to_thread(_record, engine, done, attempt)
             for outcome in done:
                 result.add(outcome)
 
+    # Claiming and rendering run ahead of sending (one chunk), so the connections stay busy.
+    ready: asyncio.Queue[list[Message] | None] = asyncio.Queue(maxsize=1)
+
+    async def produce() -> None:
+        try:
+            while not stop:
+                rows = await asyncio.to_thread(_claim, engine, run, batch, attempt, claim_size)
+                if not rows:
+                    break
+                messages, failures = await asyncio.to_thread(composer.compose, rows)
+                outcomes.extend(failures)
+                unsent.update(m.send_id for m in messages)
+                await ready.put(messages)
+        finally:
+            await ready.put(None)
+
+    producer = asyncio.create_task(produce())
+    recording: asyncio.Task[None] | None = None
     try:
-        while not stop:
-            rows = await asyncio.to_thread(_claim, engine, run, batch, attempt, claim_size)
-            if not rows:
-                break
-            messages, failures = await asyncio.to_thread(composer.compose, rows)
-            outcomes.extend(failures)
-            unsent.update(m.send_id for m in messages)
+        while (messages := await ready.get()) is not None:
             for message in messages:
                 await slots.acquire()
                 if stop:
@@ -460,12 +472,18 @@ async def _deliver(
                 task = asyncio.create_task(transport.send(message))
                 in_flight.add(task)
                 task.add_done_callback(lambda t, sid=message.send_id: finished(t, sid))
-            if len(outcomes) >= FLUSH_EVERY:
-                await flush()
+            if len(outcomes) >= FLUSH_EVERY and (recording is None or recording.done()):
+                if recording is not None:
+                    await recording  # surfaces a failed write
+                recording = asyncio.create_task(flush())
+        await producer
         while in_flight:
             await asyncio.wait(set(in_flight))
+        if recording is not None:
+            await recording
         await flush()
     finally:
+        producer.cancel()
         await transport.close()
         if unsent:
             await asyncio.to_thread(_release, engine, sorted(unsent), attempt)
