@@ -142,3 +142,20 @@ def test_rfm_ties_share_a_score(engine: Engine, settings: Settings) -> None:
     assert set(f["rfm_recency"]) == {1}
     assert set(f["rfm_frequency"]) == {1}
     assert f["rfm_monetary"].tolist() == [1, 1, 1, 1, 1, 5]
+
+
+@pytest.mark.parametrize(
+    ("as_of", "expected"),
+    [
+        (utc(2027, 2, 28, 12), date(2027, 2, 28)),  # common year: today, on 28 February
+        (utc(2027, 3, 1, 12), date(2028, 2, 29)),
+        (utc(2028, 2, 28, 12), date(2028, 2, 29)),
+        (utc(2027, 12, 31, 12), date(2028, 2, 29)),
+    ],
+)
+def test_next_birthday_of_29_february(
+    engine: Engine, settings: Settings, as_of: datetime, expected: date
+) -> None:
+    add_customer(engine, 1, birth_date=date(2000, 2, 29))
+    features.materialize(engine, as_of, settings)
+    assert snapshot(engine).loc[1, "next_birthday"] == expected

@@ -291,13 +291,15 @@ def _birthday_columns(
     birth_date: ColumnElement[date], today: ColumnElement[date], todays: set[date]
 ) -> dict[str, ColumnElement]:
     year = year_of(today)
-    this_year, next_year = _birthday_in(birth_date, year), _birthday_in(birth_date, year + 1)
+    # 'MM-DD' order picks the year, 29 February included (28 Feb <= it < 1 March).
+    later_this_year = month_day(birth_date) >= month_day(today)
+    upcoming = _birthday_in(birth_date, year + case((later_this_year, 0), else_=1))
     # Per possible local today, the birth month-days celebrated on it: a cheap test per row.
     celebrated = or_(
         *(and_(today == day, month_day(birth_date).in_(_celebrated_on(day))) for day in todays)
     )
     return {
-        "next_birthday": case((this_year >= today, this_year), else_=next_year),
+        "next_birthday": upcoming,
         "birthday_today": and_(birth_date.is_not(None), celebrated),
         "birthday_year": year,
     }
@@ -404,7 +406,7 @@ def materialize(engine: Engine, as_of: datetime, settings: Settings) -> FeatureS
     query = feature_query(settings, as_of, known, {"customer", "orders"})
     rows = query.select(SNAPSHOT_FEATURES).add_columns(literal(as_of, UtcDateTime))
     with engine.begin() as conn:
-        conn.execute(delete(customer_features))
+        _empty(conn)
         conn.execute(insert(customer_features).from_select([*SNAPSHOT_FEATURES, "as_of"], rows))
         _score_rfm(conn)
         warnings = _warnings(conn)
@@ -418,6 +420,15 @@ def materialize(engine: Engine, as_of: datetime, settings: Settings) -> FeatureS
             )
         )
     return FeatureSnapshot(as_of=as_of, row_count=row_count, warnings=warnings)
+
+
+def _empty(conn: Connection) -> None:
+    # TRUNCATE is transactional on PostgreSQL and spares deleting a million rows one by one;
+    # SQLite optimises an unqualified DELETE the same way.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("TRUNCATE customer_features"))
+    else:
+        conn.execute(delete(customer_features))
 
 
 def _score_rfm(conn: Connection) -> None:
