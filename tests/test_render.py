@@ -14,7 +14,7 @@ from babel.numbers import format_currency
 
 from lifecycle.campaigns import LOCALES, CampaignSpec, load_campaigns
 from lifecycle.config import PROJECT_ROOT, Settings, load_settings
-from lifecycle.render import Renderer, TemplateProblem, get_renderer, sample_context
+from lifecycle.render import Renderer, TemplateProblem, get_renderer, inline_css, sample_context
 
 SHIPPED = PROJECT_ROOT / "templates"
 
@@ -226,3 +226,14 @@ def test_get_renderer_is_one_per_settings(settings, tmp_path):
     assert get_renderer(settings) is get_renderer(settings)
     other = load_settings(home=tmp_path / "other", templates_dir=SHIPPED)
     assert get_renderer(other) is not get_renderer(settings)
+
+
+def test_inline_css_keeps_jinja_tags_and_refuses_one_it_cannot_keep():
+    kept = inline_css(
+        '<p class="{% if vip %}vip{% endif %}">\n{{ name }}\n</p>', "p { color: red; }", "f.html"
+    )
+    assert kept.source.startswith('<p class="{% if vip %}vip{% endif %}" style="color: red;">')
+    assert "{{ name }}" in kept.source
+    with pytest.raises(TemplateProblem) as caught:
+        inline_css("<p>ok</p>\n<p {{ attributes }}>x</p>", "p { color: red; }", "f.html")
+    assert (caught.value.file, caught.value.line) == ("f.html", 2)

@@ -222,8 +222,8 @@ class Formatter:
         self.locale, self.zone = locale, _zone(timezone)
 
     def date(self, value: date | datetime | str, style: str = "long") -> str:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value) if "T" in value else date.fromisoformat(value)
+        if isinstance(value, str):  # template fields arrive JSON-safe: ISO text
+            value = datetime.fromisoformat(value) if len(value) > 10 else date.fromisoformat(value)
         if isinstance(value, datetime):
             aware = value if value.tzinfo else value.replace(tzinfo=UTC)
             value = aware.astimezone(self.zone).date()
@@ -247,6 +247,7 @@ def _zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+@lru_cache(maxsize=1024)
 def _language(locale: str | None) -> str | None:
     """'hy-AM', 'hy_AM.UTF-8', 'HY' -> 'hy'."""
     if not locale:
@@ -459,16 +460,9 @@ def sample_context(
     """
     fields = spec.template_fields if spec is not None else list(SAMPLE_DATA)
     data = {name: SAMPLE_DATA.get(name, f"sample {name}") for name in fields}
-    coupon_spec = spec.coupon if spec is not None else None
-    discount, valid_days = (
-        (20.0, 7)
-        if coupon_spec is None
-        else (
-            coupon_spec.discount_percent,
-            coupon_spec.valid_days,
-        )
-    )
-    with_coupon = spec is None or coupon_spec is not None
+    terms = spec.coupon if spec is not None else None
+    discount, valid_days = (terms.discount_percent, terms.valid_days) if terms else (20.0, 7)
+    with_coupon = spec is None or terms is not None
     names = SAMPLE_NAMES.get(locale, SAMPLE_NAMES["en"])
     timezone = SAMPLE_TIMEZONES.get(locale, "UTC")
     return {
