@@ -42,6 +42,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Numeric,
+    String,
     and_,
     case,
     distinct,
@@ -54,7 +55,6 @@ from sqlalchemy import (
 
 from lifecycle import schema
 from lifecycle.config import Settings
-from lifecycle.sqltypes import UtcDateTime
 
 Z_95 = 1.959963984540054
 
@@ -466,9 +466,8 @@ def _conversions(conn, in_runs, orders: pd.DataFrame, conversion_days: int):  # 
     """(run id, {conversions, revenue, uplift}) for each run with sent or holdout rows."""
     ledger = schema.send_ledger
     holdout = and_(ledger.c.status == "skipped", ledger.c.reason == "holdout")
-    starts = func.coalesce(
-        ledger.c.sent_at, ledger.c.send_after, ledger.c.planned_at, type_=UtcDateTime
-    )
+    # Raw values, parsed in one vectorized step below (text on SQLite).
+    starts = func.coalesce(ledger.c.sent_at, ledger.c.send_after, ledger.c.planned_at, type_=String)
     rows = conn.execute(
         select(
             ledger.c.id,
@@ -482,7 +481,7 @@ def _conversions(conn, in_runs, orders: pd.DataFrame, conversion_days: int):  # 
         return
     sends = pd.DataFrame(rows, columns=["send_id", "run_id", "customer_id", "sent", "start"])
     sends["sent"] = sends["sent"].astype(bool)
-    sends["start"] = pd.to_datetime(sends["start"], utc=True)
+    sends["start"] = _utc(sends["start"])
     window = pd.Timedelta(days=conversion_days)
     matched = sends.merge(orders, on="customer_id")
     matched = matched[
