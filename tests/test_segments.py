@@ -12,7 +12,7 @@ from source_rows import add_customer, add_order, utc
 from sqlalchemy import Engine, func, select
 
 from lifecycle import schema, segments
-from lifecycle.campaigns import CampaignSpec
+from lifecycle.campaigns import CampaignSpec, load_campaigns
 from lifecycle.config import Settings, load_settings
 
 
@@ -355,3 +355,17 @@ def test_counts_match_the_audience(engine: Engine, settings: Settings) -> None:
     as_of = utc(2026, 6, 1, 12)
     found = segments.counts(engine, as_of, settings, ["birthday", "loyalty_tier_up", "onboarding"])
     assert found == {"birthday": 1, "loyalty_tier_up": 1, "onboarding": 1}
+
+
+def test_segment_for_checks_the_spec_fields() -> None:
+    assert segments.segment_for(spec_for("feedback", "order_id", ["order_amount"])).grain == "order"
+    with pytest.raises(segments.SegmentError, match="occurrence_key: unknown feature 'step'"):
+        segments.segment_for(spec_for("onboarding", "step"))
+    with pytest.raises(segments.SegmentError, match="template_fields: feature 'order_id' needs"):
+        segments.segment_for(spec_for("birthday", "birthday_year", ["order_id"]))
+
+
+def test_shipped_campaign_specs_fit_their_segments() -> None:
+    specs = load_campaigns(load_settings().campaigns_dir)
+    for spec in specs.values():
+        segments.segment_for(spec)

@@ -326,15 +326,22 @@ def audience(
     Columns: customer_id, occurrence_key (str), the AUDIENCE_FEATURES and one per template
     field. Reads only; sends nothing.
     """
-    segment = load_segment(spec.segment, settings)
-    key = spec.occurrence_key
-    where = f"campaign {spec.id!r}"
-    for i, name in enumerate([key, *spec.template_fields]):
-        _check_feature(
-            name, segment.grain, where, "occurrence_key" if i == 0 else "template_fields"
-        )
+    segment = segment_for(spec, settings)
     fields = [name for name in spec.template_fields if name not in AUDIENCE_FEATURES]
-    yield from _members(engine, segment, as_of, settings, key, fields, chunk_size)
+    yield from _members(engine, segment, as_of, settings, spec.occurrence_key, fields, chunk_size)
+
+
+def segment_for(spec: CampaignSpec, settings: Settings | None = None) -> Segment:
+    """The campaign's segment, checking that its occurrence key and template fields exist.
+
+    Raises SegmentError naming the spec file (for preflight, before any run).
+    """
+    segment = load_segment(spec.segment, settings)
+    where = str(spec.source_path or f"campaign {spec.id!r}")
+    _check_feature(spec.occurrence_key, segment.grain, where, "occurrence_key")
+    for name in spec.template_fields:
+        _check_feature(name, segment.grain, where, "template_fields")
+    return segment
 
 
 def _members(
