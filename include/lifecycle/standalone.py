@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -65,7 +66,8 @@ class Standalone:
     airflow_home: Path
     port: int
     log_path: Path | None
-    seen: set[int] = field(default_factory=set)
+    # pid -> start time: a pid the kernel reuses for another process is not ours.
+    seen: dict[int, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -93,7 +95,7 @@ class Standalone:
         deadline = time.monotonic() + timeout
         status: object = "no answer"
         while time.monotonic() < deadline:
-            self._remember_processes()
+            self.processes()  # remember the descendants while the tree is intact
             if self.process.poll() is not None:
                 raise StandaloneError(
                     f"airflow standalone exited with {self.process.returncode}\n{self.log_tail()}"
@@ -116,9 +118,22 @@ class Standalone:
 
     def processes(self) -> set[int]:
         """Live processes it started: its session plus every descendant seen so far."""
-        self._remember_processes()
         table = _process_table()
-        return {pid for pid in self.seen if pid in table}
+        alive = {
+            pid for pid, started in self.seen.items() if table.get(pid, _GONE).started == started
+        }
+        ours = alive | {pid for pid, proc in table.items() if proc.session == self.process.pid}
+        children: dict[int, list[int]] = {}
+        for pid, proc in table.items():
+            children.setdefault(proc.ppid, []).append(pid)
+        stack = list(ours)
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in ours:
+                    ours.add(child)
+                    stack.append(child)
+        self.seen.update({pid: table[pid].started for pid in ours})
+        return ours
 
     def stop(self, grace: float = 20) -> None:
         """Terminate every process it started; raise if any survives SIGKILL."""
@@ -135,20 +150,6 @@ class Standalone:
         if left := self.processes():
             raise StandaloneError(f"processes still running after SIGKILL: {sorted(left)}")
 
-    def _remember_processes(self) -> None:
-        table = _process_table()
-        self.seen |= {pid for pid, (_, sid) in table.items() if sid == self.process.pid}
-        self.seen.add(self.process.pid)
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        stack = list(self.seen & table.keys())
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in self.seen:
-                    self.seen.add(child)
-                    stack.append(child)
-
     def __enter__(self) -> Standalone:
         return self
 
@@ -164,6 +165,9 @@ def start_standalone(
     Output goes to `airflow_home/standalone.log`, or to this terminal with `echo=True`.
     `env` overrides the environment (e.g. LIFECYCLE_WAREHOUSE_URL, AIRFLOW_CONN_*).
     """
+    if _port_in_use(port):
+        # A health check would otherwise answer from whatever already listens there.
+        raise StandaloneError(f"port {port} on 127.0.0.1 is already in use")
     airflow_home = airflow_home.resolve()
     airflow_home.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **airflow_env(airflow_home, port), **(env or {})}
@@ -188,8 +192,17 @@ def _all_healthy(status: object) -> bool:
     )
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) of every live (non-zombie) process, from /proc."""
+class _Proc(NamedTuple):
+    ppid: int
+    session: int
+    started: int  # clock ticks after boot
+
+
+_GONE = _Proc(-1, -1, -1)
+
+
+def _process_table() -> dict[int, _Proc]:
+    """Every live (non-zombie) process, from /proc."""
     table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -199,9 +212,9 @@ def _process_table() -> dict[int, tuple[int, int]]:
         except OSError:
             continue
         # "pid (comm) state ppid pgrp session ...": comm may contain spaces and parentheses.
-        state, ppid, _pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
-        if state not in ("Z", "X"):
-            table[int(entry.name)] = (int(ppid), int(session))
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] not in ("Z", "X"):
+            table[int(entry.name)] = _Proc(int(fields[1]), int(fields[3]), int(fields[19]))
     return table
 
 
@@ -237,13 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         help="AIRFLOW_HOME (default $AIRFLOW_HOME or .local/airflow)",
     )
     args = parser.parse_args(argv)
-    if _port_in_use(args.port):
-        print(f"port {args.port} is already in use: try --port", file=sys.stderr)
-        return 1
-
-    # SIGTERM takes the same clean path as Ctrl-C.
+    # Ctrl-C and SIGTERM take the same clean path, even if SIGINT was inherited as ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    airflow = start_standalone(args.home, args.port, echo=True)
+    try:
+        airflow = start_standalone(args.home, args.port, echo=True)
+    except StandaloneError as exc:
+        print(f"{exc}: choose another with --port", file=sys.stderr)
+        return 1
     try:
         airflow.wait_healthy(timeout=300)
         print(
@@ -260,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C must not abandon the processes half-way through stopping them.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping every airflow process...", flush=True)
         airflow.stop()
         print("stopped", flush=True)
