@@ -237,3 +237,13 @@ def test_inline_css_keeps_jinja_tags_and_refuses_one_it_cannot_keep():
     with pytest.raises(TemplateProblem) as caught:
         inline_css("<p>ok</p>\n<p {{ attributes }}>x</p>", "p { color: red; }", "f.html")
     assert (caught.value.file, caught.value.line) == ("f.html", 2)
+
+
+def test_sender_address_is_text_not_template(tmp_path, specs):
+    address = "Shop <&> {{ 7 * 7 }}, 1 Main St"
+    settings = load_settings(home=tmp_path, templates_dir=SHIPPED, sender_address=address)
+    rendered = Renderer(settings).render(
+        "birthday", "en", "en", sample_context(specs["birthday"], "2026", "en")
+    )
+    assert "Shop &lt;&amp;&gt; {{ 7 * 7 }}, 1 Main St" in rendered.html
+    assert address in rendered.text

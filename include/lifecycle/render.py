@@ -42,6 +42,7 @@ from lifecycle.config import Settings
 LAYOUTS = "_layouts"
 PARTS = ("subject.txt", "body.html", "body.txt")
 FALLBACK_LOCALE = "en"
+LOAD_TIME_NAMES = ("brand", "t", "partials", "locale")  # what `[[ ... ]]` can name
 
 _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PLACEHOLDER = re.compile(r"@@J(\d+)@@|<!--J(\d+)-->")
@@ -116,8 +117,8 @@ def inline_css(source: str, css: str, filename: str) -> _Inlined:
 class _Loader(FileSystemLoader):
     """Loads templates from disk and prepares each source once, for one locale:
 
-    1. `[[ brand.name ]]`, `[[ t.unsubscribe ]]`, `[[ sender_address ]]`... are replaced by the
-       values from brand.yaml / settings for the template's locale (the text goes in as template
+    1. `[[ brand.name ]]`, `[[ t.unsubscribe ]]`, `[[ locale ]]`... are replaced by the
+       values from brand.yaml for the template's locale (the text goes in as template
        source, so a brand.yaml string may itself hold `{{ ... }}` evaluated per email);
        `[[ partials.coupon ]]` inserts `_layouts/partials/coupon.html` (on one line);
     2. `.html` sources get the email CSS inlined.
@@ -149,7 +150,7 @@ class _Loader(FileSystemLoader):
             raise TemplateProblem(filename, None, f"brand.yaml has no strings for {locale!r}")
 
         def value(match: re.Match[str]) -> str:
-            found: Any = values
+            found: Any = {name: values[name] for name in LOAD_TIME_NAMES}
             for key in match.group(1).split("."):
                 if not isinstance(found, dict) or key not in found:
                     line = source.count("\n", 0, match.start()) + 1
