@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from lifecycle import ledger, pipeline, segments
+from lifecycle import ledger, pipeline, segments, warehouse
 from lifecycle.campaigns import CampaignSpec
 from lifecycle.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
@@ -395,3 +395,18 @@ def test_send_tests_reach_only_the_test_recipients(
     with engine.connect() as conn:
         rows = conn.execute(select(test_sends)).all()
     assert len(rows) == 6 and {r.status for r in rows} == {"sent"}
+
+
+def test_preflight_says_what_to_fix(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    pipeline.preflight(engine, make_spec(), settings, as_of=AS_OF)
+    no_key = load_settings(**{**settings.__dict__, "sendgrid_api_key": None})
+    with pytest.raises(pipeline.PreflightError, match="SENDGRID_API_KEY"):
+        pipeline.preflight(engine, make_spec(), no_key, as_of=AS_OF)
+    missing = make_spec(template="nope/{occurrence_key}")
+    with pytest.raises(pipeline.PreflightError, match="nope"):
+        pipeline.preflight(engine, missing, settings, as_of=AS_OF)
+    empty = warehouse.make_engine(f"sqlite:///{tmp_path}/empty.db")
+    with pytest.raises(pipeline.PreflightError, match="lifecycle db upgrade"):
+        pipeline.preflight(empty, make_spec(), settings, as_of=AS_OF)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        pipeline.preflight(engine, make_spec(), settings, as_of=AS_OF.replace(tzinfo=None))

@@ -136,7 +136,7 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
     if transport not in ("sendgrid", "outbox"):
         raise PreflightError(f"unknown transport {transport!r}: use 'sendgrid' or 'outbox'")
     try:
-        segments.load_segment(spec.segment, settings)
+        segments.segment_for(spec, settings)
         render.get_renderer(settings).preflight(spec)
     except (segments.SegmentError, render.TemplateProblem) as exc:
         raise PreflightError(f"campaign {spec.id}: {exc}") from None
