@@ -154,7 +154,7 @@ def view(report: reporting.Report) -> dict[str, Any]:
         "uplifts": [
             (c.campaign_id, c.performance.uplift)
             for c in report.campaigns
-            if c.performance.uplift.holdout
+            if c.performance.uplift.interval is not None
         ],
         "uplift_chart": _uplift_chart(report),
         "activity_chart": charts.line_chart(
