@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
 from datetime import UTC, date, datetime
@@ -188,6 +189,7 @@ def test_preflight_names_file_and_line_of_a_missing_variable(own_templates, tmp_
     assert problem.line == at + 1
     assert "gift_wrap" in problem.reason
     assert f"{body}:{at + 1}:" in str(problem)
+    assert str(pickle.loads(pickle.dumps(problem))) == str(problem)
     # the same mistake found mid-send is reported the same way, never as a half email
     with pytest.raises(TemplateProblem, match="gift_wrap"):
         renderer.render("birthday", "ka", "en", sample_context(specs["birthday"], "2026", "ka"))

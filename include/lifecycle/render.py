@@ -57,6 +57,9 @@ class TemplateProblem(ValueError):
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return type(self), (self.file, self.line, self.reason)  # picklable across processes
+
 
 @dataclass(frozen=True)
 class Rendered:
