@@ -440,19 +440,15 @@ def _score_rfm(conn: Connection) -> None:
     """
     f = customer_features.c
     buyers = f.order_count > 0
-    values = conn.execute(
-        select(-f.days_since_last_order, f.order_count, f.total_spend).where(buyers)
-    ).all()
-    if not values:
+    dimensions = [-f.days_since_last_order, f.order_count, f.total_spend]
+    result = conn.execute(select(*dimensions).where(buyers))
+    # Read in chunks into three numeric columns: 24 bytes per customer, never a row list.
+    chunks = [pd.DataFrame(rows).to_numpy(dtype=float) for rows in result.partitions(100_000)]
+    if not chunks:
         return
-    frame = pd.DataFrame(values, columns=["recency", "frequency", "monetary"])
+    values = np.concatenate(chunks)
     recency, frequency, monetary = (
-        _score(column, _cut_points(frame[name].to_numpy()))
-        for column, name in (
-            (-f.days_since_last_order, "recency"),
-            (f.order_count, "frequency"),
-            (f.total_spend, "monetary"),
-        )
+        _score(column, _cut_points(values[:, i])) for i, column in enumerate(dimensions)
     )
     segment = case(
         *(
@@ -473,7 +469,7 @@ def _score_rfm(conn: Connection) -> None:
     )
 
 
-def _cut_points(values: np.ndarray) -> list[float | int]:
+def _cut_points(values: np.ndarray) -> list[float]:
     """For scores 2..5, the smallest value whose score reaches it (higher value, higher score)."""
     ordered = np.sort(values)
     distinct = np.unique(ordered)
@@ -481,7 +477,7 @@ def _cut_points(values: np.ndarray) -> list[float | int]:
     return [distinct[scores >= k][0].item() for k in range(2, 6) if (scores >= k).any()]
 
 
-def _score(column: ColumnElement, cuts: list[float | int]) -> ColumnElement[int]:
+def _score(column: ColumnElement, cuts: list[float]) -> ColumnElement[int]:
     return literal(1) + sum((case((column >= cut, 1), else_=0) for cut in cuts), start=literal(0))
 
 
