@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ from lifecycle.delivery.sendgrid import SendGridTransport
 from lifecycle.ledger import Outcome
 from lifecycle.schema import test_sends
 
+log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # delivery attempts per row, counting the automatic re-plans of failures
 MAX_BATCHES = 1000  # Airflow's max_map_length is 1024
 WAITING_CHUNK = 10_000
@@ -537,7 +540,29 @@ def deliver(
         messages, failures = _Composer(engine, spec, settings, run.as_of).compose(rows)
         result.rendered, result.failed = len(messages), len(failures)
         return result
-    asyncio.run(_deliver(engine, spec, settings, run, batch, attempt, result))
+    if result.interrupted:
+        log.warning(
+            "%d rows left in flight by an earlier attempt are now 'unknown' (not resent)",
+            result.interrupted,
+        )
+    started = time.perf_counter()
+    try:
+        asyncio.run(_deliver(engine, spec, settings, run, batch, attempt, result))
+    finally:
+        elapsed = time.perf_counter() - started
+        log.info(
+            "%s rows %d-%d: sent %d, failed %d %s, unknown %d, given back %d in %.1f s (%.0f/s)",
+            spec.id,
+            batch.first_id,
+            batch.last_id,
+            result.sent,
+            result.failed,
+            result.failed_reasons or "",
+            result.unknown,
+            result.skipped,
+            elapsed,
+            result.sent / elapsed if elapsed else 0.0,
+        )
     return result
 
 
