@@ -11,7 +11,7 @@ import pytest
 from source_rows import add_customer, add_order, utc
 from sqlalchemy import Engine, func, select
 
-from lifecycle import schema, segments
+from lifecycle import cli, schema, segments
 from lifecycle.campaigns import CampaignSpec, load_campaigns
 from lifecycle.config import Settings, load_settings
 
@@ -369,3 +369,21 @@ def test_shipped_campaign_specs_fit_their_segments() -> None:
     specs = load_campaigns(load_settings().campaigns_dir)
     for spec in specs.values():
         segments.segment_for(spec)
+
+
+def test_cli_counts_and_samples_without_sending(
+    engine: Engine, warehouse_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_customer(engine, 1, birth_date=date(1990, 6, 1), first_name="Ani")
+    add_customer(engine, 2, birth_date=date(1990, 6, 2))
+    args = ["--warehouse", warehouse_url, "segments", "--as-of", "2026-06-01T12:00:00"]
+    assert cli.main([*args, "--segment", "birthday", "--segment", "onboarding"]) == 0
+    out = capsys.readouterr().out
+    assert "birthday: 1 (" in out and "Ani" in out
+    assert "onboarding: 0 (" in out
+    assert cli.main([*args, "--segment", "nope"]) == 2
+    assert "unknown segment 'nope'" in capsys.readouterr().err
+    assert cli.main(["--warehouse", warehouse_url, "features", "--as-of", "2026-06-01"]) == 0
+    assert "customer_features: 2 customers as of 2026-06-01 00:00 UTC" in capsys.readouterr().out
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.send_ledger)).scalar() == 0
