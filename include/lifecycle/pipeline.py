@@ -453,9 +453,10 @@ async def _deliver(
                 rows = await asyncio.to_thread(_claim, engine, run, batch, attempt, claim_size)
                 if not rows:
                     break
+                unsent.update(row.id for row in rows)
                 messages, failures = await asyncio.to_thread(composer.compose, rows)
+                unsent.difference_update(failure.send_id for failure in failures)
                 outcomes.extend(failures)
-                unsent.update(m.send_id for m in messages)
                 await ready.put(messages)
         finally:
             await ready.put(None)

@@ -149,10 +149,11 @@ class SendGridTransport:
             await self._wait_for_pause()
             try:
                 async with self._client().post(self.url, data=body, headers=headers) as response:
-                    status, text = response.status, await response.text()
+                    status = response.status
                     if 200 <= status < 300:
                         message_id = response.headers.get("X-Message-Id")
                         return Outcome(message.send_id, "sent", message_id, status)
+                    text = await response.text()
                     if status in (401, 403):
                         raise DeliveryStopped(
                             f"SendGrid refused the request with HTTP {status} ({_errors(text)}); "
