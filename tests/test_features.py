@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -29,8 +29,8 @@ def snapshot(engine: Engine) -> pd.DataFrame:
 def test_offset_periods_agree_with_zoneinfo(name: str) -> None:
     periods = localtime.offset_periods(name)
     zone = ZoneInfo(name)
-    instant = datetime(1971, 1, 1, tzinfo=UTC)
-    while instant < datetime(2099, 1, 1, tzinfo=UTC):
+    instant = localtime.COVER_FROM
+    while instant < localtime.COVER_UNTIL:
         expected = instant.astimezone(zone).utcoffset().total_seconds()
         current = [seconds for start, seconds in periods if start <= instant][-1]
         assert current == expected, instant

@@ -24,8 +24,8 @@ from lifecycle.schema import tz_offsets
 
 # Offsets are tabulated from COVER_FROM to COVER_UNTIL; the first period also covers every
 # earlier instant and the last every later one.
-COVER_FROM = datetime(1970, 1, 1, tzinfo=UTC)
-COVER_UNTIL = datetime(2100, 1, 1, tzinfo=UTC)
+COVER_FROM = datetime(1990, 1, 1, tzinfo=UTC)
+COVER_UNTIL = datetime(2080, 1, 1, tzinfo=UTC)
 EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
 
