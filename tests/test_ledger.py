@@ -196,3 +196,14 @@ def test_requeue_unknown(engine: Engine, only_some: bool) -> None:
         else dict.fromkeys((1, 2, 3), "planned")
     )
     assert statuses(engine) == expected
+
+
+def test_rows_a_rival_marked_unknown_go_back_when_their_owner_never_sent_them(
+    engine: Engine,
+) -> None:
+    run_id = planned_run(engine, 2)
+    with engine.begin() as conn:
+        claimed = ledger.claim(conn, run_id, 0, 10**9, AS_OF, "a", AS_OF, 2)
+        assert ledger.mark_interrupted(conn, run_id, 0, 10**9, "b") == 2  # duplicate dispatch
+        ledger.release(conn, [claimed[0].id], "a")  # "a" knows this one never left
+    assert sorted(statuses(engine).values()) == ["planned", "unknown"]

@@ -330,8 +330,18 @@ def release(conn: Connection, ids: Sequence[int], attempt: str) -> None:
     for part in chunked(list(ids)):
         conn.execute(
             update(L)
-            .where(L.c.id.in_(part), L.c.claimed_by == attempt, L.c.status == "sending")
-            .values(status="planned", claimed_by=None, claimed_at=None, attempts=L.c.attempts - 1)
+            .where(
+                L.c.id.in_(part),
+                L.c.claimed_by == attempt,
+                L.c.status.in_(("sending", "unknown")),  # a rival attempt may have marked them
+            )
+            .values(
+                status="planned",
+                reason=None,
+                claimed_by=None,
+                claimed_at=None,
+                attempts=L.c.attempts - 1,
+            )
         )
 
 
