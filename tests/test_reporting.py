@@ -70,6 +70,7 @@ def fill(engine: Engine) -> None:
         runs = [
             (1, "winback", "scheduled__2026-01-08", "2026-01-08 09:00", False),
             (2, "winback", "manual__dry", "2026-01-09 09:00", True),
+            (4, "winback", "cli__2026-01-20T09:00:00", "2026-01-20 09:00", False),
             (3, "birthday", "scheduled__2026-02-19", "2026-02-19 09:00", False),
         ]
         conn.execute(
@@ -165,7 +166,7 @@ def report(engine: Engine) -> reporting.Report:
 
 
 def test_funnel_counts_distinct_sends_per_step_and_skips_dry_runs(report: reporting.Report) -> None:
-    assert [r.run_id for r in report.runs] == [3, 1]
+    assert [r.run_id for r in report.runs] == [3, 4, 1]
     winback = next(r for r in report.runs if r.run_id == 1).performance
     assert winback.funnel == {
         "audience": 7,
@@ -211,6 +212,7 @@ def test_runs_link_to_their_dag_runs(report: reporting.Report) -> None:
     assert links == {
         1: "/dags/campaign_winback/runs/scheduled__2026-01-08",
         3: "http://airflow/dags/campaign_birthday/runs/x",
+        4: None,  # `lifecycle run`: not an Airflow run
     }
 
 
@@ -315,7 +317,8 @@ def test_cli_report_formats(
     assert cli.main([*base, "--campaign", "winback", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["run_id"], r["skipped_holdout"], r["conversions"]) for r in rows] == [
-        ("1", "2", "1")
+        ("4", "0", "0"),  # a run with an empty audience
+        ("1", "2", "1"),
     ]
     assert cli.main(base) == 0
     assert "SIMULATED" in capsys.readouterr().out

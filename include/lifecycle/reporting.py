@@ -34,6 +34,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,7 @@ from lifecycle import schema
 from lifecycle.config import Settings
 
 Z_95 = 1.959963984540054
+CLI_RUN_PREFIX = "cli__"  # run keys `lifecycle run` makes (lifecycle.pipeline.run_campaign)
 
 # SendGrid event -> funnel step. Counting distinct sends per step makes duplicates harmless.
 EVENT_STEPS = {
@@ -188,7 +190,7 @@ class RunReport:
     as_of: datetime
     started_at: datetime
     status: str
-    dag_run_url: str
+    dag_run_url: str | None  # None: the run did not come from Airflow (`lifecycle run`)
     performance: Performance
 
     def to_dict(self) -> dict[str, object]:
@@ -374,8 +376,7 @@ def build_report(
             as_of=run["as_of"],
             started_at=run["started_at"],
             status=run["status"],
-            dag_run_url=run["dag_run_url"]
-            or f"/dags/campaign_{run['campaign_id']}/runs/{run['run_key']}",
+            dag_run_url=run["dag_run_url"] or dag_run_path(run["campaign_id"], run["run_key"]),
             performance=performance.get(run["id"], Performance()),
         )
         for run in runs
@@ -400,6 +401,13 @@ def campaign_ids(engine: Engine) -> list[str]:
     query = select(r.c.campaign_id).where(r.c.dry_run == false()).distinct()
     with engine.connect() as conn:
         return sorted(conn.execute(query).scalars())
+
+
+def dag_run_path(campaign_id: str, run_key: str) -> str | None:
+    """The Airflow UI path of a campaign run; the run key of an Airflow run is its run id."""
+    if run_key.startswith(CLI_RUN_PREFIX):
+        return None
+    return f"/dags/campaign_{campaign_id}/runs/{quote(run_key, safe='')}"
 
 
 def _runs(conn: Connection, campaign_id: str | None, as_of: datetime) -> list[dict]:
