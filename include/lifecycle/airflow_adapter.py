@@ -418,7 +418,6 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                     limit=options.limit or 3,
                 )
                 log.info("sent %d test emails to the test recipients; no customer got one", sent)
-                ti.xcom_push(key="campaign_run_id", value=None)
                 ti.xcom_push(key="test_sends", value=sent)
                 return []
             result = pipeline.plan(
@@ -466,18 +465,19 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             return result.to_dict()
 
         @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[asset])
-        def finalize(campaign_run_id: int | None, as_of: str) -> dict[str, Any]:
+        def finalize(as_of: str) -> dict[str, Any]:
             """Count outcomes onto the campaign run row and announce them as an Asset event."""
             from lifecycle import pipeline
 
             context = get_current_context()
-            if campaign_run_id is None:
+            run_id = context["ti"].xcom_pull(task_ids="plan", key="campaign_run_id")
+            if run_id is None:
                 raise AirflowSkipException("test send only: no campaign run to finalize")
             settings = runtime_settings()
-            counts = pipeline.finalize(_engine(settings), spec, run_id=campaign_run_id)
+            counts = pipeline.finalize(_engine(settings), spec, run_id=run_id)
             context["outlet_events"][asset].extra = {
                 "campaign_id": spec.id,
-                "run_id": campaign_run_id,
+                "run_id": run_id,
                 "as_of": as_of,
                 "dry_run": _options(context).dry_run,
                 "counts": counts,
@@ -488,7 +488,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         batches = plan(as_of)
         run_id = batches.operator.output["campaign_run_id"]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
-        delivered >> finalize(run_id, as_of)
+        delivered >> finalize(as_of)
 
     return campaign()
 

@@ -1,0 +1,250 @@
+"""Every campaign DAG run for real with `dag.test()`: a seeded warehouse, the features DAG,
+the SendGrid-compatible sink on loopback. Checked against the ledger and what the sink got."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from lifecycle import airflow_adapter as adapter
+from lifecycle import features, schema, seed, warehouse
+from lifecycle.campaigns import load_campaigns
+from lifecycle.config import load_settings
+from lifecycle.sink import SinkHandle, run_sink_in_thread
+
+AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 11:00 UTC: inside most local send windows
+SPECS = load_campaigns(load_settings().campaigns_dir)
+API_KEY = "SG.dag-test-key"
+
+
+@dataclass
+class World:
+    engine: Engine
+    sink: SinkHandle
+    home: Path
+
+
+@contextmanager
+def make_world(
+    warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    """A seeded warehouse and a sink, reached only through the Airflow connections."""
+    engine = warehouse.make_engine(warehouse_url)
+    seed.seed(engine, 400, seed=11, as_of=AS_OF)
+    with run_sink_in_thread(api_keys=[API_KEY]) as sink:
+        monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("LIFECYCLE_UNSUBSCRIBE_SECRET", "dag-test-secret")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE",
+            json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": warehouse_url}}),
+        )
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SENDGRID_DEFAULT",
+            json.dumps({"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}),
+        )
+        monkeypatch.delenv("LIFECYCLE_TRANSPORT", raising=False)
+        yield World(engine, sink, tmp_path / "home")
+    warehouse.engine_for.cache_clear()
+    engine.dispose()
+
+
+@pytest.fixture
+def world(
+    airflow_db: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    with make_world(warehouse_url, tmp_path, monkeypatch) as made:
+        yield made
+
+
+@pytest.fixture
+def sqlite_world(
+    airflow_db: Path, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    """One backend is enough for Airflow behaviour; features computed without Airflow."""
+    with make_world(sqlite_url, tmp_path, monkeypatch) as made:
+        features.materialize(made.engine, AS_OF, load_settings(warehouse_url=sqlite_url))
+        yield made
+
+
+def run_dag(dag_id: str, conf: dict) -> tuple[str, str]:
+    dag = (
+        adapter.build_features_dag()
+        if dag_id == "customer_features"
+        else adapter.build_campaign_dag(SPECS[dag_id.removeprefix("campaign_")])
+    )
+    run = dag.test(run_conf=conf)
+    return run.run_id, str(run.state)
+
+
+def task_states(dag_id: str, run_id: str) -> dict[str, list[str]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    states: dict[str, list[str]] = {}
+    with create_session() as session:
+        for ti in session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id):
+            states.setdefault(ti.task_id, []).append(str(ti.state))
+    return states
+
+
+def run_row(engine: Engine, campaign_id: str, run_key: str) -> dict:
+    runs = schema.campaign_runs
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(runs).where(runs.c.campaign_id == campaign_id, runs.c.run_key == run_key)
+        ).one()
+    return dict(row._mapping)
+
+
+def ledger_rows(engine: Engine, **where: object) -> list[dict]:
+    ledger = schema.send_ledger
+    query = sa.select(ledger).where(*(ledger.c[k] == v for k, v in where.items()))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def customers_by_id(engine: Engine) -> dict[int, dict]:
+    with engine.connect() as conn:
+        return {r.id: dict(r._mapping) for r in conn.execute(sa.select(schema.customers))}
+
+
+def received_by(sink: SinkHandle, campaign_id: str) -> list[dict]:
+    return [m for m in sink.state.snapshot() if m["custom_args"].get("campaign") == campaign_id]
+
+
+def test_every_campaign_sends_once_by_the_ledger(world: World) -> None:
+    _, state = run_dag("customer_features", {"as_of": AS_OF.isoformat()})
+    assert state == "success"
+    customers = customers_by_id(world.engine)
+    total_sent = 0
+    for campaign_id, spec in SPECS.items():
+        run_id, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat()})
+        assert state == "success", (campaign_id, task_states(spec.dag_id, run_id))
+        row = run_row(world.engine, campaign_id, run_id)
+        assert row["status"] == "success"
+        sent = ledger_rows(world.engine, campaign_id=campaign_id, status="sent")
+        assert row["counts"]["sent"] == len(sent)
+        received = received_by(world.sink, campaign_id)
+        # Exactly one message per sent ledger row, to that row's customer, with consent.
+        assert Counter(int(m["custom_args"]["send_id"]) for m in received) == Counter(
+            r["id"] for r in sent
+        )
+        for r in sent:
+            customer = customers[r["customer_id"]]
+            assert customer["marketing_consent"]
+            assert r["email"] == customer["email"]
+            assert r["message_id"]
+        skipped = Counter(
+            r["reason"]
+            for r in ledger_rows(world.engine, campaign_id=campaign_id, status="skipped")
+        )
+        assert skipped == Counter(row["counts"]["skipped"])
+        no_consent = {i for i, c in customers.items() if not c["marketing_consent"]}
+        assert not {r["customer_id"] for r in sent} & no_consent
+        total_sent += len(sent)
+    assert total_sent > 0, "the seeded population should give at least one campaign an audience"
+
+    # The same as-of again (a new Airflow run): nothing new reaches anyone.
+    before = len(world.sink.state.snapshot())
+    for spec in SPECS.values():
+        run_id, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat()})
+        assert state == "success"
+        assert run_row(world.engine, spec.id, run_id)["counts"]["sent"] == 0
+    assert len(world.sink.state.snapshot()) == before
+
+
+def asset_events(uri: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == uri)
+            .order_by(AssetEvent.id)
+        )
+        return [dict(event.extra or {}) for event in query]
+
+
+def test_assets_carry_the_snapshot_and_the_counts(sqlite_world: World) -> None:
+    as_of = AS_OF.isoformat()
+    _, state = run_dag("customer_features", {"as_of": as_of})
+    assert state == "success"
+    snapshot = asset_events(adapter.FEATURES_ASSET.uri)[-1]
+    assert snapshot["as_of"] == as_of
+    with sqlite_world.engine.connect() as conn:
+        customers = conn.execute(sa.select(sa.func.count()).select_from(schema.customers))
+        assert snapshot["row_count"] == customers.scalar_one()
+
+    run_id, state = run_dag("campaign_loyalty", {"as_of": as_of})
+    assert state == "success"
+    event = asset_events(adapter.campaign_asset("loyalty").uri)[-1]
+    row = run_row(sqlite_world.engine, "loyalty", run_id)
+    assert event["counts"] == row["counts"]
+    assert (event["campaign_id"], event["run_id"], event["as_of"]) == ("loyalty", row["id"], as_of)
+    assert event["counts"]["sent"] > 0
+
+
+def test_an_empty_audience_finishes_green_with_zero_sends(sqlite_world: World) -> None:
+    before_any_signup = "2001-01-01T12:00:00Z"
+    run_id, state = run_dag("campaign_onboarding", {"as_of": before_any_signup})
+    assert state == "success"
+    states = task_states("campaign_onboarding", run_id)
+    assert states["deliver"] == ["skipped"]
+    assert states["finalize"] == ["success"]
+    row = run_row(sqlite_world.engine, "onboarding", run_id)
+    assert (row["status"], row["counts"]["planned"], row["counts"]["sent"]) == ("success", 0, 0)
+    assert sqlite_world.sink.state.snapshot() == []
+
+
+def test_dry_run_plans_and_renders_but_sends_nothing(sqlite_world: World) -> None:
+    run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dry_run": True})
+    assert state == "success"
+    row = run_row(sqlite_world.engine, "loyalty", run_id)
+    assert row["dry_run"] and row["counts"]["planned"] > 0
+    assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
+    assert sqlite_world.sink.state.snapshot() == []
+
+
+def test_test_recipients_get_real_emails_and_no_customer_does(sqlite_world: World) -> None:
+    qa = ["qa@lifecycle-demo.shop", "marketing-lead@lifecycle-demo.shop"]
+    conf = {"as_of": AS_OF.isoformat(), "test_recipients": qa, "limit": 2}
+    run_id, state = run_dag("campaign_loyalty", conf)
+    assert state == "success"
+    assert task_states("campaign_loyalty", run_id)["finalize"] == ["skipped"]
+    received = sqlite_world.sink.state.snapshot()
+    assert received and {to for m in received for to in m["to"]} == set(qa)
+    assert all(m["subject"].startswith("[TEST]") for m in received)
+    assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
+    with sqlite_world.engine.connect() as conn:
+        recorded = conn.execute(sa.select(schema.test_sends.c.recipient)).scalars().all()
+    assert Counter(recorded) == Counter(to for m in received for to in m["to"])
+
+
+def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
+    sqlite_world: World,
+) -> None:
+    run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dryrun": True})
+    assert state == "failed"
+    states = task_states("campaign_loyalty", run_id)
+    assert states["preflight"] == ["failed"]
+    assert states["plan"] == ["upstream_failed"]
+    assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
+    assert sqlite_world.sink.state.snapshot() == []
+
+
+def test_an_invalid_value_is_refused_before_a_run_exists(sqlite_world: World) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="limit"):
+        run_dag("campaign_loyalty", {"limit": 0})
