@@ -107,6 +107,7 @@ def fill(engine: Engine) -> None:
             (6, 1, "winback", 6, {"status": "skipped", "reason": "no_consent"}),
             (7, 1, "winback", 4, {"status": "failed", "reason": "http_400"}),
             (8, 2, "winback", 6, sent),  # dry run: not reported
+            (10, 1, "winback", 8, {"status": "unknown", "reason": "interrupted"}),
             (9, 3, "birthday", 6, {"status": "sent", "sent_at": t("2026-02-19 10:00")}),
         ]
         conn.execute(
@@ -169,11 +170,12 @@ def test_funnel_counts_distinct_sends_per_step_and_skips_dry_runs(report: report
     assert [r.run_id for r in report.runs] == [3, 4, 1]
     winback = next(r for r in report.runs if r.run_id == 1).performance
     assert winback.funnel == {
-        "audience": 7,
+        "audience": 8,
         "skipped": 3,
-        "planned": 4,
+        "planned": 5,
         "sent": 3,
         "failed": 1,
+        "unknown": 1,
         "delivered": 2,
         "opened": 1,
         "clicked": 1,

@@ -3,7 +3,8 @@
 Everything is computed from the warehouse relative to an explicit `as_of`:
 
 * **Funnel** per run and per campaign, from `send_ledger` and `engagement_events`: ledger rows
-  (audience), skipped by reason, planned (not skipped), sent, failed, then the distinct sends
+  (audience), skipped by reason, planned (not skipped), sent, failed, unknown (may or may not
+  have reached SendGrid), then the distinct sends
   with a delivered, open, click, bounce (or dropped), unsubscribe and spam report event. Dry
   runs are left out: they send nothing.
 * **Conversions**: a send converts when its customer places an order within `conversion_days`
@@ -77,6 +78,7 @@ FUNNEL_STEPS = (
     "planned",
     "sent",
     "failed",
+    "unknown",  # may or may not have reached SendGrid; never resent automatically
     "delivered",
     "opened",
     "clicked",
@@ -450,7 +452,7 @@ def _run_performance(
             perf.skipped[reason or "unknown"] = perf.skipped.get(reason or "unknown", 0) + count
         else:
             perf.funnel["planned"] += count
-        if status in ("sent", "failed"):
+        if status in ("sent", "failed", "unknown"):
             perf.funnel[status] += count
 
     step = case(EVENT_STEPS, value=events.c.event)

@@ -47,6 +47,7 @@ STEP_LABELS = {
 }
 PROBLEM_LABELS = {
     "failed": "Failed to send",
+    "unknown": "Fate unknown",
     "bounced": "Bounced",
     "unsubscribed": "Unsubscribed",
     "spam_reports": "Marked as spam",
