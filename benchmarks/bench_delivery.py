@@ -107,7 +107,7 @@ def prepare(url: str, recipients: int) -> None:
 def _deliver(
     settings: Settings, run_id: int, batch: dict[str, int]
 ) -> tuple[dict[str, Any], float]:
-    engine = warehouse.make_engine(settings.warehouse_url)
+    engine = warehouse.engine_for(settings.warehouse_url)  # one pool per worker process
     spec = CampaignSpec.model_validate(SPEC)
     result = pipeline.deliver(
         engine,
@@ -206,7 +206,8 @@ def report(args: argparse.Namespace, f: dict[str, Any]) -> None:
     print(f"planned {f['planned']:,}, skipped {f['skipped']}")
     print(
         f"sent {sent:,}, failed {f['counts']['failed']:,}, unknown {f['counts']['unknown']:,}; "
-        f"sink accepted {f['sink'].get('accepted', 0):,} ({f['sink'].get('distinct_send_ids', 0):,} distinct send ids)"
+        f"sink accepted {f['sink'].get('accepted', 0):,} "
+        f"({f['sink'].get('distinct_send_ids', 0):,} distinct send ids)"
     )
     print(
         f"plan: {f['plan_s']:.1f} s   deliver (render+send+record): {f['deliver_s']:.1f} s   "
@@ -217,7 +218,8 @@ def report(args: argparse.Namespace, f: dict[str, Any]) -> None:
         f"(deliver only: {sent / f['deliver_s']:,.0f} emails/s)"
     )
     print(
-        f"peak RSS: planning process {f['plan_rss_mb']:.0f} MB, delivery worker {f['worker_rss_mb']:.0f} MB"
+        f"peak RSS: planning process {f['plan_rss_mb']:.0f} MB, "
+        f"delivery worker {f['worker_rss_mb']:.0f} MB"
     )
     if "naive_s_per_email" in f:
         per = f["naive_s_per_email"]

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # delivery attempts per row, counting the automatic re-plans of failures
 MAX_BATCHES = 1000  # Airflow's max_map_length is 1024
 WAITING_CHUNK = 10_000
+PLAN_CHUNK = 20_000  # audience rows per policy pass and bulk insert (bounds memory)
 FLUSH_EVERY = 500  # outcomes recorded per UPDATE round trip
 
 
@@ -253,7 +254,7 @@ def plan(
 
     remaining = limit
     dry_counts: Counter[str] = Counter()
-    for chunk in segments.audience(engine, spec, as_of, settings):
+    for chunk in segments.audience(engine, spec, as_of, settings, chunk_size=PLAN_CHUNK):
         if remaining is not None and remaining <= 0:
             break
         chunk = chunk.reset_index(drop=True)
