@@ -30,7 +30,7 @@ def write(directory: Path, spec: dict | str, name: str = "winback") -> Path:
 
 def test_the_five_campaigns_ship_and_are_valid() -> None:
     specs = load_campaigns(SHIPPED)
-    assert set(specs) == {"onboarding", "reengagement", "birthday", "feedback", "loyalty"}
+    assert {"onboarding", "reengagement", "birthday", "feedback", "loyalty"} <= set(specs)
     for spec in specs.values():
         assert spec.schedule.cron or spec.schedule.after_features, spec.id
         assert spec.policies.requires_consent, spec.id

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
-from lifecycle import features, schema, seed, warehouse
+from lifecycle import features, schema, seed, simulate, warehouse
 from lifecycle.campaigns import CampaignSpec, load_campaigns
 from lifecycle.config import PROJECT_ROOT, Settings, load_settings
 
@@ -136,6 +136,12 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     print()
     print(table(outcomes))
     report(outcomes, already_sent, settings, logs)
+    # The outbox reports no deliveries, opens or clicks: simulate some (labelled simulated)
+    # so the dashboard has something to show.
+    events = simulate.simulate_events(engine, as_of=as_of)
+    if events.sends:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in events.events.items())
+        print(f"Simulated engagement for {events.sends:,} sends ({kinds}); labelled simulated.")
     return 0
 
 
@@ -183,7 +189,10 @@ def table(outcomes: list[CampaignOutcome]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
