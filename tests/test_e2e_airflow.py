@@ -1,0 +1,142 @@
+"""End to end: a real `airflow standalone` (own AIRFLOW_HOME, SQLite, loopback, free port) runs
+a campaign triggered through the REST API, against a seeded warehouse and the local sink."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from lifecycle import features, schema, seed, warehouse
+from lifecycle.config import load_settings
+from lifecycle.sink import run_sink_in_thread
+from lifecycle.standalone import Standalone, start_standalone
+
+pytestmark = pytest.mark.slow
+
+AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)
+API_KEY = "SG.e2e-key"
+DAG_ID = "campaign_loyalty"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def family(pid: int) -> set[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return {root, *root.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def alive(processes: set[psutil.Process]) -> list[str]:
+    left = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:80]}")
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def wait_for_run(api: httpx.Client, run_id: str, airflow: Standalone, seen: set) -> str:
+    state, deadline = "queued", time.monotonic() + 300
+    while state not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(2)
+        seen |= family(airflow.process.pid)
+        state = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()["state"]
+    return state
+
+
+def sent_rows(engine: sa.Engine) -> list[dict]:
+    ledger = schema.send_ledger
+    query = sa.select(ledger).where(ledger.c.campaign_id == "loyalty", ledger.c.status == "sent")
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def run_counts(engine: sa.Engine, run_key: str) -> dict:
+    runs = schema.campaign_runs
+    with engine.connect() as conn:
+        return conn.execute(sa.select(runs.c.counts).where(runs.c.run_key == run_key)).scalar_one()
+
+
+def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str) -> None:
+    engine = warehouse.make_engine(sqlite_url)
+    seed.seed(engine, 400, seed=11, as_of=AS_OF)
+    features.materialize(engine, AS_OF, load_settings(warehouse_url=sqlite_url))
+    seen: set[psutil.Process] = set()
+    with run_sink_in_thread(api_keys=[API_KEY]) as sink:
+        airflow = start_standalone(
+            tmp_path / "airflow",
+            free_port(),
+            env={
+                "LIFECYCLE_HOME": str(tmp_path / "home"),
+                "LIFECYCLE_UNSUBSCRIBE_SECRET": "e2e-secret",
+                # A sqlite:////absolute/path URI: the adapter turns it back into the URL.
+                "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": sqlite_url,
+                "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
+                    {"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}
+                ),
+            },
+        )
+        try:
+            airflow.wait_healthy(timeout=240)
+            api = httpx.Client(
+                base_url=f"{airflow.url}/api/v2",
+                headers={"Authorization": f"Bearer {airflow.api_token()}"},
+                timeout=30,
+            )
+            deadline = time.monotonic() + 120
+            while api.get(f"/dags/{DAG_ID}").status_code != 200:
+                assert time.monotonic() < deadline, airflow.log_tail()
+                time.sleep(2)
+
+            # A marketer's typo is refused before any run exists, naming the field.
+            bad = api.post(
+                f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"limit": 0}}
+            )
+            assert bad.status_code == 400, bad.text
+            assert "limit" in bad.text
+            assert api.get(f"/dags/{DAG_ID}/dagRuns").json()["total_entries"] == 0
+
+            api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+            conf = {"as_of": AS_OF.isoformat()}
+            first = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+            first_id = first.raise_for_status().json()["dag_run_id"]
+            assert wait_for_run(api, first_id, airflow, seen) == "success", airflow.log_tail()
+
+            sent = sent_rows(engine)
+            received = sink.state.snapshot()
+            assert sent, "the seeded population has loyalty tier-ups at this as-of"
+            assert sorted(int(m["custom_args"]["send_id"]) for m in received) == sorted(
+                r["id"] for r in sent
+            )
+            assert {to for m in received for to in m["to"]} == {r["email"] for r in sent}
+            assert run_counts(engine, first_id)["sent"] == len(sent)
+
+            # The same as-of again: a new run, nothing new sent.
+            again = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+            again_id = again.raise_for_status().json()["dag_run_id"]
+            assert wait_for_run(api, again_id, airflow, seen) == "success", airflow.log_tail()
+            assert len(sink.state.snapshot()) == len(received)
+            assert run_counts(engine, again_id)["sent"] == 0
+            seen |= family(airflow.process.pid)
+        finally:
+            airflow.stop()
+    engine.dispose()
+    assert len(seen) >= 4
+    assert alive(seen) == []
+    assert airflow.processes() == set()
