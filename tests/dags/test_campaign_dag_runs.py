@@ -232,13 +232,24 @@ def test_test_recipients_get_real_emails_and_no_customer_does(sqlite_world: Worl
 
 
 def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
-    sqlite_world: World,
+    sqlite_world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    caplog.set_level("ERROR", logger="lifecycle.airflow_adapter")
     run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dryrun": True})
     assert state == "failed"
     states = task_states("campaign_loyalty", run_id)
     assert states["preflight"] == ["failed"]
     assert states["plan"] == ["upstream_failed"]
+    with create_session() as session:
+        preflight = session.query(TaskInstance).filter_by(run_id=run_id, task_id="preflight").one()
+        assert preflight.try_number == 1  # a typo is not retried with backoff
+    summary = [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow_adapter"]
+    assert any(
+        "Campaign loyalty: task preflight failed for good" in m and "dryrun" in m for m in summary
+    ), summary
     assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
     assert sqlite_world.sink.state.snapshot() == []
 
