@@ -96,3 +96,18 @@ def test_every_dag_file_mentions_airflow_and_dag() -> None:
     for path in DAGS.glob("*.py"):
         text = Path(path).read_text().lower()
         assert "airflow" in text and "dag" in text, path
+
+
+def test_a_broken_spec_is_an_import_error_naming_file_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    campaigns = tmp_path / "campaigns"
+    shutil.copytree(load_settings().campaigns_dir, campaigns)
+    broken = campaigns / "birthday.yaml"
+    broken.write_text(broken.read_text().replace("schedule:", "schedul:", 1))
+    monkeypatch.setenv("LIFECYCLE_CAMPAIGNS_DIR", str(campaigns))
+    bag = DagBag(dag_folder=str(DAGS / "campaigns.py"))
+    (error,) = bag.import_errors.values()
+    assert f"{broken}: field 'schedul': unknown field (did you mean 'schedule'?)" in error
