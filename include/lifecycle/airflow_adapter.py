@@ -324,13 +324,17 @@ def describe(spec: CampaignSpec) -> str:
         rules.append(f"delivered {window.start:%H:%M}–{window.end:%H:%M} customer local time")
     if policies.holdout_percent:
         rules.append(f"{policies.holdout_percent:g}% held out as a control group")
-    segment = spec.segment if isinstance(spec.segment, str) else spec.segment.get("use", "inline")
+    if isinstance(spec.segment, str):
+        segment = f"`{spec.segment}`"
+    else:
+        params = ", ".join(f"{k}={v}" for k, v in (spec.segment.get("params") or {}).items())
+        segment = f"`{spec.segment.get('use', 'inline')}`" + (f" ({params})" if params else "")
     lines = [
         f"# Campaign `{spec.id}`",
         "",
         spec.description,
         "",
-        f"* **To whom**: segment `{segment}`",
+        f"* **To whom**: segment {segment}",
         f"* **What**: template `{spec.template}` (default locale {spec.default_locale}), "
         f"from {spec.sender.email}",
         f"* **When**: {' and '.join(when) or 'only when triggered by hand'}",
