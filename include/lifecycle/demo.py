@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
@@ -137,8 +137,8 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     print(table(outcomes))
     report(outcomes, already_sent, settings, logs)
     # The outbox reports no deliveries, opens or clicks: simulate some (labelled simulated)
-    # so the dashboard has something to show.
-    events = simulate.simulate_events(engine, as_of=as_of)
+    # so the dashboard has something to show. They happen after the sends, i.e. up to now.
+    events = simulate.simulate_events(engine, as_of=datetime.now(UTC))
     if events.sends:
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in events.events.items())
         print(f"Simulated engagement for {events.sends:,} sends ({kinds}); labelled simulated.")
