@@ -56,7 +56,7 @@ SPEC = {
     "delivery": {
         "rate_per_second": 20_000,
         "concurrency": 256,
-        "batch_size": 10_000,
+        "batch_size": 5_000,
         "max_active_batches": 2,
         "categories": ["lifecycle", "bench"],
     },
