@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -51,13 +51,39 @@ def alive(processes: set[psutil.Process]) -> list[str]:
     return left
 
 
-def wait_for_run(api: httpx.Client, run_id: str, airflow: Standalone, seen: set) -> str:
+def wait_for_run(
+    api: httpx.Client, run_id: str, airflow: Standalone, seen: set, dag_id: str = DAG_ID
+) -> str:
     state, deadline = "queued", time.monotonic() + 300
     while state not in ("success", "failed") and time.monotonic() < deadline:
         time.sleep(2)
         seen |= family(airflow.process.pid)
-        state = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()["state"]
+        state = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
     return state
+
+
+def wait_for_asset_run_at(api: httpx.Client, engine: sa.Engine, as_of: datetime) -> list:
+    """Wait for a successful asset-triggered campaign run at `as_of`; every asset-triggered
+    run's as-of (unpausing customer_features also starts its latest scheduled run)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        runs = api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]
+        done = [
+            r["dag_run_id"]
+            for r in runs
+            if r["run_type"] == "asset_triggered" and r["state"] == "success"
+        ]
+        seen = [run_as_of(engine, run_id) for run_id in done]
+        if as_of in seen:
+            return seen
+        time.sleep(2)
+    raise AssertionError(f"no asset-triggered run at {as_of} within 180 s")
+
+
+def run_as_of(engine: sa.Engine, run_key: str) -> datetime:
+    runs = schema.campaign_runs
+    with engine.connect() as conn:
+        return conn.execute(sa.select(runs.c.as_of).where(runs.c.run_key == run_key)).scalar_one()
 
 
 def sent_rows(engine: sa.Engine) -> list[dict]:
@@ -133,6 +159,19 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             assert wait_for_run(api, again_id, airflow, seen) == "success", airflow.log_tail()
             assert len(sink.state.snapshot()) == len(received)
             assert run_counts(engine, again_id)["sent"] == 0
+
+            # Data-aware: a fresh features snapshot triggers the campaign at the snapshot's as-of.
+            later = AS_OF + timedelta(hours=1)
+            api.patch("/dags/customer_features", json={"is_paused": False}).raise_for_status()
+            snapshot = api.post(
+                "/dags/customer_features/dagRuns",
+                json={"logical_date": None, "conf": {"as_of": later.isoformat()}},
+            )
+            snapshot_id = snapshot.raise_for_status().json()["dag_run_id"]
+            assert wait_for_run(api, snapshot_id, airflow, seen, "customer_features") == "success"
+            as_ofs = wait_for_asset_run_at(api, engine, later)
+            # The other snapshot (if any) is the scheduled one, at a whole hour.
+            assert all(t == later or t.minute == t.second == 0 for t in as_ofs), as_ofs
             seen |= family(airflow.process.pid)
         finally:
             airflow.stop()
