@@ -197,7 +197,16 @@ def _context_as_of(context: Mapping[str, Any], options: TriggerOptions) -> datet
         for event in events[asset]
     ]
     scheduled_for = context.get("data_interval_end") or context["dag_run"].run_after
-    return resolve_as_of(options, feature_events, scheduled_for)
+    as_of = resolve_as_of(options, feature_events, scheduled_for)
+    source = (
+        "the trigger form"
+        if options.as_of
+        else f"{len(feature_events)} features snapshot event(s)"
+        if feature_events
+        else "the scheduled time"
+    )
+    log.info("run as of %s, from %s", as_of.isoformat(), source)
+    return as_of
 
 
 def _options(context: Mapping[str, Any]) -> TriggerOptions:
