@@ -12,6 +12,10 @@ sample (`--naive-sample`) and its time for all recipients is extrapolated from t
 
 `--memory` runs the pipeline (seeded in a separate process) at each size and reports the peak
 RSS of the planning process and of a delivery worker.
+
+The warehouse is a fresh PostgreSQL database by default (production-shaped); `--warehouse
+sqlite` uses a temporary SQLite file, where the two workers' writes contend for SQLite's single
+write lock (measured here: ~1,700-1,900/s delivery against ~2,400/s on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from lifecycle import pipeline, render, warehouse
 from lifecycle.campaigns import CampaignSpec
@@ -38,6 +45,9 @@ from lifecycle.config import Settings, load_settings
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 KEY = "SG.benchmark-key"
+PG_ADMIN_URL = os.environ.get(
+    "LIFECYCLE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 SPEC = {
     "id": "bench_delivery",
     "description": "every customer, once",
@@ -171,9 +181,29 @@ def naive_loop(settings: Settings, sample: int) -> float:
     return (time.perf_counter() - started) / len(rows)
 
 
+@contextmanager
+def scratch_warehouse(choice: str, home: str) -> Iterator[str]:
+    """A fresh database: PostgreSQL (a new database on the test server) or a SQLite file."""
+    if choice == "sqlite":
+        yield f"sqlite:///{home}/warehouse.db"
+        return
+    if choice != "postgres":
+        yield choice
+        return
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"lifecycle_bench_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as home:
-        url = args.warehouse or f"sqlite:///{home}/warehouse.db"
+    with tempfile.TemporaryDirectory() as home, scratch_warehouse(args.warehouse, home) as url:
         prepare(url, args.recipients)
         sink, sink_url = start_sink(args.latency_ms)
         try:
@@ -246,6 +276,8 @@ def memory(args: argparse.Namespace) -> None:
             "1",
             "--naive-sample",
             "0",
+            "--warehouse",
+            args.warehouse,
             "--json",
         ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -273,7 +305,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--naive-sample", type=int, default=50)
     parser.add_argument(
-        "--warehouse", help="SQLAlchemy URL of an empty database (default: a temp SQLite file)"
+        "--warehouse",
+        default="postgres",
+        help="'postgres' (default: a new database on $LIFECYCLE_TEST_PG's server, dropped "
+        "afterwards), 'sqlite' (a temporary file) or the URL of an empty database",
     )
     parser.add_argument("--memory", metavar="SIZES", help="e.g. 100000,1000000")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
