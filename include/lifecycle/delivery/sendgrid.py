@@ -113,7 +113,10 @@ class SendGridTransport:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self.timeout,
-                headers={"Authorization": f"Bearer {self._api_key}"},
+                headers={
+                    "Authorization": f"Bearer {self._api_key}",
+                    "Content-Type": "application/json",
+                },
                 raise_for_status=False,
             )
         return self._session
@@ -143,12 +146,11 @@ class SendGridTransport:
 
     async def send(self, message: Message) -> Outcome:
         body = json.dumps(payload(message, self.envelope), ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json"}
         last = Outcome(message.send_id, "failed", retryable=True, reason="not_attempted")
         for attempt in range(self.max_attempts):
             await self._wait_for_pause()
             try:
-                async with self._client().post(self.url, data=body, headers=headers) as response:
+                async with self._client().post(self.url, data=body) as response:
                     status = response.status
                     if 200 <= status < 300:
                         message_id = response.headers.get("X-Message-Id")
