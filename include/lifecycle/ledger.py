@@ -21,8 +21,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    any_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from lifecycle.schema import campaign_runs, send_ledger, test_sends
 
@@ -39,6 +52,14 @@ def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
 def chunked(values: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def is_in(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`: one parameter instead of
+    thousands, which psycopg binds much faster."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(literal(list(values), ARRAY(column.type)))
+    return column.in_(values)
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -101,7 +122,7 @@ def taken_counts(conn: Connection, customer_ids: Sequence[int], since: datetime)
     for part in chunked(list(customer_ids)):
         query = (
             select(L.c.customer_id, func.count())
-            .where(L.c.customer_id.in_(part), L.c.status.in_(TAKEN), when >= since)
+            .where(is_in(conn, L.c.customer_id, part), L.c.status.in_(TAKEN), when >= since)
             .group_by(L.c.customer_id)
         )
         counts.update({int(cid): int(n) for cid, n in conn.execute(query)})
@@ -154,7 +175,7 @@ def waiting_rows(
 
 def adopt(conn: Connection, ids: Sequence[int], run_id: int) -> None:
     for part in chunked(list(ids)):
-        conn.execute(update(L).where(L.c.id.in_(part)).values(run_id=run_id))
+        conn.execute(update(L).where(is_in(conn, L.c.id, part)).values(run_id=run_id))
 
 
 def postpone(conn: Connection, updates: list[dict[str, Any]]) -> None:
@@ -261,7 +282,7 @@ def claim(
         return []
     statement = (
         update(L)
-        .where(L.c.id.in_(ids), L.c.status == "planned")
+        .where(is_in(conn, L.c.id, ids), L.c.status == "planned")
         .values(
             status="sending",
             claimed_by=attempt,
@@ -331,7 +352,7 @@ def release(conn: Connection, ids: Sequence[int], attempt: str) -> None:
         conn.execute(
             update(L)
             .where(
-                L.c.id.in_(part),
+                is_in(conn, L.c.id, part),
                 L.c.claimed_by == attempt,
                 L.c.status.in_(("sending", "unknown")),  # a rival attempt may have marked them
             )
@@ -391,7 +412,7 @@ def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | Non
     total = 0
     for part in chunked(list(ids)):
         total += conn.execute(
-            update(L).where(*where, L.c.id.in_(part)).values(status="planned", reason=None)
+            update(L).where(*where, is_in(conn, L.c.id, part)).values(status="planned", reason=None)
         ).rowcount
     return total
 

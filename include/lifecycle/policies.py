@@ -43,7 +43,7 @@ def suppressed_emails(conn: Connection, emails: list[str], scopes: list[str]) ->
     found: set[str] = set()
     for part in ledger.chunked(sorted(set(emails))):
         query = select(suppressions.c.email).where(
-            suppressions.c.email.in_(part), suppressions.c.scope.in_(scopes)
+            ledger.is_in(conn, suppressions.c.email, part), suppressions.c.scope.in_(scopes)
         )
         found.update(conn.execute(query).scalars())
     return found
