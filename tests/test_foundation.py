@@ -318,3 +318,16 @@ def test_environment_overrides_and_blank_means_unset(
     clean_env.setenv("LIFECYCLE_TRANSPORT", "outbox")
     assert load_settings().chosen_transport() == "outbox"
     assert load_settings(warehouse_url="sqlite://").warehouse_url == "sqlite://"
+
+
+def test_settings_repr_hides_warehouse_password_and_keys() -> None:
+    from lifecycle.config import load_settings
+
+    settings = load_settings(
+        warehouse_url="postgresql+psycopg://app:hunter2@db/warehouse",
+        sendgrid_api_key="SG.not-a-real-key",
+        unsubscribe_secret="s3cret-value",
+    )
+    text = repr(settings)
+    for secret in ("hunter2", "SG.not-a-real-key", "s3cret-value"):
+        assert secret not in text

@@ -21,7 +21,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 @dataclass(frozen=True)
 class Settings:
     home: Path
-    warehouse_url: str
+    warehouse_url: str = field(repr=False)  # may carry a database password
     templates_dir: Path
     campaigns_dir: Path
     sql_dir: Path

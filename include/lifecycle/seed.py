@@ -211,7 +211,7 @@ def generate_customers(n: int, rng: np.random.Generator, as_of: datetime) -> pd.
 def generate_orders(
     customers: pd.DataFrame, rng: np.random.Generator, as_of: datetime
 ) -> pd.DataFrame:
-    """Pareto-shaped histories: ~35% never buy, many buy once, a loyal core buys often."""
+    """Pareto-shaped histories: about two thirds never buy, many buy once, a loyal core often."""
     n = len(customers)
     counts = np.floor(rng.pareto(1.3, n) * 1.5).astype(np.int64)
     counts[rng.random(n) < 0.35] = 0
