@@ -37,17 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
+from benchmarks.scratch import postgres_warehouse
 from lifecycle import pipeline, render, warehouse
 from lifecycle.campaigns import CampaignSpec
 from lifecycle.config import Settings, load_settings
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 KEY = "SG.benchmark-key"
-PG_ADMIN_URL = os.environ.get(
-    "LIFECYCLE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SPEC = {
     "id": "bench_delivery",
     "description": "every customer, once",
@@ -190,16 +187,8 @@ def scratch_warehouse(choice: str, home: str) -> Iterator[str]:
     if choice != "postgres":
         yield choice
         return
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"lifecycle_bench_{os.getpid()}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_warehouse("lifecycle_bench_") as url:
+        yield url
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:

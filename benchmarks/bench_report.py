@@ -13,46 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
+from benchmarks.scratch import postgres_warehouse, sqlite_warehouse
 from lifecycle import reporting, schema, seed, simulate, warehouse
 from lifecycle.config import load_settings
 
 TARGET_SECONDS = 10
 AS_OF = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 CAMPAIGNS = ("onboarding", "reengagement", "birthday", "feedback", "loyalty")
-PG_ADMIN_URL = os.environ.get(
-    "LIFECYCLE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@contextmanager
-def sqlite_warehouse() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="bench_report_") as folder:
-        yield f"sqlite:///{Path(folder) / 'warehouse.db'}"
-
-
-@contextmanager
-def postgres_warehouse() -> Iterator[str]:
-    name = f"bench_report_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def fill(engine: sa.Engine, customers: int) -> int:

@@ -15,43 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
-import sqlalchemy as sa
-
+from benchmarks.scratch import postgres_warehouse, sqlite_warehouse
 from lifecycle import seed, warehouse
 
 TARGET_SECONDS = 120
 AS_OF = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-PG_ADMIN_URL = os.environ.get(
-    "LIFECYCLE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@contextmanager
-def sqlite_warehouse() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="bench_seed_") as folder:
-        yield f"sqlite:///{Path(folder) / 'warehouse.db'}"
-
-
-@contextmanager
-def postgres_warehouse() -> Iterator[str]:
-    name = f"bench_seed_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def bench_backend(url: str, customers: int) -> tuple[float, int]:
