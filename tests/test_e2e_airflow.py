@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 import sqlalchemy as sa
+from processes import still_running
 
 from lifecycle import features, schema, seed, warehouse
 from lifecycle.config import load_settings
@@ -38,17 +39,6 @@ def family(pid: int) -> set[psutil.Process]:
         return {root, *root.children(recursive=True)}
     except psutil.NoSuchProcess:
         return set()
-
-
-def alive(processes: set[psutil.Process]) -> list[str]:
-    left = []
-    for proc in processes:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:80]}")
-        except psutil.NoSuchProcess:
-            continue
-    return left
 
 
 def wait_for_run(
@@ -177,5 +167,5 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             airflow.stop()
     engine.dispose()
     assert len(seen) >= 4
-    assert alive(seen) == []
+    assert still_running(seen) == []
     assert airflow.processes() == set()

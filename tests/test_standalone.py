@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from processes import still_running
 
 from lifecycle.config import PROJECT_ROOT
 from lifecycle.standalone import start_standalone
@@ -49,17 +50,6 @@ def family(pid: int) -> set[psutil.Process]:
     """The process and all its descendants, including those in their own process groups."""
     root = psutil.Process(pid)
     return {root, *root.children(recursive=True)}
-
-
-def still_running(processes: set[psutil.Process]) -> list[str]:
-    alive = []
-    for proc in processes:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:80]}")
-        except psutil.NoSuchProcess:
-            continue
-    return alive
 
 
 def test_start_standalone_runs_a_task_on_another_port_and_stops_everything(tmp_path: Path) -> None:
