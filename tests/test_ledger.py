@@ -60,6 +60,16 @@ def test_runs_are_upserted_on_campaign_and_run_key(engine: Engine) -> None:
     assert len({first, other, other_campaign}) == 3
 
 
+def test_a_run_key_stays_dry_or_real(engine: Engine) -> None:
+    with engine.begin() as conn:
+        ledger.ensure_run(conn, "welcome", "rehearsal", AS_OF, True, AS_OF)
+        ledger.ensure_run(conn, "welcome", "real", AS_OF, False, AS_OF)
+        with pytest.raises(ValueError, match="'rehearsal' of welcome is already a dry run"):
+            ledger.ensure_run(conn, "welcome", "rehearsal", AS_OF, False, AS_OF)
+        with pytest.raises(ValueError, match="'real' of welcome is already a real run"):
+            ledger.ensure_run(conn, "welcome", "real", AS_OF, True, AS_OF)
+
+
 def test_insert_is_idempotent_and_never_overwrites(engine: Engine) -> None:
     run_id = planned_run(engine, 3)
     with engine.begin() as conn:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +20,18 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from lifecycle import ledger, pipeline, segments, warehouse
+from lifecycle import cli, ledger, pipeline, segments, warehouse
 from lifecycle.campaigns import CampaignSpec
 from lifecycle.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
-from lifecycle.schema import campaign_runs, customers, send_ledger, suppressions, test_sends
+from lifecycle.schema import (
+    campaign_runs,
+    coupons,
+    customers,
+    send_ledger,
+    suppressions,
+    test_sends,
+)
 from lifecycle.sink import SinkHandle, run_sink_in_thread
 
 KEY = "SG.pipeline-test-key-do-not-leak"
@@ -59,7 +68,7 @@ def make_spec(**changes: Any) -> CampaignSpec:
         "delivery": {"rate_per_second": 2000, "concurrency": 16, "batch_size": 25},
     }
     for key, value in changes.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return CampaignSpec.model_validate(raw)
 
 
@@ -325,15 +334,72 @@ def test_api_key_never_in_logs_or_the_ledger(
     )
 
 
-def test_dry_run_writes_no_ledger_rows(
+def test_dry_run_renders_every_email_and_writes_sends_and_issues_nothing(
     engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:
     add_customers(engine, 10)
     add_customers(engine, 2, start=50, marketing_consent=False)
-    counts = pipeline.run_campaign(engine, make_spec(), settings, as_of=AS_OF, dry_run=True)
+    spec = make_spec(coupon={"discount_percent": 15, "valid_days": 7})
+    counts = pipeline.run_campaign(engine, spec, settings, as_of=AS_OF, dry_run=True)
     assert counts["planned"] == 10 and counts["skipped"] == {"no_consent": 2}
+    assert (counts["rendered"], counts["render_errors"]) == (10, 0)
     assert ledger_rows(engine).empty
+    with engine.connect() as conn:
+        assert conn.execute(select(coupons)).all() == []
     assert sink.state.snapshot() == []
+
+
+@pytest.fixture
+def fragile_settings(settings: Settings, tmp_path: Path) -> Settings:
+    """Templates where one customer's email cannot render: preflight's samples all pass."""
+    templates = tmp_path / "templates"
+    shutil.copytree(settings.templates_dir, templates)
+    subject = templates / "onboarding" / "day0" / "en" / "subject.txt"
+    broken = '{% if first_name == "Broken" %}{{ 1 // 0 }}{% endif %}'
+    subject.write_text(broken + subject.read_text(encoding="utf-8"), encoding="utf-8")
+    return load_settings(**{**settings.__dict__, "templates_dir": templates})
+
+
+def test_an_email_that_does_not_render_is_recorded_and_the_rest_are_sent(
+    engine: Engine, fragile_settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 6)
+    (broken,) = add_customers(engine, 1, start=30, first_name="Broken", locale="en")
+    counts = run(engine, make_spec(), fragile_settings)
+    assert (counts["sent"], counts["failed"]) == (6, 1)
+    assert broken not in received_by_customer(sink) and len(received_by_customer(sink)) == 6
+    row = ledger_rows(engine).set_index("customer_id").loc[broken]
+    assert (row["status"], row["reason"], bool(row["retryable"])) == (
+        "failed",
+        "render_error",
+        False,
+    )
+    assert "ZeroDivisionError" in row["error"]
+
+
+def test_dry_run_names_the_emails_that_would_not_render(
+    engine: Engine, fragile_settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 6)
+    (broken,) = add_customers(engine, 1, start=30, first_name="Broken", locale="en")
+    counts = pipeline.run_campaign(engine, make_spec(), fragile_settings, as_of=AS_OF, dry_run=True)
+    assert (counts["planned"], counts["rendered"], counts["render_errors"]) == (7, 6, 1)
+    (example,) = counts["render_error_examples"]
+    assert re.fullmatch(
+        rf"customer {broken}: TemplateProblem: \S+/onboarding/day0/en/subject.txt:1: "
+        "ZeroDivisionError: integer division or modulo by zero",
+        example,
+    )
+    assert ledger_rows(engine).empty and sink.state.snapshot() == []
+
+
+def test_a_customer_with_an_unknown_timezone_is_mailed_on_utc(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    (customer,) = add_customers(engine, 1, timezone="Mars/Olympus_Mons")
+    counts = run(engine, make_spec(), settings)
+    assert (counts["sent"], counts["failed"]) == (1, 0)
+    assert received_by_customer(sink) == {customer: 1}
 
 
 def test_limit_plans_at_most_n(engine: Engine, settings: Settings, sink: SinkHandle) -> None:
@@ -410,3 +476,44 @@ def test_preflight_says_what_to_fix(engine: Engine, settings: Settings, tmp_path
         pipeline.preflight(empty, make_spec(), settings, as_of=AS_OF)
     with pytest.raises(ValueError, match="timezone-aware"):
         pipeline.preflight(engine, make_spec(), settings, as_of=AS_OF.replace(tzinfo=None))
+
+
+def test_lifecycle_run_prints_the_outcome_and_dry_runs_first(
+    engine: Engine,
+    warehouse_url: str,
+    settings: Settings,
+    sink: SinkHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    add_customers(engine, 5)
+    add_customers(engine, 2, start=50, marketing_consent=False)
+    monkeypatch.setenv("LIFECYCLE_HOME", str(settings.home))
+    monkeypatch.setenv("LIFECYCLE_TRANSPORT", "sendgrid")
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    monkeypatch.setenv("LIFECYCLE_SENDGRID_HOST", sink.url)
+    monkeypatch.setenv("LIFECYCLE_UNSUBSCRIBE_SECRET", "cli-test-unsubscribe-secret")
+    argv = ["--warehouse", warehouse_url, "run", "onboarding", "--as-of", AS_OF.isoformat()]
+
+    assert cli.main([*argv, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "onboarding as of 2026-11-24 12:00 UTC via sendgrid (dry run: nothing written or sent)"
+    )
+    assert lines[1:] == [
+        "planned: 5",
+        "skipped: 2 (no_consent: 2)",
+        "rendered: 5  render errors: 0",
+    ]
+    assert sink.state.snapshot() == []
+
+    assert cli.main([*argv, "--limit", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [
+        "planned: 3",
+        "skipped: 0",
+        "sent: 3  failed: 0  unknown: 0  waiting for the send window: 0",
+    ]
+    assert cli.main(argv) == 0  # the same moment is the same run: it finishes the other two
+    assert "planned: 5\nskipped: 2 (no_consent: 2)\nsent: 5  failed: 0" in capsys.readouterr().out
+    assert sorted(received_by_customer(sink).values()) == [1] * 5

@@ -447,6 +447,11 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             ti.xcom_push(key="planned", value=result.planned)
             ti.xcom_push(key="skipped", value=result.skipped)
             ti.xcom_push(key="waiting", value=result.waiting)
+            if result.render_errors:
+                raise AirflowFailException(
+                    f"dry run: {result.render_errors:,} of {result.planned:,} emails do not "
+                    "render: " + "; ".join(result.render_error_examples)
+                )
             return [batch.to_dict() for batch in result.batches]
 
         @task(
@@ -473,7 +478,6 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                     run_id=campaign_run_id,
                     batch=bounds,
                     attempt=f"{ti.dag_id}/{ti.run_id}/{ti.map_index}/try{ti.try_number}",
-                    dry_run=_options(context).dry_run,
                 )
             return result.to_dict()
 

@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{spec.id}: {exc}", file=sys.stderr)
         return 1
     print_run(spec.id, as_of, counts, settings.chosen_transport())
-    return 1 if counts.get("unknown") else 0
+    return 1 if counts.get("unknown") or counts.get("render_errors") else 0
 
 
 def print_run(campaign: str, as_of: datetime, counts: dict, transport: str) -> None:  # type: ignore[type-arg]
@@ -140,6 +140,9 @@ def print_run(campaign: str, as_of: datetime, counts: dict, transport: str) -> N
     reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(skipped.items()))
     print(f"skipped: {sum(skipped.values()):,}" + (f" ({reasons})" if reasons else ""))
     if counts.get("dry_run"):
+        print(f"rendered: {counts['rendered']:,}  render errors: {counts['render_errors']:,}")
+        for example in counts["render_error_examples"]:
+            print(f"  {example}")
         return
     print(
         f"sent: {counts['sent']:,}  failed: {counts['failed']:,}  unknown: {counts['unknown']:,}"
@@ -380,13 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run one campaign now: plan, deliver, finalize (what the DAG runs)",
         description="The campaign DAG's code path in this process. Prints planned, skipped by "
-        "reason, sent, failed and unknown. Exit 1 when some emails' fate is unknown.",
+        "reason, sent, failed and unknown. Exit 1 when some emails' fate is unknown, or when "
+        "a dry run finds emails that do not render.",
     )
     run.add_argument("campaign", metavar="CAMPAIGN", help="campaign id (include/campaigns/*.yaml)")
     run.add_argument(
         "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
     )
-    run.add_argument("--dry-run", action="store_true", help="count only; write and send nothing")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count and render every email; write and send nothing",
+    )
     run.add_argument("--limit", type=int, default=None, metavar="N", help="plan at most N emails")
     run.set_defaults(handler=cmd_run)
 

@@ -66,7 +66,11 @@ def is_in(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement
 def ensure_run(
     conn: Connection, campaign_id: str, run_key: str, as_of: datetime, dry_run: bool, now: datetime
 ) -> int:
-    """The run row for (campaign, run_key), created on first call; retries get the same id."""
+    """The run row for (campaign, run_key), created on first call; retries get the same id.
+
+    A run key is either a dry run or a real one for good: a real run must never be counted as
+    (or write its ledger rows under) a dry run's row, nor the other way round.
+    """
     conn.execute(
         _insert(conn, campaign_runs)
         .values(
@@ -79,11 +83,15 @@ def ensure_run(
         )
         .on_conflict_do_nothing(index_elements=["campaign_id", "run_key"])
     )
-    return conn.execute(
-        select(campaign_runs.c.id).where(
+    run_id, was_dry = conn.execute(
+        select(campaign_runs.c.id, campaign_runs.c.dry_run).where(
             campaign_runs.c.campaign_id == campaign_id, campaign_runs.c.run_key == run_key
         )
-    ).scalar_one()
+    ).one()
+    if bool(was_dry) != dry_run:
+        kind = "a dry run" if was_dry else "a real run"
+        raise ValueError(f"run key {run_key!r} of {campaign_id} is already {kind}; use another")
+    return int(run_id)
 
 
 def get_run(conn: Connection, run_id: int) -> Row[Any]:

@@ -39,6 +39,11 @@ def is_known_timezone(name: str | None) -> bool:
     return True
 
 
+def zone_or_utc(name: str | None) -> ZoneInfo:
+    """The customer's zone; an unknown or missing timezone counts as UTC, as in the features."""
+    return ZoneInfo(name) if is_known_timezone(name) else ZoneInfo("UTC")
+
+
 def usable_timezones(conn: Connection, names: Iterable[str | None]) -> list[str]:
     """The names both zoneinfo and (on PostgreSQL) the database server know, sorted."""
     known = sorted({name for name in names if is_known_timezone(name)})  # type: ignore[misc]

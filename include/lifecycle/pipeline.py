@@ -26,7 +26,6 @@ from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,7 @@ from lifecycle import (
     compliance,
     coupons,
     ledger,
+    localtime,
     policies,
     render,
     segments,
@@ -86,6 +86,8 @@ class PlanResult:
     skipped: dict[str, int]
     batches: list[Batch]
     waiting: int = 0
+    render_errors: int = 0  # dry run: emails that would fail to render
+    render_error_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "batches": [b.to_dict() for b in self.batches]}
@@ -98,7 +100,6 @@ class DeliverResult:
     unknown: int = 0  # may have been sent: reported, never re-sent automatically
     skipped: int = 0  # claimed but given back (the run was stopped)
     interrupted: int = 0  # rows an earlier attempt left in flight, now `unknown`
-    rendered: int = 0  # dry run: rendered, not sent
     failed_reasons: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,7 +241,8 @@ def plan(
 ) -> PlanResult:
     """Evaluate the audience and policies, write the ledger, return batches of due rows.
 
-    `dry_run` writes no ledger rows (it only counts, and stores the counts on the run row).
+    `dry_run` writes no ledger rows and sends nothing: it counts, renders every email that would
+    be sent, and stores the counts and render errors on the run row.
     `limit` plans at most that many sendable customers (for local debugging).
     """
     as_of, now = _utc(as_of), _now()
@@ -253,7 +255,7 @@ def plan(
         _adopt_waiting(engine, spec, run_id, as_of)
 
     remaining = limit
-    dry_counts: Counter[str] = Counter()
+    rehearsal = _DryRun(_Composer(engine, spec, settings, as_of)) if dry_run else None
     for chunk in segments.audience(engine, spec, as_of, settings, chunk_size=PLAN_CHUNK):
         if remaining is not None and remaining <= 0:
             break
@@ -265,17 +267,24 @@ def plan(
                 keep = sendable <= remaining
                 chunk, verdict = chunk[keep], verdict[keep]
                 remaining -= int(verdict["reason"].isna().sum())
-            if dry_run:
-                dry_counts.update(verdict["reason"].fillna("planned"))
+            rows = _ledger_rows(chunk, verdict, spec, run_id, now)
+            if rehearsal is not None:
+                rehearsal.add(rows)
                 continue
-            ledger.insert_rows(conn, _ledger_rows(chunk, verdict, spec, run_id, now))
+            ledger.insert_rows(conn, rows)
 
-    if dry_run:
-        planned = dry_counts.pop("planned", 0)
+    if rehearsal is not None:
+        counts = rehearsal.counts()
         with engine.begin() as conn:
-            counts = {"planned": planned, "skipped": dict(dry_counts), "dry_run": True}
             ledger.finish_run(conn, run_id, counts, "success", _now())
-        return PlanResult(run_id, planned, dict(dry_counts), [])
+        return PlanResult(
+            run_id,
+            counts["planned"],
+            counts["skipped"],
+            [],
+            render_errors=counts["render_errors"],
+            render_error_examples=counts["render_error_examples"],
+        )
 
     with engine.connect() as conn:
         counts = ledger.run_counts(conn, run_id, as_of)
@@ -289,6 +298,46 @@ def plan(
         [Batch(*b) for b in bounds],
         counts["waiting"],
     )
+
+
+class _DryRun:
+    """A dry run's rehearsal of delivery: every email that would be sent is rendered (with a
+    sample coupon, so none is issued) and nothing is written or sent."""
+
+    EXAMPLES = 5
+
+    def __init__(self, composer: _Composer) -> None:
+        self.composer = composer
+        self.planned = 0
+        self.skipped: Counter[str] = Counter()
+        self.render_errors: list[str] = []
+        self.render_error_count = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        coupon = self.composer.sample_coupon()
+        for index, row in enumerate(rows):
+            if row["status"] == "skipped":
+                self.skipped[row["reason"]] += 1
+                continue
+            self.planned += 1
+            try:
+                self.composer.message(SimpleNamespace(id=-(index + 1), **row), coupon)
+            except Exception as exc:  # reported like a real run's render_error, never raised
+                self.render_error_count += 1
+                if len(self.render_errors) < self.EXAMPLES:
+                    self.render_errors.append(
+                        f"customer {row['customer_id']}: {type(exc).__name__}: {exc}"[:500]
+                    )
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "skipped": dict(self.skipped),
+            "dry_run": True,
+            "rendered": self.planned - self.render_error_count,
+            "render_errors": self.render_error_count,
+            "render_error_examples": self.render_errors,
+        }
 
 
 # --- deliver ------------------------------------------------------------------------------
@@ -345,7 +394,7 @@ class _Composer:
         for row in rows:
             try:
                 messages.append(
-                    self._message(row, issued.get((int(row.customer_id), row.occurrence_key)))
+                    self.message(row, issued.get((int(row.customer_id), row.occurrence_key)))
                 )
             except (
                 Exception
@@ -356,12 +405,22 @@ class _Composer:
                 )
         return messages, failures
 
-    def _message(self, row: Any, coupon: Any) -> Message:
+    def sample_coupon(self) -> SimpleNamespace | None:
+        """A coupon shaped like the real one, never stored (dry runs and test sends)."""
+        if self.spec.coupon is None:
+            return None
+        return SimpleNamespace(
+            code="TEST-COUPON",
+            discount_percent=self.spec.coupon.discount_percent,
+            expires_at=self.as_of + timedelta(days=self.spec.coupon.valid_days),
+        )
+
+    def message(self, row: Any, coupon: Any) -> Message:
         spec, settings = self.spec, self.settings
         stored = row.context or {}
         token = unsubscribe.token_for(settings, int(row.customer_id), spec.id, row.email)
         url = unsubscribe.unsubscribe_url(settings, token)
-        zone = ZoneInfo(row.timezone or "UTC")
+        zone = localtime.zone_or_utc(row.timezone)
         context = {
             "customer": {
                 "id": int(row.customer_id),
@@ -522,26 +581,17 @@ def deliver(
     run_id: int,
     batch: Batch,
     attempt: str,
-    dry_run: bool = False,
 ) -> DeliverResult:
     """Send the due rows of `batch`. `attempt` must differ between retries (e.g. try number).
 
     Raises `DeliveryStopped` (after recording what was sent) when SendGrid answers 401/403.
-    A dry run renders every due row of the batch and changes nothing.
     """
     result = DeliverResult()
     with engine.begin() as conn:
         run = ledger.get_run(conn, run_id)
-        if not dry_run:
-            result.interrupted = ledger.mark_interrupted(
-                conn, run_id, batch.first_id, batch.last_id, attempt
-            )
-    if dry_run:
-        with engine.connect() as conn:
-            rows = ledger.due_rows(conn, run_id, batch.first_id, batch.last_id, run.as_of)
-        messages, failures = _Composer(engine, spec, settings, run.as_of).compose(rows)
-        result.rendered, result.failed = len(messages), len(failures)
-        return result
+        result.interrupted = ledger.mark_interrupted(
+            conn, run_id, batch.first_id, batch.last_id, attempt
+        )
     if result.interrupted:
         log.warning(
             "%d rows left in flight by an earlier attempt are now 'unknown' (not resent)",
@@ -642,15 +692,9 @@ def send_tests(
             ).tuples()
         )
     composer = _Composer(engine, spec, settings, as_of)
-    sample_coupon = None
-    if spec.coupon is not None:
-        expires = as_of + timedelta(days=spec.coupon.valid_days)
-        sample_coupon = SimpleNamespace(
-            code="TEST-COUPON", discount_percent=spec.coupon.discount_percent, expires_at=expires
-        )
     messages = []
     for row in _sample_rows(engine, spec, settings, as_of, limit):
-        rendered = composer._message(row, sample_coupon)
+        rendered = composer.message(row, composer.sample_coupon())
         for recipient in recipients:
             if (row.customer_id, recipient) not in done:
                 test = dataclasses.replace(
@@ -706,7 +750,7 @@ def run_campaign(
 ) -> dict[str, Any]:
     """preflight → plan → deliver every batch → finalize, in this process (`lifecycle run`)."""
     as_of = _utc(as_of)
-    run_key = run_key or f"cli__{as_of:%Y-%m-%dT%H:%M:%S}"
+    run_key = run_key or f"cli{'_dry' if dry_run else ''}__{as_of:%Y-%m-%dT%H:%M:%S}"
     preflight(engine, spec, settings, as_of=as_of)
     planned = plan(
         engine, spec, settings, run_key=run_key, as_of=as_of, dry_run=dry_run, limit=limit

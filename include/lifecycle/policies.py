@@ -19,12 +19,11 @@ It expires at the end of the local day after the send day; a later run skips it 
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from sqlalchemy import Connection, select
 
-from lifecycle import ledger, segments
+from lifecycle import ledger, localtime, segments
 from lifecycle.campaigns import CampaignSpec, SendWindow
 from lifecycle.schema import suppressions
 
@@ -49,18 +48,11 @@ def suppressed_emails(conn: Connection, emails: list[str], scopes: list[str]) ->
     return found
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
 def _local_schedule(
     zone_name: str, as_of: datetime, window: SendWindow | None
 ) -> tuple[bool, datetime, datetime]:
     """(in window now, send_after, expires_at) in UTC for a customer in `zone_name`."""
-    zone = _zone(zone_name)
+    zone = localtime.zone_or_utc(zone_name)
     local = as_of.astimezone(zone)
     if window is None or window.start <= local.time() < window.end:
         in_window, send_day = True, local.date()

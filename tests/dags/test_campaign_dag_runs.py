@@ -212,6 +212,7 @@ def test_dry_run_plans_and_renders_but_sends_nothing(sqlite_world: World) -> Non
     assert state == "success"
     row = run_row(sqlite_world.engine, "loyalty", run_id)
     assert row["dry_run"] and row["counts"]["planned"] > 0
+    assert row["counts"]["rendered"] == row["counts"]["planned"]
     assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
     assert sqlite_world.sink.state.snapshot() == []
 
