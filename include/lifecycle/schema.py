@@ -99,8 +99,10 @@ send_ledger = Table(
     Column("campaign_id", String(64), nullable=False),
     Column("occurrence_key", String(128), nullable=False),
     Column("customer_id", BigInteger, nullable=False),
-    Column("run_id", Integer, nullable=False),  # campaign_runs.id of the run that planned it
-    # planned, skipped, sending, sent, failed
+    # campaign_runs.id of the run that owns the row now: the run that planned it, or a later
+    # run that adopted it (waiting for the send window, or re-planned after a retryable failure)
+    Column("run_id", Integer, nullable=False),
+    # planned, skipped, sending, sent, failed, unknown
     Column("status", String(16), nullable=False),
     Column("reason", String(64)),  # why skipped / failed / waiting
     Column("template", String(128), nullable=False),
