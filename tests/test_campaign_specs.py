@@ -89,6 +89,32 @@ def test_invalid_spec_names_the_file_and_the_field(
     assert hint in message
 
 
+def test_a_schedule_too_sparse_for_the_send_window_is_refused(tmp_path: Path) -> None:
+    daily = {**VALID, "schedule": {"cron": "0 10 * * *", "timezone": "Asia/Yerevan"}}
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, daily))
+    assert (
+        "schedule.cron '0 10 * * *' leaves up to 24 h between runs, longer than the "
+        "09:00-20:00 send window (11 h)"
+    ) in str(caught.value)
+    weekdays = {**VALID, "schedule": {"cron": "0 9-20 * * 1-5"}}
+    with pytest.raises(SpecError, match="up to 61 h between runs"):  # Friday 20:00 to Monday 09:00
+        load_spec(write(tmp_path, weekdays))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"schedule": {"cron": "0 */6 * * *"}},  # 6 h gaps, 11 h window
+        {"schedule": {"cron": "0 10 * * *", "after_features": True}},  # hourly via features
+        {"schedule": {"cron": "0 10 * * *"}, "policies": {"send_window": None}},
+        {"schedule": {"cron": "0 */12 * * *"}, "policies": {"send_window": {"start": "08:00"}}},
+    ],
+)
+def test_a_schedule_that_reaches_every_window_is_accepted(tmp_path: Path, change: dict) -> None:
+    assert load_spec(write(tmp_path, {**VALID, **change})).schedule.cron
+
+
 def test_missing_required_fields_are_all_listed(tmp_path: Path) -> None:
     path = write(tmp_path, {"id": "winback", "description": "x"})
     with pytest.raises(SpecError) as caught:

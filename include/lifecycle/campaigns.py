@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from datetime import time
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -149,6 +149,25 @@ class CampaignSpec(_Model):
             )
         return value
 
+    @model_validator(mode="after")
+    def _schedule_reaches_every_window(self) -> CampaignSpec:
+        """A row waiting for its customer's window is only sent by a run inside that window, so
+        a cron with longer gaps than the window would never reach some timezones."""
+        window, cron = self.policies.send_window, self.schedule.cron
+        if window is None or cron is None or self.schedule.after_features:
+            return self
+        width = datetime.combine(date.min, window.end) - datetime.combine(date.min, window.start)
+        gap = longest_gap(cron, self.schedule.timezone)
+        if gap > width:
+            raise ValueError(
+                f"schedule.cron {cron!r} leaves up to {_hours(gap)} between runs, longer than "
+                f"the {window.start:%H:%M}-{window.end:%H:%M} send window ({_hours(width)}): "
+                "customers in some timezones would never see a run inside their window. "
+                "Run at least as often as the window is wide (e.g. '0 * * * *'), set "
+                "schedule.after_features, or remove policies.send_window"
+            )
+        return self
+
     @property
     def dag_id(self) -> str:
         return f"campaign_{self.id}"
@@ -157,12 +176,37 @@ class CampaignSpec(_Model):
         return self.template.format(occurrence_key=occurrence_key)
 
 
+def longest_gap(cron: str, timezone: str) -> timedelta:
+    """The longest time between two runs of `cron` over a week, to the hour: at most one
+    `get_next` per hour, so it stays cheap while DAG files are parsed."""
+    hour = timedelta(hours=1)
+    start = datetime(2026, 1, 5, tzinfo=ZoneInfo(timezone))  # a Monday
+    idle = longest = timedelta(0)
+    moment, runs = start, croniter(cron, start)
+    while moment < start + timedelta(days=8):
+        runs.set_current(moment - timedelta(seconds=1), force=True)
+        upcoming = runs.get_next(datetime)
+        if upcoming - moment >= timedelta(days=8):
+            return upcoming - moment
+        if upcoming < moment + hour:
+            longest, idle = max(longest, idle + hour), timedelta(0)
+        else:
+            idle += hour
+        moment += hour
+    return max(longest, idle + hour)
+
+
+def _hours(span: timedelta) -> str:
+    return f"{round(span.total_seconds() / 3600, 1):g} h"
+
+
 def _describe(error: dict[str, Any]) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field" + _did_you_mean(error["loc"])
-    return f"field '{where}': {message}"
+    if not error["loc"]:  # a rule across fields: its message names them
+        return message
+    return f"field '{'.'.join(str(part) for part in error['loc'])}': {message}"
 
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
