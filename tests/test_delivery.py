@@ -15,7 +15,11 @@ import pytest
 from lifecycle.delivery import DeliveryStopped, Envelope, Message
 from lifecycle.delivery.outbox import OutboxTransport
 from lifecycle.delivery.ratelimit import TokenBucket
-from lifecycle.delivery.sendgrid import SendGridTransport
+from lifecycle.delivery.sendgrid import (
+    RATE_LIMIT_JITTER_S,
+    RATE_LIMIT_WAIT_MAX_S,
+    SendGridTransport,
+)
 from lifecycle.ledger import Outcome
 from lifecycle.sink import run_sink_in_thread
 
@@ -131,6 +135,33 @@ def test_rate_limit_exhausted_is_failed_and_retryable() -> None:
         429,
         True,
     )
+
+
+def test_429_waits_until_the_rate_limit_reset() -> None:
+    # The reset is 2 s away, well beyond backoff_cap_s (0.2 s): the retry must wait for it.
+    with run_sink_in_thread(api_keys=[KEY], fail_next=["429"], reset_after_s=2) as sink:
+        before = time.time()
+        outcomes = send_all(transport(sink.url), 1)
+        accepted = sink.state.snapshot()
+    assert [o.status for o in outcomes] == ["sent"]
+    # The sink answered X-RateLimit-Reset = int(time of the 429 + 2) >= int(before + 2).
+    assert accepted[0]["received_at"] >= int(before + 2)
+
+
+@pytest.mark.parametrize(
+    ("reset_in_s", "low", "high"),
+    [
+        (45, 43, 45),  # beyond the old 30 s cap
+        (3_600, RATE_LIMIT_WAIT_MAX_S, RATE_LIMIT_WAIT_MAX_S),
+        (-10, 0, 0),  # already past
+    ],
+)
+def test_rate_limit_wait_is_the_reset_from_now_bounded(
+    reset_in_s: int, low: float, high: float
+) -> None:
+    headers = {"X-RateLimit-Reset": str(int(time.time()) + reset_in_s)}
+    delay = transport("http://127.0.0.1:9")._pause_for_rate_limit(headers, attempt=0)
+    assert low <= delay <= high + RATE_LIMIT_JITTER_S
 
 
 def test_bad_request_is_a_permanent_failure() -> None:

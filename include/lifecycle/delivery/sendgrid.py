@@ -3,7 +3,8 @@
 Retry policy — retry only what surely was not accepted:
 
 * connection could not be established (refused, DNS, connect timeout): retry;
-* 429: wait until `X-RateLimit-Reset` (all requests of this transport pause), then retry;
+* 429: wait until `X-RateLimit-Reset` (a unix time; at most `RATE_LIMIT_WAIT_MAX_S`, plus
+  jitter; all requests of this transport pause), then retry;
 * 500, 502, 503: SendGrid answered that it failed; it queues a message only with a 202, so
   these are retried with exponential backoff and full jitter;
 * 504, a read timeout, or a connection dropped after the request was written: the message
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from typing import Any
@@ -30,6 +32,10 @@ from lifecycle.ledger import Outcome
 
 SAFE_TO_RETRY = {429, 500, 502, 503}
 PATH = "/v3/mail/send"
+# SendGrid's rate-limit windows reset within a minute; a reset further away than this is
+# more likely a wrong clock or header than a reason to stall the whole run.
+RATE_LIMIT_WAIT_MAX_S = 120.0
+RATE_LIMIT_JITTER_S = 0.5  # spreads the requests that all resume at the reset
 
 
 def payload(message: Message, envelope: Envelope) -> dict[str, Any]:
@@ -88,6 +94,7 @@ class SendGridTransport:
         max_attempts: int = 5,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
+        rate_limit_wait_max_s: float = RATE_LIMIT_WAIT_MAX_S,
     ) -> None:
         if not api_key:
             raise ValueError("the SendGrid transport needs an API key (SENDGRID_API_KEY)")
@@ -101,6 +108,7 @@ class SendGridTransport:
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.rate_limit_wait_max_s = rate_limit_wait_max_s
         self._paused_until = 0.0
         self._session: aiohttp.ClientSession | None = None
 
@@ -134,13 +142,18 @@ class SendGridTransport:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _pause_for_rate_limit(self, headers: Any, attempt: int) -> float:
-        reset = headers.get("X-RateLimit-Reset")
+    def _rate_limit_wait(self, headers: Any, attempt: int) -> float:
+        """Seconds from now until `X-RateLimit-Reset`, bounded; a backoff without the header."""
         try:
-            delay = float(reset) - time.time() if reset else self._backoff(attempt) + 1.0
-        except ValueError:
-            delay = self._backoff(attempt) + 1.0
-        delay = min(max(delay, 0.0), self.backoff_cap_s) + random.uniform(0, 0.5)
+            delay = float(headers.get("X-RateLimit-Reset", "nan")) - time.time()
+        except (TypeError, ValueError):
+            delay = math.nan
+        if not math.isfinite(delay):
+            return self._backoff(attempt) + 1.0
+        return min(max(delay, 0.0), self.rate_limit_wait_max_s)
+
+    def _pause_for_rate_limit(self, headers: Any, attempt: int) -> float:
+        delay = self._rate_limit_wait(headers, attempt) + random.uniform(0, RATE_LIMIT_JITTER_S)
         self._paused_until = max(self._paused_until, time.monotonic() + delay)
         return delay
 
