@@ -161,8 +161,7 @@ def test_retryable_failures_are_planned_again_within_limits(engine: Engine) -> N
     ]
     with engine.begin() as conn:
         ledger.insert_rows(conn, rows)
-        later = ledger.ensure_run(conn, "welcome", "r2", AS_OF, False, AS_OF)
-        assert ledger.requeue_retryable(conn, "welcome", later, AS_OF, max_attempts=3) == 1
+        assert ledger.requeue_retryable(conn, "welcome", AS_OF, max_attempts=3) == 1
         assert ledger.expire_overdue(conn, "welcome", AS_OF) == 0  # failed rows stay failed
     assert statuses(engine) == {1: "planned", 2: "failed", 3: "failed", 4: "failed"}
 

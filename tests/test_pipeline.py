@@ -226,6 +226,54 @@ def test_exactly_once_under_injected_faults(
     assert set(ledger_rows(engine)["status"]) == {"sent"}
 
 
+def test_a_retried_failure_still_waits_for_the_customers_window(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 3)  # Asia/Yerevan: 16:00 at AS_OF
+    sink.state.faults.update({"rate_5xx": 1.0})
+    assert run(engine, make_spec(), settings)["failed"] == 3
+    sink.state.faults.update({"rate_5xx": 0})
+    evening = AS_OF + timedelta(hours=6)  # 22:00 in Yerevan: outside 09:00-20:00
+    assert run(engine, make_spec(), settings, as_of=evening)["sent"] == 0
+    rows = ledger_rows(engine)
+    assert set(rows["status"]) == {"planned"}
+    next_morning = datetime(2026, 11, 25, 5, 0, tzinfo=UTC)  # 09:00 in Yerevan
+    assert set(rows["send_after"]) == {next_morning}
+    assert run(engine, make_spec(), settings, as_of=next_morning)["sent"] == 3
+    assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+
+
+def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 60)
+    spec = make_spec()  # 25 rows per batch
+    wrong = load_settings(**{**settings.__dict__, "sendgrid_api_key": "SG.wrong-key"})
+    planned = pipeline.plan(engine, spec, wrong, run_key="dag-run-1", as_of=AS_OF)
+    first, *others = planned.batches
+    assert len(others) == 2
+    with pytest.raises(DeliveryStopped, match="401"):
+        pipeline.deliver(engine, spec, wrong, run_id=planned.run_id, batch=first, attempt="t1")
+    refused = sink.state.stats["401"]
+    assert 0 < refused <= spec.delivery.concurrency
+    for batch in others:  # the other mapped tasks start, and send nothing
+        with pytest.raises(DeliveryStopped, match=r"the run was stopped: .*401"):
+            pipeline.deliver(engine, spec, wrong, run_id=planned.run_id, batch=batch, attempt="t1")
+    assert sink.state.stats["401"] == refused
+    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+    assert (counts["status"], counts["pending"], counts["sent"]) == ("stopped", 60, 0)
+    assert "401" in counts["stopped"] and "SG.wrong-key" not in counts["stopped"]
+
+    # the key fixed, the DAG run cleared from `plan`: the run resumes and sends everyone once
+    again = pipeline.plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    assert again.run_id == planned.run_id
+    for batch in again.batches:
+        pipeline.deliver(engine, spec, settings, run_id=again.run_id, batch=batch, attempt="t2")
+    counts = pipeline.finalize(engine, spec, run_id=again.run_id)
+    assert (counts["status"], counts["sent"]) == ("success", 60)
+    assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+
+
 def test_dropped_connections_are_reported_then_requeued_by_a_human(
     engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:

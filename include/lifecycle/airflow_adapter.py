@@ -234,8 +234,9 @@ class CampaignFailureNotifier(BaseNotifier):
         error = context.get("exception")
         log.error(
             "Campaign %s: task %s%s failed for good in run %s after %s tries: %s. "
-            "Rows already sent stay sent and are never re-sent automatically; fix the cause and "
-            "clear the task to resume.",
+            "Rows already sent stay sent and are never re-sent automatically; fix the cause, "
+            "then clear the failed task and its downstream tasks (after a refused API key, clear "
+            "from `plan`) to resume.",
             self.campaign_id,
             ti.task_id,
             f"[{ti.map_index}]" if ti.map_index >= 0 else "",
@@ -367,6 +368,30 @@ def describe(spec: CampaignSpec) -> str:
     return "\n".join(lines)
 
 
+def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
+    """What went wrong with a finalized run, and what a person should do about it."""
+    if counts.get("stopped"):
+        return (
+            f"run stopped, nothing more was sent: {counts['stopped']}. Fix it, then clear this "
+            "run from its `plan` task (or trigger a new run): it sends the rest, nobody twice"
+        )
+    problems = []
+    if counts["pending"]:
+        problems.append(
+            f"{counts['pending']:,} due emails were not delivered because a delivery task "
+            "failed: clear the failed deliver tasks (and finalize) to send them"
+        )
+    if counts["unknown"]:
+        problems.append(
+            f"{counts['unknown']:,} emails may or may not have reached SendGrid and are not "
+            "resent automatically: check SendGrid's activity, then `lifecycle requeue-unknown "
+            f"{campaign_id}` for the ones that never arrived"
+        )
+    if counts["failed"] and not counts["sent"]:
+        problems.append(f"all {counts['failed']:,} emails failed (see the ledger's errors)")
+    return "; ".join(problems)
+
+
 def build_campaign_dag(spec: CampaignSpec) -> DAG:
     """`campaign_<id>`: preflight → plan → deliver (mapped over ledger batches) → finalize."""
     asset = campaign_asset(spec.id)
@@ -481,17 +506,26 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 )
             return result.to_dict()
 
-        @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[asset])
+        @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[asset])
         def finalize(as_of: str) -> dict[str, Any]:
-            """Count outcomes onto the campaign run row and announce them as an Asset event."""
+            """Count outcomes onto the campaign run row and announce them as an Asset event.
+
+            Runs even when a delivery task failed, so the run's record is never left behind;
+            it then fails itself, so the DAG run is failed and no Asset event is sent.
+            """
             from lifecycle import pipeline
 
             context = get_current_context()
-            run_id = context["ti"].xcom_pull(task_ids="plan", key="campaign_run_id")
+            ti = context["ti"]
+            run_id = ti.xcom_pull(task_ids="plan", key="campaign_run_id")
             if run_id is None:
-                raise AirflowSkipException("test send only: no campaign run to finalize")
+                if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
+                    raise AirflowSkipException("test send only: no campaign run to finalize")
+                raise AirflowFailException("planning did not finish: nothing to finalize")
             settings = runtime_settings()
             counts = pipeline.finalize(_engine(settings), spec, run_id=run_id)
+            if counts.pop("status") != "success":
+                raise AirflowFailException(_run_problem(spec.id, counts))
             context["outlet_events"][asset].extra = {
                 "campaign_id": spec.id,
                 "run_id": run_id,

@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{spec.id}: {exc}", file=sys.stderr)
         return 1
     print_run(spec.id, as_of, counts, settings.chosen_transport())
-    return 1 if counts.get("unknown") or counts.get("render_errors") else 0
+    return 0 if counts["status"] == "success" and not counts.get("render_errors") else 1
 
 
 def print_run(campaign: str, as_of: datetime, counts: dict, transport: str) -> None:  # type: ignore[type-arg]
@@ -383,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run one campaign now: plan, deliver, finalize (what the DAG runs)",
         description="The campaign DAG's code path in this process. Prints planned, skipped by "
-        "reason, sent, failed and unknown. Exit 1 when some emails' fate is unknown, or when "
-        "a dry run finds emails that do not render.",
+        "reason, sent, failed and unknown. Exit 1 unless the run succeeded: some emails' fate "
+        "is unknown, every email failed, or a dry run found emails that do not render.",
     )
     run.add_argument("campaign", metavar="CAMPAIGN", help="campaign id (include/campaigns/*.yaml)")
     run.add_argument(

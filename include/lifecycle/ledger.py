@@ -101,6 +101,24 @@ def get_run(conn: Connection, run_id: int) -> Row[Any]:
     return row
 
 
+def stop_run(conn: Connection, run_id: int, reason: str) -> None:
+    """SendGrid refused the key or sender: the run's other batches must not send at all."""
+    conn.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.id == run_id)
+        .values(status="stopped", counts={"stopped": reason})
+    )
+
+
+def resume_run(conn: Connection, run_id: int) -> None:
+    """Planning again (the run cleared after fixing the key) lifts a stop."""
+    conn.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.id == run_id, campaign_runs.c.status == "stopped")
+        .values(status="running", counts=None)
+    )
+
+
 def finish_run(
     conn: Connection, run_id: int, counts: dict[str, Any], status: str, now: datetime
 ) -> None:
@@ -147,9 +165,13 @@ def expire_overdue(conn: Connection, campaign_id: str, as_of: datetime) -> int:
 
 
 def requeue_retryable(
-    conn: Connection, campaign_id: str, run_id: int, as_of: datetime, max_attempts: int
+    conn: Connection, campaign_id: str, as_of: datetime, max_attempts: int
 ) -> int:
-    """Failures that surely never left (429, 5xx, refused connection) go back to planned."""
+    """Failures that surely never left (429, 5xx, refused connection) go back to planned.
+
+    They stay with their run, so the next run adopts them like any waiting row: only once the
+    customer's send window is open.
+    """
     return conn.execute(
         update(L)
         .where(
@@ -159,7 +181,7 @@ def requeue_retryable(
             L.c.attempts < max_attempts,
             or_(L.c.expires_at.is_(None), L.c.expires_at > as_of),
         )
-        .values(status="planned", run_id=run_id, claimed_by=None, claimed_at=None)
+        .values(status="planned", claimed_by=None, claimed_at=None)
     ).rowcount
 
 

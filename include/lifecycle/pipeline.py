@@ -251,7 +251,8 @@ def plan(
     if not dry_run:
         with engine.begin() as conn:
             ledger.expire_overdue(conn, spec.id, as_of)
-            ledger.requeue_retryable(conn, spec.id, run_id, as_of, MAX_ATTEMPTS)
+            ledger.resume_run(conn, run_id)
+            ledger.requeue_retryable(conn, spec.id, as_of, MAX_ATTEMPTS)
         _adopt_waiting(engine, spec, run_id, as_of)
 
     remaining = limit
@@ -584,11 +585,14 @@ def deliver(
 ) -> DeliverResult:
     """Send the due rows of `batch`. `attempt` must differ between retries (e.g. try number).
 
-    Raises `DeliveryStopped` (after recording what was sent) when SendGrid answers 401/403.
+    Raises `DeliveryStopped` when SendGrid answers 401/403 (after recording what was sent, and
+    marking the run stopped so its other batches send nothing), or when the run is stopped.
     """
     result = DeliverResult()
     with engine.begin() as conn:
         run = ledger.get_run(conn, run_id)
+        if run.status == "stopped":
+            raise DeliveryStopped(f"the run was stopped: {(run.counts or {}).get('stopped')}")
         result.interrupted = ledger.mark_interrupted(
             conn, run_id, batch.first_id, batch.last_id, attempt
         )
@@ -600,6 +604,10 @@ def deliver(
     started = time.perf_counter()
     try:
         asyncio.run(_deliver(engine, spec, settings, run, batch, attempt, result))
+    except DeliveryStopped as stopped:
+        with engine.begin() as conn:
+            ledger.stop_run(conn, run_id, str(stopped))
+        raise
     finally:
         elapsed = time.perf_counter() - started
         log.info(
@@ -620,18 +628,27 @@ def deliver(
 
 # --- finalize -----------------------------------------------------------------------------
 def finalize(engine: Engine, spec: CampaignSpec, *, run_id: int) -> dict[str, Any]:
-    """Outcome counts of the run, stored on its campaign_runs row. Rows still `sending` (their
-    attempt is over) become `unknown`. Status: `failed` when any row's fate is unknown or
-    nothing could be sent although something was due, else `success`."""
+    """Outcome counts of the run, stored on its campaign_runs row, plus its `status`.
+
+    Runs after every delivery attempt has ended, however it ended: rows still `sending` become
+    `unknown`. Status: `stopped` when SendGrid refused the key or sender (`stopped` says why);
+    `failed` when any row's fate is unknown, due rows were left undelivered (a delivery task
+    failed), or nothing could be sent although something was due; else `success`.
+    """
     with engine.begin() as conn:
         run = ledger.get_run(conn, run_id)
         if run.dry_run:
-            return dict(run.counts or {})
+            return {**(run.counts or {}), "status": run.status}
         ledger.mark_run_interrupted(conn, run_id)
         counts = ledger.run_counts(conn, run_id, run.as_of)
-        broken = counts["unknown"] > 0 or (counts["failed"] > 0 and counts["sent"] == 0)
-        ledger.finish_run(conn, run_id, counts, "failed" if broken else "success", _now())
-    return counts
+        if run.status == "stopped":
+            status, counts["stopped"] = "stopped", (run.counts or {}).get("stopped")
+        elif counts["unknown"] or counts["pending"] or (counts["failed"] and not counts["sent"]):
+            status = "failed"
+        else:
+            status = "success"
+        ledger.finish_run(conn, run_id, counts, status, _now())
+    return {**counts, "status": status}
 
 
 # --- test sends ---------------------------------------------------------------------------

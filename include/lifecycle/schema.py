@@ -83,7 +83,7 @@ campaign_runs = Table(
     Column("run_key", String(250), nullable=False),
     Column("as_of", UtcDateTime, nullable=False),
     Column("dry_run", Boolean, nullable=False, server_default="0"),
-    Column("status", String(16), nullable=False),  # running, success, failed
+    Column("status", String(16), nullable=False),  # running, success, failed, stopped
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
     Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}

@@ -255,6 +255,26 @@ def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
     assert sqlite_world.sink.state.snapshot() == []
 
 
+def test_a_refused_key_stops_all_batches_and_finalize_still_records_the_run(
+    sqlite_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = SPECS["loyalty"]
+    spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(update={"batch_size": 5})})
+    wrong = {"conn_type": "sendgrid", "password": "SG.revoked", "host": sqlite_world.sink.url}
+    monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps(wrong))
+    run = adapter.build_campaign_dag(spec).test(run_conf={"as_of": AS_OF.isoformat()})
+    assert str(run.state) == "failed"
+    states = task_states(spec.dag_id, run.run_id)
+    assert len(states["deliver"]) > 1 and set(states["deliver"]) == {"failed"}
+    assert states["finalize"] == ["failed"]  # it ran, recorded the run, and failed it
+    row = run_row(sqlite_world.engine, "loyalty", run.run_id)
+    assert row["status"] == "stopped" and "401" in row["counts"]["stopped"]
+    counts = row["counts"]
+    assert counts["pending"] > 0 and counts["pending"] + counts["waiting"] == counts["planned"]
+    stats = sqlite_world.sink.state.stats
+    assert 0 < stats["401"] <= spec.delivery.concurrency and stats["accepted"] == 0
+
+
 def test_an_invalid_value_is_refused_before_a_run_exists(sqlite_world: World) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
