@@ -243,6 +243,35 @@ def test_a_retried_failure_still_waits_for_the_customers_window(
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
+def test_an_address_suppressed_after_planning_is_not_mailed(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 20)
+    spec = make_spec(coupon={"discount_percent": 10, "valid_days": 7})
+    planned = pipeline.plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    with engine.begin() as conn:  # unsubscribes while the run waits for its delivery tasks
+        conn.execute(
+            insert(suppressions),
+            {
+                "email": "customer7@example.am",
+                "scope": "global",
+                "reason": "unsubscribe",
+                "source": "link",
+                "created_at": AS_OF,
+            },
+        )
+    delivered = [
+        pipeline.deliver(engine, spec, settings, run_id=planned.run_id, batch=b, attempt="t1")
+        for b in planned.batches
+    ]
+    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+    assert sum(d.suppressed for d in delivered) == 1
+    assert (counts["sent"], counts["skipped"]) == (19, {"suppressed": 1})
+    assert received_by_customer(sink) == {i: 1 for i in ids if i != 7}
+    with engine.connect() as conn:
+        assert 7 not in set(conn.execute(select(coupons.c.customer_id)).scalars())
+
+
 def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
     engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:

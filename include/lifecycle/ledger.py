@@ -263,7 +263,7 @@ class Outcome:
     """What became of one ledger row's send."""
 
     send_id: int
-    status: str  # sent, failed, unknown
+    status: str  # sent, failed, unknown, or skipped (suppressed since planning)
     message_id: str | None = None
     http_status: int | None = None
     error: str | None = None

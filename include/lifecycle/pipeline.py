@@ -99,6 +99,7 @@ class DeliverResult:
     failed: int = 0
     unknown: int = 0  # may have been sent: reported, never re-sent automatically
     skipped: int = 0  # claimed but given back (the run was stopped)
+    suppressed: int = 0  # unsubscribed, bounced or reported spam since planning: not sent
     interrupted: int = 0  # rows an earlier attempt left in flight, now `unknown`
     failed_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -106,7 +107,8 @@ class DeliverResult:
         return dataclasses.asdict(self)
 
     def add(self, outcome: Outcome) -> None:
-        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+        status = "suppressed" if outcome.status == "skipped" else outcome.status
+        setattr(self, status, getattr(self, status) + 1)
         if outcome.status == "failed":
             key = outcome.reason or "failed"
             self.failed_reasons[key] = self.failed_reasons.get(key, 0) + 1
@@ -389,9 +391,24 @@ class _Composer:
                 self.as_of,
             )
 
+    def _suppressed(self, rows: list[Any]) -> set[str]:
+        """Addresses suppressed since planning (an unsubscribe while the row waited)."""
+        emails = [row.email.lower() for row in rows if row.email]
+        scopes = policies.suppression_scopes(self.spec)
+        with self.engine.connect() as conn:
+            return policies.suppressed_emails(conn, emails, scopes)
+
     def compose(self, rows: list[Any]) -> tuple[list[Message], list[Outcome]]:
+        """Messages for the rows that may still be mailed; outcomes for the others."""
+        blocked = self._suppressed(rows)
+        failures = [
+            Outcome(row.id, "skipped", reason="suppressed")
+            for row in rows
+            if row.email and row.email.lower() in blocked
+        ]
+        rows = [row for row in rows if not (row.email and row.email.lower() in blocked)]
         issued = self._coupons(rows)
-        messages, failures = [], []
+        messages = []
         for row in rows:
             try:
                 messages.append(
@@ -611,7 +628,8 @@ def deliver(
     finally:
         elapsed = time.perf_counter() - started
         log.info(
-            "%s rows %d-%d: sent %d, failed %d %s, unknown %d, given back %d in %.1f s (%.0f/s)",
+            "%s rows %d-%d: sent %d, failed %d %s, unknown %d, suppressed since planning %d, "
+            "given back %d in %.1f s (%.0f/s)",
             spec.id,
             batch.first_id,
             batch.last_id,
@@ -619,6 +637,7 @@ def deliver(
             result.failed,
             result.failed_reasons or "",
             result.unknown,
+            result.suppressed,
             result.skipped,
             elapsed,
             result.sent / elapsed if elapsed else 0.0,
