@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 
 from lifecycle import cli, ledger, pipeline, segments, warehouse
 from lifecycle.campaigns import CampaignSpec
@@ -270,6 +271,40 @@ def test_an_address_suppressed_after_planning_is_not_mailed(
     assert received_by_customer(sink) == {i: 1 for i in ids if i != 7}
     with engine.connect() as conn:
         assert 7 not in set(conn.execute(select(coupons.c.customer_id)).scalars())
+
+
+def advisory_lock_waiters(engine: Engine) -> int:
+    waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    with engine.connect() as conn:
+        return conn.execute(waiting).scalar_one()
+
+
+@pytest.mark.postgres
+def test_campaigns_plan_one_at_a_time_so_the_frequency_cap_holds(
+    pg_url: str, sink: SinkHandle, tmp_path: Path
+) -> None:
+    engine = warehouse.make_engine(pg_url)
+    settings = load_settings(
+        home=tmp_path, warehouse_url=pg_url, sendgrid_api_key=KEY, sendgrid_host=sink.url
+    )
+    add_customers(engine, 5)
+    with engine.connect() as other_campaign, other_campaign.begin():
+        ledger.lock_for_planning(other_campaign, run_id=0)  # it is counting and inserting
+        planned: list[pipeline.PlanResult] = []
+        thread = threading.Thread(
+            target=lambda: planned.append(
+                pipeline.plan(engine, make_spec(), settings, run_key="r1", as_of=AS_OF)
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not advisory_lock_waiters(engine):
+            assert time.monotonic() < deadline, "plan never waited for the lock"
+            time.sleep(0.05)
+        assert planned == []
+    thread.join(timeout=60)
+    assert planned[0].planned == 5
+    engine.dispose()
 
 
 def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(

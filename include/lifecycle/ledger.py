@@ -101,6 +101,27 @@ def get_run(conn: Connection, run_id: int) -> Row[Any]:
     return row
 
 
+FREQUENCY_CAP_LOCK = 0x4C49464543594C45  # any fixed bigint, the same in every process
+
+
+def lock_for_planning(conn: Connection, run_id: int) -> None:
+    """Serialize planning transactions across campaigns until this one commits.
+
+    The frequency cap counts every campaign's rows, then inserts this campaign's: two campaigns
+    planning at once (they all run after each features snapshot) would both see a customer one
+    below the cap and both mail them. PostgreSQL: a transaction-scoped advisory lock. SQLite: a
+    write first, which takes the database's write lock for the whole transaction.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(FREQUENCY_CAP_LOCK)))
+    else:
+        conn.execute(
+            update(campaign_runs)
+            .where(campaign_runs.c.id == run_id)
+            .values(status=campaign_runs.c.status)
+        )
+
+
 def stop_run(conn: Connection, run_id: int, reason: str) -> None:
     """SendGrid refused the key or sender: the run's other batches must not send at all."""
     conn.execute(

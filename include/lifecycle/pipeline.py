@@ -264,6 +264,8 @@ def plan(
             break
         chunk = chunk.reset_index(drop=True)
         with engine.begin() as conn:
+            if spec.policies.frequency_cap is not None and not dry_run:
+                ledger.lock_for_planning(conn, run_id)
             verdict = policies.evaluate(conn, chunk, spec, as_of)
             if remaining is not None:
                 sendable = verdict["reason"].isna().cumsum()
