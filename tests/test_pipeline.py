@@ -459,6 +459,9 @@ def test_dry_run_renders_every_email_and_writes_sends_and_issues_nothing(
     with engine.connect() as conn:
         assert conn.execute(select(coupons)).all() == []
     assert sink.state.snapshot() == []
+    assert run(engine, spec, settings)["sent"] == 10
+    again = pipeline.run_campaign(engine, spec, settings, as_of=AS_OF, dry_run=True)
+    assert again["planned"] == 0  # what a real run would add now: nothing
 
 
 @pytest.fixture
@@ -518,6 +521,29 @@ def test_limit_plans_at_most_n(engine: Engine, settings: Settings, sink: SinkHan
     add_customers(engine, 30)
     counts = pipeline.run_campaign(engine, make_spec(), settings, as_of=AS_OF, limit=7)
     assert counts["sent"] == 7 and len(sink.state.snapshot()) == 7
+
+
+def test_a_limited_run_sends_only_n_new_emails_even_retried_or_with_rows_waiting(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    waiting = add_customers(engine, 4, timezone="America/Los_Angeles")  # 04:00 there
+    assert run(engine, make_spec(), settings)["waiting"] == 4
+    evening = AS_OF + timedelta(hours=6)  # 18:00 UTC, 10:00 in Los Angeles
+    fresh = add_customers(
+        engine, 5, start=10, timezone="UTC", signup_at=evening - timedelta(hours=1)
+    )
+    for _try in range(2):  # a retried plan counts what its first try planned
+        planned = pipeline.plan(
+            engine, make_spec(), settings, run_key="limited", as_of=evening, limit=2
+        )
+    assert planned.planned == 2 and planned.waiting == 0
+    for batch in planned.batches:
+        pipeline.deliver(
+            engine, make_spec(), settings, run_id=planned.run_id, batch=batch, attempt="t"
+        )
+    assert len(received_by_customer(sink)) == 2
+    assert run(engine, make_spec(), settings, as_of=evening)["sent"] == 4 + 3
+    assert received_by_customer(sink) == dict.fromkeys(waiting + fresh, 1)
 
 
 def test_batches_cover_due_rows_and_stay_under_the_map_limit(

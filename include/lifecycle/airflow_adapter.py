@@ -279,8 +279,9 @@ def trigger_params(spec: CampaignSpec) -> dict[str, Param]:
             minimum=1,
             title="Limit",
             description_md=(
-                "Send to at most this many customers in this run (leave empty for everyone). "
-                "The rest are picked up by the next run."
+                "Send to at most this many new customers in this run (leave empty for "
+                "everyone). The rest, and emails waiting from earlier runs, go out with the next "
+                "run without a limit."
             ),
         ),
         "as_of": Param(

@@ -395,7 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count and render every email; write and send nothing",
     )
-    run.add_argument("--limit", type=int, default=None, metavar="N", help="plan at most N emails")
+    run.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="send at most N new emails; rows of earlier runs wait for a run without a limit",
+    )
     run.set_defaults(handler=cmd_run)
 
     requeue = commands.add_parser(

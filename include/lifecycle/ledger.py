@@ -185,6 +185,19 @@ def expire_overdue(conn: Connection, campaign_id: str, as_of: datetime) -> int:
     ).rowcount
 
 
+def existing_keys(
+    conn: Connection, campaign_id: str, customer_ids: Sequence[int]
+) -> set[tuple[int, str]]:
+    """(customer id, occurrence key) pairs of `campaign_id` already in the ledger."""
+    found: set[tuple[int, str]] = set()
+    for part in chunked(sorted(set(customer_ids))):
+        query = select(L.c.customer_id, L.c.occurrence_key).where(
+            L.c.campaign_id == campaign_id, is_in(conn, L.c.customer_id, part)
+        )
+        found.update((int(c), str(k)) for c, k in conn.execute(query))
+    return found
+
+
 def requeue_retryable(
     conn: Connection, campaign_id: str, as_of: datetime, max_attempts: int
 ) -> int:

@@ -207,6 +207,13 @@ def _ledger_rows(
     return rows
 
 
+def _not_in_ledger(conn: Any, spec: CampaignSpec, chunk: pd.DataFrame) -> pd.DataFrame:
+    known = ledger.existing_keys(conn, spec.id, chunk["customer_id"].astype(int).tolist())
+    # str() of each value, exactly as _ledger_rows stores the key
+    keys = zip(chunk["customer_id"].astype(int), chunk["occurrence_key"].map(str), strict=True)
+    return chunk[[key not in known for key in keys]]
+
+
 def _adopt_waiting(engine: Engine, spec: CampaignSpec, run_id: int, as_of: datetime) -> None:
     """Rows of earlier runs whose send window is open now join this run; others wait on."""
     while True:
@@ -245,27 +252,35 @@ def plan(
 
     `dry_run` writes no ledger rows and sends nothing: it counts, renders every email that would
     be sent, and stores the counts and render errors on the run row.
-    `limit` plans at most that many sendable customers (for local debugging).
+    `limit` plans at most that many sendable customers in this run (for local debugging, or a
+    cautious first send); rows of earlier runs (waiting, or failed and retryable) wait for a run
+    without a limit.
     """
     as_of, now = _utc(as_of), _now()
     with engine.begin() as conn:
         run_id = ledger.ensure_run(conn, spec.id, run_key, as_of, dry_run, now)
+    remaining = limit
     if not dry_run:
         with engine.begin() as conn:
             ledger.expire_overdue(conn, spec.id, as_of)
             ledger.resume_run(conn, run_id)
-            ledger.requeue_retryable(conn, spec.id, as_of, MAX_ATTEMPTS)
-        _adopt_waiting(engine, spec, run_id, as_of)
+            if limit is None:  # a limited run is a small test: earlier rows wait for a full one
+                ledger.requeue_retryable(conn, spec.id, as_of, MAX_ATTEMPTS)
+            else:  # a retried plan counts what its first try planned
+                remaining = limit - ledger.run_counts(conn, run_id, as_of)["planned"]
+        if limit is None:
+            _adopt_waiting(engine, spec, run_id, as_of)
 
-    remaining = limit
     rehearsal = _DryRun(_Composer(engine, spec, settings, as_of)) if dry_run else None
     for chunk in segments.audience(engine, spec, as_of, settings, chunk_size=PLAN_CHUNK):
         if remaining is not None and remaining <= 0:
             break
-        chunk = chunk.reset_index(drop=True)
         with engine.begin() as conn:
             if spec.policies.frequency_cap is not None and not dry_run:
                 ledger.lock_for_planning(conn, run_id)
+            if dry_run or limit is not None:  # count only emails not planned before
+                chunk = _not_in_ledger(conn, spec, chunk)
+            chunk = chunk.reset_index(drop=True)
             verdict = policies.evaluate(conn, chunk, spec, as_of)
             if remaining is not None:
                 sendable = verdict["reason"].isna().cumsum()
