@@ -307,6 +307,27 @@ def test_campaigns_plan_one_at_a_time_so_the_frequency_cap_holds(
     engine.dispose()
 
 
+def test_sandbox_sends_validate_and_leave_every_customer_to_the_real_send(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    ids = add_customers(engine, 8)
+    sandbox = make_spec(delivery={"sandbox_mode": True})
+    counts = run(engine, sandbox, settings)
+    assert (counts["sent"], counts["skipped"]) == (0, {"sandbox": 8})
+    assert [m["sandbox"] for m in sink.state.snapshot()] == [True] * 8
+    assert run(engine, sandbox, settings, as_of=AS_OF + timedelta(minutes=5))["skipped"] == {}
+    assert len(sink.state.snapshot()) == 8  # still in sandbox mode: validated once is enough
+
+    counts = run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=10))
+    assert (counts["sent"], counts["skipped"]) == (8, {})
+    real = [m for m in sink.state.snapshot() if not m["sandbox"]]
+    assert sorted(int(m["custom_args"]["send_id"]) for m in real) == sorted(
+        ledger_rows(engine)["id"]
+    )
+    assert {m["to"][0] for m in real} == {f"customer{i}@example.am" for i in ids}
+    assert run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=15))["sent"] == 0
+
+
 def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
     engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:

@@ -151,15 +151,31 @@ def finish_run(
 
 
 # --- planning -----------------------------------------------------------------------------
-def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone."""
-    if rows:
-        conn.execute(
-            _insert(conn, L).on_conflict_do_nothing(
-                index_elements=["campaign_id", "occurrence_key", "customer_id"]
-            ),
-            rows,
+def insert_rows(
+    conn: Connection, rows: list[dict[str, Any]], *, replace_sandboxed: bool = False
+) -> None:
+    """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone.
+
+    With `replace_sandboxed`, an existing row that only went to SendGrid's sandbox (validated,
+    never delivered) is planned afresh: a campaign taken out of sandbox mode sends for real.
+    """
+    if not rows:
+        return
+    keys = ["campaign_id", "occurrence_key", "customer_id"]
+    statement = _insert(conn, L)
+    if replace_sandboxed:
+        fresh = {name: statement.excluded[name] for name in rows[0] if name not in keys}
+        cleared = dict.fromkeys(
+            ("claimed_at", "claimed_by", "sent_at", "message_id", "http_status", "error"), None
         )
+        statement = statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={**fresh, **cleared, "retryable": None, "attempts": 0},
+            where=and_(L.c.status == "skipped", L.c.reason == "sandbox"),
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(statement, rows)
 
 
 def taken_counts(conn: Connection, customer_ids: Sequence[int], since: datetime) -> dict[int, int]:
@@ -297,7 +313,7 @@ class Outcome:
     """What became of one ledger row's send."""
 
     send_id: int
-    status: str  # sent, failed, unknown, or skipped (suppressed since planning)
+    status: str  # sent, failed, unknown, or skipped (suppressed since planning, or sandbox)
     message_id: str | None = None
     http_status: int | None = None
     error: str | None = None

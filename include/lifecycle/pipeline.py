@@ -100,6 +100,7 @@ class DeliverResult:
     unknown: int = 0  # may have been sent: reported, never re-sent automatically
     skipped: int = 0  # claimed but given back (the run was stopped)
     suppressed: int = 0  # unsubscribed, bounced or reported spam since planning: not sent
+    sandboxed: int = 0  # validated by SendGrid's sandbox, not delivered
     interrupted: int = 0  # rows an earlier attempt left in flight, now `unknown`
     failed_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -107,7 +108,9 @@ class DeliverResult:
         return dataclasses.asdict(self)
 
     def add(self, outcome: Outcome) -> None:
-        status = "suppressed" if outcome.status == "skipped" else outcome.status
+        status = outcome.status
+        if status == "skipped":
+            status = "sandboxed" if outcome.reason == "sandbox" else "suppressed"
         setattr(self, status, getattr(self, status) + 1)
         if outcome.status == "failed":
             key = outcome.reason or "failed"
@@ -291,7 +294,7 @@ def plan(
             if rehearsal is not None:
                 rehearsal.add(rows)
                 continue
-            ledger.insert_rows(conn, rows)
+            ledger.insert_rows(conn, rows, replace_sandboxed=not spec.delivery.sandbox_mode)
 
     if rehearsal is not None:
         counts = rehearsal.counts()

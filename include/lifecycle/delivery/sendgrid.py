@@ -165,6 +165,9 @@ class SendGridTransport:
             try:
                 async with self._client().post(self.url, data=body) as response:
                     status = response.status
+                    if 200 <= status < 300 and self.envelope.sandbox_mode:
+                        # validated by SendGrid, never delivered: the row stays sendable later
+                        return Outcome(message.send_id, "skipped", None, status, reason="sandbox")
                     if 200 <= status < 300:
                         message_id = response.headers.get("X-Message-Id")
                         return Outcome(message.send_id, "sent", message_id, status)
