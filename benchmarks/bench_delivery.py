@@ -168,7 +168,7 @@ def naive_loop(settings: Settings, sample: int) -> float:
     client = SendGridAPIClient(api_key=KEY, host=settings.sendgrid_host)
     started = time.perf_counter()
     for row in rows:
-        message = composer._message(row, None)
+        message = composer.message(row, None)
         mail = Mail(
             from_email=str(spec.sender.email), to_emails=message.to_email, subject=message.subject
         )
