@@ -42,10 +42,10 @@ def test_deliver_is_mapped_over_batches_with_bounded_parallelism(spec_and_dag) -
     assert "batch_label" in deliver.map_index_template
 
 
-def test_finalize_runs_after_an_empty_audience_and_announces_an_asset(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+def test_finalize_runs_however_the_deliveries_ended_and_announces_an_asset(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
     spec, dag = spec_and_dag
     finalize = dag.task_dict["finalize"]
-    assert finalize.trigger_rule == TriggerRule.NONE_FAILED
+    assert finalize.trigger_rule == TriggerRule.ALL_DONE
     assert [a.uri for a in finalize.outlets] == [f"lifecycle://campaigns/{spec.id}"]
 
 
