@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    delete,
     func,
     literal,
     or_,
@@ -151,31 +152,25 @@ def finish_run(
 
 
 # --- planning -----------------------------------------------------------------------------
-def insert_rows(
-    conn: Connection, rows: list[dict[str, Any]], *, replace_sandboxed: bool = False
-) -> None:
-    """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone.
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone."""
+    if rows:
+        conn.execute(
+            _insert(conn, L).on_conflict_do_nothing(
+                index_elements=["campaign_id", "occurrence_key", "customer_id"]
+            ),
+            rows,
+        )
 
-    With `replace_sandboxed`, an existing row that only went to SendGrid's sandbox (validated,
-    never delivered) is planned afresh: a campaign taken out of sandbox mode sends for real.
-    """
-    if not rows:
-        return
-    keys = ["campaign_id", "occurrence_key", "customer_id"]
-    statement = _insert(conn, L)
-    if replace_sandboxed:
-        fresh = {name: statement.excluded[name] for name in rows[0] if name not in keys}
-        cleared = dict.fromkeys(
-            ("claimed_at", "claimed_by", "sent_at", "message_id", "http_status", "error"), None
+
+def forget_sandboxed(conn: Connection, campaign_id: str) -> int:
+    """Rows that only went to SendGrid's sandbox (validated, never delivered) are deleted, so a
+    campaign taken out of sandbox mode plans and sends them for real."""
+    return conn.execute(
+        delete(L).where(
+            L.c.campaign_id == campaign_id, L.c.status == "skipped", L.c.reason == "sandbox"
         )
-        statement = statement.on_conflict_do_update(
-            index_elements=keys,
-            set_={**fresh, **cleared, "retryable": None, "attempts": 0},
-            where=and_(L.c.status == "skipped", L.c.reason == "sandbox"),
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=keys)
-    conn.execute(statement, rows)
+    ).rowcount
 
 
 def taken_counts(conn: Connection, customer_ids: Sequence[int], since: datetime) -> dict[int, int]:

@@ -267,6 +267,8 @@ def plan(
         with engine.begin() as conn:
             ledger.expire_overdue(conn, spec.id, as_of)
             ledger.resume_run(conn, run_id)
+            if not spec.delivery.sandbox_mode:
+                ledger.forget_sandboxed(conn, spec.id)
             if limit is None:  # a limited run is a small test: earlier rows wait for a full one
                 ledger.requeue_retryable(conn, spec.id, as_of, MAX_ATTEMPTS)
             else:  # a retried plan counts what its first try planned
@@ -294,7 +296,7 @@ def plan(
             if rehearsal is not None:
                 rehearsal.add(rows)
                 continue
-            ledger.insert_rows(conn, rows, replace_sandboxed=not spec.delivery.sandbox_mode)
+            ledger.insert_rows(conn, rows)
 
     if rehearsal is not None:
         counts = rehearsal.counts()
