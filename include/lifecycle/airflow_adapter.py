@@ -371,6 +371,11 @@ def describe(spec: CampaignSpec) -> str:
 
 def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
     """What went wrong with a finalized run, and what a person should do about it."""
+    if counts.get("dry_run"):
+        return (
+            f"dry run: {counts['render_errors']:,} of {counts['planned']:,} emails do not "
+            "render: " + "; ".join(counts["render_error_examples"])
+        )
     if counts.get("stopped"):
         return (
             f"run stopped, nothing more was sent: {counts['stopped']}. Fix it, then clear this "

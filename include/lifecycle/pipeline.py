@@ -300,8 +300,9 @@ def plan(
 
     if rehearsal is not None:
         counts = rehearsal.counts()
+        status = "failed" if counts["render_errors"] else "success"
         with engine.begin() as conn:
-            ledger.finish_run(conn, run_id, counts, "success", _now())
+            ledger.finish_run(conn, run_id, counts, status, _now())
         return PlanResult(
             run_id,
             counts["planned"],

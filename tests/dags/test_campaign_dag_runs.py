@@ -4,6 +4,7 @@ the SendGrid-compatible sink on loopback. Checked against the ledger and what th
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -213,6 +214,32 @@ def test_dry_run_plans_and_renders_but_sends_nothing(sqlite_world: World) -> Non
     row = run_row(sqlite_world.engine, "loyalty", run_id)
     assert row["dry_run"] and row["counts"]["planned"] > 0
     assert row["counts"]["rendered"] == row["counts"]["planned"]
+    assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
+    assert sqlite_world.sink.state.snapshot() == []
+
+
+def test_a_dry_run_with_emails_that_do_not_render_fails_the_dag_run(
+    sqlite_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(load_settings().templates_dir, templates)
+    for locale in ("en", "hy", "ka"):  # preflight's sample customer renders; real ones do not
+        subject = templates / "loyalty" / locale / "subject.txt"
+        broken = '{% if customer.email != "customer@example.com" %}{{ 1 // 0 }}{% endif %}'
+        subject.write_text(broken + subject.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(templates))
+    run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dry_run": True})
+    assert state == "failed"
+    assert task_states("campaign_loyalty", run_id) | {"deliver": []} == {
+        "preflight": ["success"],
+        "plan": ["failed"],
+        "deliver": [],
+        "finalize": ["failed"],
+    }
+    row = run_row(sqlite_world.engine, "loyalty", run_id)
+    assert row["status"] == "failed"
+    assert row["counts"]["render_errors"] == row["counts"]["planned"] > 0
+    assert "ZeroDivisionError" in row["counts"]["render_error_examples"][0]
     assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
     assert sqlite_world.sink.state.snapshot() == []
 
