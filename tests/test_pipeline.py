@@ -328,6 +328,34 @@ def test_sandbox_sends_validate_and_leave_every_customer_to_the_real_send(
     assert run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=15))["sent"] == 0
 
 
+def test_sandbox_test_sends_are_recorded_as_such_and_not_repeated_on_retry(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 2)
+    sandbox = make_spec(delivery={"sandbox_mode": True})
+    for _try in range(2):
+        validated = pipeline.send_tests(
+            engine, sandbox, settings, run_key="t", as_of=AS_OF, recipients=["qa@shop.example"]
+        )
+    assert validated == 0  # the retry had nothing left to send
+    assert len(sink.state.snapshot()) == 2
+    with engine.connect() as conn:
+        assert set(conn.execute(select(test_sends.c.status)).scalars()) == {"sandbox"}
+
+
+def test_a_run_whose_planning_failed_is_recorded_failed_not_left_running(
+    engine: Engine, settings: Settings
+) -> None:
+    spec = make_spec()
+    pipeline.abandon(engine, spec, run_key="never-started")  # no row yet: nothing to do
+    with engine.begin() as conn:
+        run_id = ledger.ensure_run(conn, spec.id, "dag-run-1", AS_OF, False, AS_OF)
+    pipeline.abandon(engine, spec, run_key="dag-run-1")
+    with engine.connect() as conn:
+        row = ledger.get_run(conn, run_id)
+    assert row.status == "failed" and row.counts["planned"] == 0 and row.finished_at
+
+
 def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
     engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:

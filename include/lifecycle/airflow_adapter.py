@@ -235,8 +235,8 @@ class CampaignFailureNotifier(BaseNotifier):
         log.error(
             "Campaign %s: task %s%s failed for good in run %s after %s tries: %s. "
             "Rows already sent stay sent and are never re-sent automatically; fix the cause, "
-            "then clear the failed task and its downstream tasks (after a refused API key, clear "
-            "from `plan`) to resume.",
+            "then trigger a new run, which takes over what is left inside each customer's send "
+            "window (clearing the failed task replays the run at its original as-of).",
             self.campaign_id,
             ti.task_id,
             f"[{ti.map_index}]" if ti.map_index >= 0 else "",
@@ -269,8 +269,9 @@ def trigger_params(spec: CampaignSpec) -> dict[str, Param]:
             type="boolean",
             title="Dry run",
             description_md=(
-                "Plan the audience and render every email, but **send nothing**. "
-                "The plan is kept so you can inspect it on the Campaigns page."
+                "Plan the audience and render every email, but **send nothing** and issue no "
+                "coupon. The counts, and any email that does not render, are in the plan task's "
+                "log and on the run's row in `campaign_runs`."
             ),
         ),
         "limit": Param(
@@ -376,16 +377,17 @@ def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
             f"dry run: {counts['render_errors']:,} of {counts['planned']:,} emails do not "
             "render: " + "; ".join(counts["render_error_examples"])
         )
-    if counts.get("stopped"):
-        return (
-            f"run stopped, nothing more was sent: {counts['stopped']}. Fix it, then clear this "
-            "run from its `plan` task (or trigger a new run): it sends the rest, nobody twice"
-        )
     problems = []
-    if counts["pending"]:
+    if counts.get("stopped"):
+        problems.append(
+            f"run stopped, nothing more was sent: {counts['stopped']}. Fix it, then trigger a "
+            "new run: it takes over the emails left, inside each customer's send window"
+        )
+    elif counts["pending"]:
         problems.append(
             f"{counts['pending']:,} due emails were not delivered because a delivery task "
-            "failed: clear the failed deliver tasks (and finalize) to send them"
+            "failed: trigger a new run (it takes them over inside each customer's send window), "
+            "or clear the failed deliver tasks and finalize right away"
         )
     if counts["unknown"]:
         problems.append(
@@ -524,11 +526,12 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             context = get_current_context()
             ti = context["ti"]
             run_id = ti.xcom_pull(task_ids="plan", key="campaign_run_id")
+            settings = runtime_settings()
             if run_id is None:
                 if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
-                raise AirflowFailException("planning did not finish: nothing to finalize")
-            settings = runtime_settings()
+                pipeline.abandon(_engine(settings), spec, run_key=context["run_id"])
+                raise AirflowFailException("an earlier task failed (see preflight or plan)")
             counts = pipeline.finalize(_engine(settings), spec, run_id=run_id)
             if counts.pop("status") != "success":
                 raise AirflowFailException(_run_problem(spec.id, counts))

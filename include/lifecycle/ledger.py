@@ -95,6 +95,14 @@ def ensure_run(
     return int(run_id)
 
 
+def find_run(conn: Connection, campaign_id: str, run_key: str) -> Row[Any] | None:
+    return conn.execute(
+        select(campaign_runs).where(
+            campaign_runs.c.campaign_id == campaign_id, campaign_runs.c.run_key == run_key
+        )
+    ).first()
+
+
 def get_run(conn: Connection, run_id: int) -> Row[Any]:
     row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
     if row is None:

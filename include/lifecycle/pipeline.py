@@ -281,7 +281,7 @@ def plan(
         if remaining is not None and remaining <= 0:
             break
         with engine.begin() as conn:
-            if spec.policies.frequency_cap is not None and not dry_run:
+            if not dry_run:  # uncapped campaigns' rows count toward the others' caps too
                 ledger.lock_for_planning(conn, run_id)
             if dry_run or limit is not None:  # count only emails not planned before
                 chunk = _not_in_ledger(conn, spec, chunk)
@@ -693,6 +693,15 @@ def finalize(engine: Engine, spec: CampaignSpec, *, run_id: int) -> dict[str, An
     return {**counts, "status": status}
 
 
+def abandon(engine: Engine, spec: CampaignSpec, *, run_key: str) -> None:
+    """Planning failed: the run (if it got that far) is recorded `failed`, never left running."""
+    with engine.begin() as conn:
+        run = ledger.find_run(conn, spec.id, run_key)
+        if run is not None and run.status == "running":
+            counts = ledger.run_counts(conn, run.id, run.as_of)
+            ledger.finish_run(conn, run.id, counts, "failed", _now())
+
+
 # --- test sends ---------------------------------------------------------------------------
 def _sample_rows(
     engine: Engine, spec: CampaignSpec, settings: Settings, as_of: datetime, limit: int
@@ -738,7 +747,7 @@ def send_tests(
 
     Recorded in `test_sends` (one row per customer and recipient); no ledger rows, no coupons
     issued (a sample code is shown). A retry does not resend what was already sent.
-    Returns the number of test emails sent.
+    Returns the number of test emails sent (or, in sandbox mode, validated).
     """
     as_of = _utc(as_of)
     with engine.begin() as conn:
@@ -746,7 +755,7 @@ def send_tests(
         done = set(
             conn.execute(
                 select(test_sends.c.customer_id, test_sends.c.recipient).where(
-                    test_sends.c.run_id == run_id, test_sends.c.status == "sent"
+                    test_sends.c.run_id == run_id, test_sends.c.status.in_(("sent", "sandbox"))
                 )
             ).tuples()
         )
@@ -771,7 +780,7 @@ def send_tests(
     with engine.begin() as conn:
         for (customer_id, message), outcome in zip(messages, outcomes, strict=True):
             values = {
-                "status": "sent" if outcome.status == "sent" else "failed",
+                "status": outcome.reason if outcome.reason == "sandbox" else outcome.status,
                 "message_id": outcome.message_id,
                 "error": outcome.error,
                 "sent_at": now,
@@ -786,7 +795,7 @@ def send_tests(
                     **values,
                 },
             )
-    return sum(outcome.status == "sent" for outcome in outcomes)
+    return sum(o.status == "sent" or o.reason == "sandbox" for o in outcomes)
 
 
 async def _send_each(transport: Transport, messages: list[tuple[int, Message]]) -> list[Outcome]:

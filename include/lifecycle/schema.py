@@ -137,7 +137,9 @@ test_sends = Table(
     Column("campaign_id", String(64), nullable=False),
     Column("customer_id", BigInteger, nullable=False),
     Column("recipient", String(320), nullable=False),
-    Column("status", String(16), nullable=False),  # sent, failed
+    Column(
+        "status", String(16), nullable=False
+    ),  # sent, failed, unknown, sandbox (validated, not delivered)
     Column("message_id", String(64)),
     Column("error", Text),
     Column("sent_at", UtcDateTime, nullable=False),
