@@ -370,12 +370,15 @@ def describe(spec: CampaignSpec) -> str:
     return "\n".join(lines)
 
 
+def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
+    return f"dry run: {errors:,} of {planned:,} emails do not render: " + "; ".join(examples)
+
+
 def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
     """What went wrong with a finalized run, and what a person should do about it."""
     if counts.get("dry_run"):
-        return (
-            f"dry run: {counts['render_errors']:,} of {counts['planned']:,} emails do not "
-            "render: " + "; ".join(counts["render_error_examples"])
+        return _render_problem(
+            counts["render_errors"], counts["planned"], counts["render_error_examples"]
         )
     problems = []
     if counts.get("stopped"):
@@ -482,8 +485,9 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             ti.xcom_push(key="waiting", value=result.waiting)
             if result.render_errors:
                 raise AirflowFailException(
-                    f"dry run: {result.render_errors:,} of {result.planned:,} emails do not "
-                    "render: " + "; ".join(result.render_error_examples)
+                    _render_problem(
+                        result.render_errors, result.planned, result.render_error_examples
+                    )
                 )
             return [batch.to_dict() for batch in result.batches]
 

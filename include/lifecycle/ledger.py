@@ -84,15 +84,12 @@ def ensure_run(
         )
         .on_conflict_do_nothing(index_elements=["campaign_id", "run_key"])
     )
-    run_id, was_dry = conn.execute(
-        select(campaign_runs.c.id, campaign_runs.c.dry_run).where(
-            campaign_runs.c.campaign_id == campaign_id, campaign_runs.c.run_key == run_key
-        )
-    ).one()
-    if bool(was_dry) != dry_run:
-        kind = "a dry run" if was_dry else "a real run"
+    run = find_run(conn, campaign_id, run_key)
+    assert run is not None  # inserted above, or there already
+    if bool(run.dry_run) != dry_run:
+        kind = "a dry run" if run.dry_run else "a real run"
         raise ValueError(f"run key {run_key!r} of {campaign_id} is already {kind}; use another")
-    return int(run_id)
+    return int(run.id)
 
 
 def find_run(conn: Connection, campaign_id: str, run_key: str) -> Row[Any] | None:

@@ -336,8 +336,8 @@ class _DryRun:
         self.composer = composer
         self.planned = 0
         self.skipped: Counter[str] = Counter()
-        self.render_errors: list[str] = []
-        self.render_error_count = 0
+        self.render_errors = 0
+        self.examples: list[str] = []
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         coupon = self.composer.sample_coupon()
@@ -349,9 +349,9 @@ class _DryRun:
             try:
                 self.composer.message(SimpleNamespace(id=-(index + 1), **row), coupon)
             except Exception as exc:  # reported like a real run's render_error, never raised
-                self.render_error_count += 1
-                if len(self.render_errors) < self.EXAMPLES:
-                    self.render_errors.append(
+                self.render_errors += 1
+                if len(self.examples) < self.EXAMPLES:
+                    self.examples.append(
                         f"customer {row['customer_id']}: {type(exc).__name__}: {exc}"[:500]
                     )
 
@@ -360,9 +360,9 @@ class _DryRun:
             "planned": self.planned,
             "skipped": dict(self.skipped),
             "dry_run": True,
-            "rendered": self.planned - self.render_error_count,
-            "render_errors": self.render_error_count,
-            "render_error_examples": self.render_errors,
+            "rendered": self.planned - self.render_errors,
+            "render_errors": self.render_errors,
+            "render_error_examples": self.examples,
         }
 
 
@@ -424,12 +424,13 @@ class _Composer:
     def compose(self, rows: list[Any]) -> tuple[list[Message], list[Outcome]]:
         """Messages for the rows that may still be mailed; outcomes for the others."""
         blocked = self._suppressed(rows)
-        failures = [
-            Outcome(row.id, "skipped", reason="suppressed")
-            for row in rows
-            if row.email and row.email.lower() in blocked
-        ]
-        rows = [row for row in rows if not (row.email and row.email.lower() in blocked)]
+        failures, mailable = [], []
+        for row in rows:
+            if row.email and row.email.lower() in blocked:
+                failures.append(Outcome(row.id, "skipped", reason="suppressed"))
+            else:
+                mailable.append(row)
+        rows = mailable
         issued = self._coupons(rows)
         messages = []
         for row in rows:
@@ -760,9 +761,9 @@ def send_tests(
             ).tuples()
         )
     composer = _Composer(engine, spec, settings, as_of)
-    messages = []
+    messages, coupon = [], composer.sample_coupon()
     for row in _sample_rows(engine, spec, settings, as_of, limit):
-        rendered = composer.message(row, composer.sample_coupon())
+        rendered = composer.message(row, coupon)
         for recipient in recipients:
             if (row.customer_id, recipient) not in done:
                 test = dataclasses.replace(
