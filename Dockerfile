@@ -6,7 +6,7 @@ FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:0 requirements.txt /opt/lifecycle/requirements.txt
 RUN pip install --no-cache-dir -r /opt/lifecycle/requirements.txt
 
-# Editable install: lifecycle.config finds templates/, include/campaigns and include/sql
+# Editable install: lifecycle.core.config finds templates/, include/campaigns and include/sql
 # relative to the package, exactly as in a checkout.
 COPY --chown=airflow:0 . /opt/lifecycle
 RUN pip install --no-cache-dir --no-deps -e /opt/lifecycle \

@@ -22,7 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP) ## create .venv from the lock (idempotent)
 
 demo: $(STAMP) ## migrate, seed and run every campaign on the embedded default (SQLite, outbox)
-	$(BIN)/python -m lifecycle.demo
+	$(BIN)/python -m lifecycle.devtools.demo
 
 test: $(STAMP) ## run the whole test suite (SQLite and PostgreSQL)
 	$(BIN)/pytest -q
@@ -39,7 +39,7 @@ bench: $(STAMP) ## run the benchmarks and print figures for BENCHMARKS.md
 	$(BIN)/python -m benchmarks.run
 
 airflow: $(STAMP) ## airflow standalone on 127.0.0.1:8080 with this repo's DAGs (Ctrl-C stops it all)
-	$(BIN)/python -m lifecycle.standalone
+	$(BIN)/python -m lifecycle.devtools.standalone
 
 preview: $(STAMP) ## render every template x locale into .local/preview/
 	$(BIN)/lifecycle preview --all --out .local/preview

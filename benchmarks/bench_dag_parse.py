@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from lifecycle.config import PROJECT_ROOT, load_settings
+from lifecycle.core.config import PROJECT_ROOT, load_settings
 
 PARSE = """
 import json, time

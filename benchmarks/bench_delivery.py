@@ -39,9 +39,11 @@ from typing import Any
 import httpx
 
 from benchmarks.scratch import postgres_warehouse
-from lifecycle import pipeline, render, warehouse
-from lifecycle.campaigns import CampaignSpec
-from lifecycle.config import Settings, load_settings
+from lifecycle.core import render
+from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.run import pipeline
+from lifecycle.store import warehouse
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 KEY = "SG.benchmark-key"

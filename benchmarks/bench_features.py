@@ -20,9 +20,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lifecycle import features, segments, warehouse
-from lifecycle.campaigns import CampaignSpec
-from lifecycle.config import load_settings
+from lifecycle.core import features, segments
+from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.config import load_settings
+from lifecycle.store import warehouse
 
 AS_OF = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 

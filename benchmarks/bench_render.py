@@ -22,11 +22,11 @@ from typing import Any
 
 import css_inline
 
-from lifecycle.campaigns import load_campaigns
-from lifecycle.config import load_settings
-from lifecycle.coupons import new_code
-from lifecycle.render import Renderer
-from lifecycle.unsubscribe import make_token
+from lifecycle.core.campaigns import load_campaigns
+from lifecycle.core.config import load_settings
+from lifecycle.core.render import Renderer
+from lifecycle.feedback.unsubscribe import make_token
+from lifecycle.store.coupons import new_code
 
 FIRST_NAMES = ["Emma", "Անի", "ნინო", "Liam", "Արամ", "გიორგი", None, "<b>Zoë</b>"]
 LAST_NAMES = ["Walker", "Պետրոսյան", "ბერიძე", None]

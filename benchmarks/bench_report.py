@@ -20,8 +20,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from benchmarks.scratch import postgres_warehouse, sqlite_warehouse
-from lifecycle import reporting, schema, seed, simulate, warehouse
-from lifecycle.config import load_settings
+from lifecycle import reporting
+from lifecycle.core.config import load_settings
+from lifecycle.devtools import seed, simulate
+from lifecycle.store import schema, warehouse
 
 TARGET_SECONDS = 10
 AS_OF = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)

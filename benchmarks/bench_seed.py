@@ -19,7 +19,8 @@ import time
 from datetime import UTC, datetime
 
 from benchmarks.scratch import postgres_warehouse, sqlite_warehouse
-from lifecycle import seed, warehouse
+from lifecycle.devtools import seed
+from lifecycle.store import warehouse
 
 TARGET_SECONDS = 120
 AS_OF = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)

@@ -33,8 +33,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
-from lifecycle import events, warehouse
-from lifecycle.schema import engagement_events
+from lifecycle.feedback import events
+from lifecycle.store import warehouse
+from lifecycle.store.schema import engagement_events
 
 KINDS = ("processed", "delivered", "open", "click", "bounce", "unsubscribe")
 

@@ -4,9 +4,9 @@ Add a campaign by adding a YAML spec (and its templates); no Python. An invalid 
 as an import error in the Airflow UI naming the file and the field to fix.
 """
 
-from lifecycle.airflow_adapter import build_campaign_dag
-from lifecycle.campaigns import load_campaigns
-from lifecycle.config import load_settings
+from lifecycle.airflow.adapter import build_campaign_dag
+from lifecycle.core.campaigns import load_campaigns
+from lifecycle.core.config import load_settings
 
 for spec in load_campaigns(load_settings().campaigns_dir).values():
     globals()[spec.dag_id] = build_campaign_dag(spec)

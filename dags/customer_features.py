@@ -1,5 +1,5 @@
 """`customer_features`: the features snapshot campaigns read, published as an Airflow Asset."""
 
-from lifecycle.airflow_adapter import build_features_dag
+from lifecycle.airflow.adapter import build_features_dag
 
 customer_features = build_features_dag()

@@ -37,8 +37,9 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 def retention_report() -> None:
     @task
     def report() -> dict[str, Any]:
-        from lifecycle import reporting, warehouse
-        from lifecycle.airflow_adapter import runtime_settings
+        from lifecycle import reporting
+        from lifecycle.airflow.adapter import runtime_settings
+        from lifecycle.store import warehouse
 
         context = get_current_context()
         as_of = context["dag_run"].run_after.astimezone(UTC)

@@ -18,8 +18,9 @@ from airflow.sdk.exceptions import AirflowSkipException
 def sync_suppressions() -> dict[str, int]:
     from datetime import UTC, datetime
 
-    from lifecycle import suppressions, warehouse
-    from lifecycle.airflow_adapter import runtime_settings
+    from lifecycle.airflow.adapter import runtime_settings
+    from lifecycle.feedback import suppressions
+    from lifecycle.store import warehouse
 
     settings = runtime_settings()
     if not settings.sendgrid_api_key:

@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 import numpy as np
 from sqlalchemy import Engine, func, insert, select
 
-from lifecycle import schema, seed, simulate
+from lifecycle.devtools import seed, simulate
+from lifecycle.store import schema
 
 CAMPAIGNS = ("onboarding", "birthday", "reengagement")
 

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from lifecycle import warehouse
+from lifecycle.store import warehouse
 
 PG_ADMIN_URL = os.environ.get(
     "LIFECYCLE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

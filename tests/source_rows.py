@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from lifecycle import schema
+from lifecycle.store import schema
 
 
 def utc(*parts: int) -> datetime:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifecycle.campaigns import SpecError, load_campaigns, load_spec
-from lifecycle.config import load_settings
+from lifecycle.core.campaigns import SpecError, load_campaigns, load_spec
+from lifecycle.core.config import load_settings
 
 SHIPPED = load_settings().campaigns_dir
 

@@ -8,8 +8,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from lifecycle import compliance, unsubscribe
-from lifecycle.config import Settings, load_settings
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.feedback import compliance, unsubscribe
 
 SECRET = "test-secret-never-logged"
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
-from lifecycle import coupons
-from lifecycle.schema import coupons as coupons_table
+from lifecycle.store import coupons
+from lifecycle.store.schema import coupons as coupons_table
 
 AS_OF = datetime(2026, 11, 24, 9, 5, tzinfo=UTC)
 

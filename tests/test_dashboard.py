@@ -12,8 +12,8 @@ from campaign_results import CAMPAIGNS, expected_figures, fill_campaign_results
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, delete, func, insert, select
 
-from lifecycle import schema
-from lifecycle.config import load_settings
+from lifecycle.core.config import load_settings
+from lifecycle.store import schema
 from lifecycle.web import dashboard
 
 AS_OF = datetime(2026, 11, 24, 9, tzinfo=UTC)

@@ -25,9 +25,9 @@ import httpx
 import pytest
 from campaign_results import expected_figures, fill_campaign_results
 
-from lifecycle import warehouse
-from lifecycle.config import PROJECT_ROOT
-from lifecycle.standalone import Standalone, start_standalone
+from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.devtools.standalone import Standalone, start_standalone
+from lifecycle.store import warehouse
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"

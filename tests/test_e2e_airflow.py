@@ -15,10 +15,12 @@ import pytest
 import sqlalchemy as sa
 from processes import still_running
 
-from lifecycle import features, schema, seed, warehouse
-from lifecycle.config import load_settings
-from lifecycle.sink import run_sink_in_thread
-from lifecycle.standalone import Standalone, start_standalone
+from lifecycle.core import features
+from lifecycle.core.config import load_settings
+from lifecycle.devtools import seed
+from lifecycle.devtools.sink import run_sink_in_thread
+from lifecycle.devtools.standalone import Standalone, start_standalone
+from lifecycle.store import schema, warehouse
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, delete, func, insert, select
 
-from lifecycle import events
-from lifecycle.config import load_settings
-from lifecycle.schema import engagement_events, send_ledger, suppressions
+from lifecycle.core.config import load_settings
+from lifecycle.feedback import events
+from lifecycle.store.schema import engagement_events, send_ledger, suppressions
 from lifecycle.web.public import create_app
 from lifecycle.web.server import serve_in_thread
 

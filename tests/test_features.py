@@ -10,8 +10,9 @@ import pytest
 from source_rows import add_customer, add_order, utc
 from sqlalchemy import Engine, select
 
-from lifecycle import features, localtime, schema
-from lifecycle.config import Settings, load_settings
+from lifecycle.core import features, localtime
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.store import schema
 
 
 @pytest.fixture

@@ -19,9 +19,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from lifecycle import cli, schema, seed, warehouse
-from lifecycle.config import PROJECT_ROOT, load_settings
-from lifecycle.sqltypes import UtcDateTime
+from lifecycle import cli
+from lifecycle.core.config import PROJECT_ROOT, load_settings
+from lifecycle.devtools import seed
+from lifecycle.store import schema, warehouse
+from lifecycle.store.sqltypes import UtcDateTime
 
 AS_OF = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 N = 10_000
@@ -321,7 +323,7 @@ def test_environment_overrides_and_blank_means_unset(
 
 
 def test_settings_repr_hides_warehouse_password_and_keys() -> None:
-    from lifecycle.config import load_settings
+    from lifecycle.core.config import load_settings
 
     settings = load_settings(
         warehouse_url="postgresql+psycopg://app:hunter2@db/warehouse",

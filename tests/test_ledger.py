@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from lifecycle import ledger
-from lifecycle.ledger import Outcome
-from lifecycle.schema import send_ledger
+from lifecycle.store import ledger
+from lifecycle.store.ledger import Outcome
+from lifecycle.store.schema import send_ledger
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

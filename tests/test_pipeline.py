@@ -21,11 +21,15 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, insert, select, text
 
-from lifecycle import cli, ledger, pipeline, segments, warehouse
-from lifecycle.campaigns import CampaignSpec
-from lifecycle.config import Settings, load_settings
+from lifecycle import cli
+from lifecycle.core import segments
+from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
-from lifecycle.schema import (
+from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
+from lifecycle.run import pipeline
+from lifecycle.store import ledger, warehouse
+from lifecycle.store.schema import (
     campaign_runs,
     coupons,
     customers,
@@ -33,7 +37,6 @@ from lifecycle.schema import (
     suppressions,
     test_sends,
 )
-from lifecycle.sink import SinkHandle, run_sink_in_thread
 
 KEY = "SG.pipeline-test-key-do-not-leak"
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # 16:00 in Yerevan, 04:00 in Los Angeles
@@ -409,9 +412,10 @@ def test_dropped_connections_are_reported_then_requeued_by_a_human(
 
 DELIVER_SCRIPT = """
 import json, sys
-from lifecycle import pipeline, warehouse
-from lifecycle.campaigns import CampaignSpec
-from lifecycle.config import load_settings
+from lifecycle.run import pipeline
+from lifecycle.store import warehouse
+from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.config import load_settings
 settings = load_settings()
 spec = CampaignSpec.model_validate_json(sys.argv[1])
 batch = pipeline.Batch.from_dict(json.loads(sys.argv[3]))

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, insert
 
-from lifecycle import ledger, policies, segments
-from lifecycle.campaigns import CampaignSpec, SendWindow
-from lifecycle.schema import send_ledger, suppressions
+from lifecycle.core import policies, segments
+from lifecycle.core.campaigns import CampaignSpec, SendWindow
+from lifecycle.store import ledger
+from lifecycle.store.schema import send_ledger, suppressions
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 WINDOW = SendWindow(start=time(9), end=time(20))

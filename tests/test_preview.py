@@ -11,12 +11,12 @@ import pytest
 from babel.numbers import format_currency
 from sqlalchemy import func, select
 
-from lifecycle import preview, seed
-from lifecycle.campaigns import LOCALES, load_campaigns
 from lifecycle.cli import main
-from lifecycle.config import PROJECT_ROOT, load_settings
-from lifecycle.render import get_renderer
-from lifecycle.schema import coupons, customers, orders
+from lifecycle.core.campaigns import LOCALES, load_campaigns
+from lifecycle.core.config import PROJECT_ROOT, load_settings
+from lifecycle.core.render import get_renderer
+from lifecycle.devtools import preview, seed
+from lifecycle.store.schema import coupons, customers, orders
 
 AS_OF = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 

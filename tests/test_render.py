@@ -13,9 +13,15 @@ import pytest
 from babel.dates import format_date
 from babel.numbers import format_currency
 
-from lifecycle.campaigns import LOCALES, CampaignSpec, load_campaigns
-from lifecycle.config import PROJECT_ROOT, Settings, load_settings
-from lifecycle.render import Renderer, TemplateProblem, get_renderer, inline_css, sample_context
+from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
+from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
+from lifecycle.core.render import (
+    Renderer,
+    TemplateProblem,
+    get_renderer,
+    inline_css,
+    sample_context,
+)
 
 SHIPPED = PROJECT_ROOT / "templates"
 

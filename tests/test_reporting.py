@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import Engine, insert
 
-from lifecycle import reporting, schema
-from lifecycle.config import load_settings
+from lifecycle import reporting
+from lifecycle.core.config import load_settings
+from lifecycle.store import schema
 
 AS_OF = datetime(2026, 3, 10, 12, tzinfo=UTC)
 

@@ -11,9 +11,11 @@ import pytest
 from source_rows import add_customer, add_order, utc
 from sqlalchemy import Engine, func, select
 
-from lifecycle import cli, schema, segments
-from lifecycle.campaigns import CampaignSpec, load_campaigns
-from lifecycle.config import Settings, load_settings
+from lifecycle import cli
+from lifecycle.core import segments
+from lifecycle.core.campaigns import CampaignSpec, load_campaigns
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.store import schema
 
 
 @pytest.fixture

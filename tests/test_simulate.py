@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, insert, select
 
-from lifecycle import schema, simulate
+from lifecycle.devtools import simulate
+from lifecycle.store import schema
 
 SENT_AT = datetime(2026, 11, 20, 10, tzinfo=UTC)
 AS_OF = SENT_AT + timedelta(days=4)

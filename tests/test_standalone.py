@@ -18,8 +18,8 @@ import psutil
 import pytest
 from processes import still_running
 
-from lifecycle.config import PROJECT_ROOT
-from lifecycle.standalone import start_standalone
+from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.devtools.standalone import start_standalone
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_make_airflow_shows_the_login_and_a_signal_stops_everything(
     log = tmp_path / "make-airflow.log"
     with log.open("w") as out:
         main = subprocess.Popen(
-            [sys.executable, "-m", "lifecycle.standalone", "--port", str(port)],
+            [sys.executable, "-m", "lifecycle.devtools.standalone", "--port", str(port)],
             cwd=PROJECT_ROOT,
             env={**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")},
             stdout=out,

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from lifecycle import suppressions
-from lifecycle.schema import suppressions as table
-from lifecycle.sink import SinkHandle, run_sink_in_thread
-from lifecycle.sink_suppressions import SuppressionStore, register
+from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
+from lifecycle.devtools.sink_suppressions import SuppressionStore, register
+from lifecycle.feedback import suppressions
+from lifecycle.store.schema import suppressions as table
 
 API_KEY = "SG.test-key-never-shown"
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)

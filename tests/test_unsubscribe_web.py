@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, func, insert, select
 
-from lifecycle import events, unsubscribe, warehouse
-from lifecycle.config import Settings, load_settings
-from lifecycle.schema import engagement_events, send_ledger, suppressions
-from lifecycle.standalone import start_standalone
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.devtools.standalone import start_standalone
+from lifecycle.feedback import events, unsubscribe
+from lifecycle.store import warehouse
+from lifecycle.store.schema import engagement_events, send_ledger, suppressions
 from lifecycle.web.public import standalone_app
 from lifecycle.web.server import serve_in_thread
 

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from lifecycle import seed, warehouse
-from lifecycle.config import load_settings
+from lifecycle.core.config import load_settings
+from lifecycle.devtools import seed
+from lifecycle.store import warehouse
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -88,7 +89,7 @@ def cmd_serve_public(args: argparse.Namespace) -> int:
 
 
 def cmd_suppressions_sync(args: argparse.Namespace) -> int:
-    from lifecycle import suppressions
+    from lifecycle.feedback import suppressions
 
     settings = load_settings()
     try:
@@ -106,9 +107,9 @@ def cmd_suppressions_sync(args: argparse.Namespace) -> int:
 
 # --- delivery (issue 5) --------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from lifecycle import pipeline
-    from lifecycle.campaigns import SpecError, load_campaigns
+    from lifecycle.core.campaigns import SpecError, load_campaigns
     from lifecycle.delivery import DeliveryStopped
+    from lifecycle.run import pipeline
 
     settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
     try:
@@ -157,7 +158,7 @@ def print_run(campaign: str, as_of: datetime, counts: dict, transport: str) -> N
 
 
 def cmd_requeue_unknown(args: argparse.Namespace) -> int:
-    from lifecycle import ledger
+    from lifecycle.store import ledger
 
     with engine_from(args).begin() as conn:
         count = ledger.requeue_unknown(conn, args.campaign, args.ids or None)
@@ -166,7 +167,7 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from lifecycle import sink
+    from lifecycle.devtools import sink
 
     print(f"SendGrid-compatible sink on http://{args.host}:{args.port} (Ctrl-C stops it)")
     print(f"  LIFECYCLE_SENDGRID_HOST=http://{args.host}:{args.port}")
@@ -216,7 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_events(args: argparse.Namespace) -> int:
-    from lifecycle import simulate
+    from lifecycle.devtools import simulate
 
     if load_settings().chosen_transport() == "sendgrid" and not args.force:
         print(
@@ -238,7 +239,7 @@ def cmd_simulate_events(args: argparse.Namespace) -> int:
 
 # --- features and segments (issue 3) ------------------------------------------------------
 def cmd_features(args: argparse.Namespace) -> int:
-    from lifecycle import features
+    from lifecycle.core import features
 
     settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
     as_of = args.as_of or datetime.now(UTC)
@@ -253,7 +254,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_segments(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from lifecycle import segments
+    from lifecycle.core import segments
 
     settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
     as_of = args.as_of or datetime.now(UTC)
@@ -281,9 +282,9 @@ def cmd_segments(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lifecycle import preview
-    from lifecycle.campaigns import SpecError, load_campaigns
-    from lifecycle.render import TemplateProblem
+    from lifecycle.core.campaigns import SpecError, load_campaigns
+    from lifecycle.core.render import TemplateProblem
+    from lifecycle.devtools import preview
 
     if not args.all and (args.campaign is None or args.customer is None):
         print("preview needs CAMPAIGN --customer ID, or --all", file=sys.stderr)

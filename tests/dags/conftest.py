@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.config import PROJECT_ROOT
+from lifecycle.core.config import PROJECT_ROOT
 
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-airflow-"))
 AIRFLOW_ENV = {

@@ -16,11 +16,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from lifecycle import airflow_adapter as adapter
-from lifecycle import features, schema, seed, warehouse
-from lifecycle.campaigns import load_campaigns
-from lifecycle.config import load_settings
-from lifecycle.sink import SinkHandle, run_sink_in_thread
+from lifecycle.airflow import adapter as adapter
+from lifecycle.core import features
+from lifecycle.core.campaigns import load_campaigns
+from lifecycle.core.config import load_settings
+from lifecycle.devtools import seed
+from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
+from lifecycle.store import schema, warehouse
 
 AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 11:00 UTC: inside most local send windows
 SPECS = load_campaigns(load_settings().campaigns_dir)
@@ -265,7 +267,7 @@ def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    caplog.set_level("ERROR", logger="lifecycle.airflow_adapter")
+    caplog.set_level("ERROR", logger="lifecycle.airflow.adapter")
     run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dryrun": True})
     assert state == "failed"
     states = task_states("campaign_loyalty", run_id)
@@ -274,7 +276,7 @@ def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
     with create_session() as session:
         preflight = session.query(TaskInstance).filter_by(run_id=run_id, task_id="preflight").one()
         assert preflight.try_number == 1  # a typo is not retried with backoff
-    summary = [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow_adapter"]
+    summary = [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow.adapter"]
     assert any(
         "Campaign loyalty: task preflight failed for good" in m and "dryrun" in m for m in summary
     ), summary

@@ -11,9 +11,9 @@ from airflow.sdk import AssetOrTimeSchedule, Connection, CronTriggerTimetable, T
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
-from lifecycle import airflow_adapter as adapter
-from lifecycle.campaigns import load_campaigns
-from lifecycle.config import load_settings
+from lifecycle.airflow import adapter as adapter
+from lifecycle.core.campaigns import load_campaigns
+from lifecycle.core.config import load_settings
 
 SPECS = load_campaigns(load_settings().campaigns_dir)
 

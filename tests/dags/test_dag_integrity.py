@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import BaseHook
 
-from lifecycle.campaigns import load_campaigns
-from lifecycle.config import PROJECT_ROOT, load_settings
+from lifecycle.core.campaigns import load_campaigns
+from lifecycle.core.config import PROJECT_ROOT, load_settings
 
 DAGS = PROJECT_ROOT / "dags"
 SPECS = load_campaigns(load_settings().campaigns_dir)
@@ -81,8 +81,8 @@ def test_dag_files_import_no_heavy_modules() -> None:
     code = (
         "import runpy, sys\n"
         f"for f in {sorted(str(p) for p in DAGS.glob('*.py'))!r}: runpy.run_path(f)\n"
-        "heavy = [m for m in ('pandas', 'lifecycle.pipeline', 'lifecycle.warehouse', "
-        "'lifecycle.features') if m in sys.modules]\n"
+        "heavy = [m for m in ('pandas', 'lifecycle.run.pipeline', 'lifecycle.store.warehouse', "
+        "'lifecycle.core.features') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from campaign_results import expected_figures, fill_campaign_results
 
-from lifecycle import warehouse
-from lifecycle.config import PROJECT_ROOT
+from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.store import warehouse
 
 
 def load_dag():  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lifecycle.ledger import Outcome
+from lifecycle.store.ledger import Outcome
 
 
 class DeliveryStopped(RuntimeError):

@@ -13,7 +13,7 @@ from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
 
 from lifecycle.delivery import Envelope, Message
-from lifecycle.ledger import Outcome
+from lifecycle.store.ledger import Outcome
 
 
 def build_email(message: Message, envelope: Envelope) -> EmailMessage:

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from lifecycle.delivery import DeliveryStopped, Envelope, Message
-from lifecycle.ledger import Outcome
+from lifecycle.store.ledger import Outcome
 
 SAFE_TO_RETRY = {429, 500, 502, 503}
 PATH = "/v3/mail/send"

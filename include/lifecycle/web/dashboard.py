@@ -24,8 +24,9 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
 
-from lifecycle import reporting, warehouse
-from lifecycle.config import Settings, load_settings
+from lifecycle import reporting
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.store import warehouse
 from lifecycle.web import charts
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ Days = Annotated[int, Query(ge=1, le=90, description="conversion window in days"
 def warehouse_settings() -> Settings:
     """Inside Airflow the `lifecycle_warehouse` connection wins; elsewhere the environment."""
     try:
-        from lifecycle.airflow_adapter import runtime_settings
+        from lifecycle.airflow.adapter import runtime_settings
     except ImportError:
         return load_settings()
     return runtime_settings()

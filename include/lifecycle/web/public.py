@@ -22,9 +22,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine, select
 
-from lifecycle import events, suppressions, unsubscribe, warehouse
-from lifecycle.config import Settings, load_settings
-from lifecycle.schema import send_ledger
+from lifecycle.core.config import Settings, load_settings
+from lifecycle.feedback import events, suppressions, unsubscribe
+from lifecycle.store import warehouse
+from lifecycle.store.schema import send_ledger
 
 log = logging.getLogger(__name__)
 PREFIX = "/lifecycle"
@@ -33,7 +34,7 @@ LOCALES = ("en", "hy", "ka")
 
 def airflow_settings() -> Settings:
     """Inside the Airflow API server: the `lifecycle_warehouse` connection wins (read once)."""
-    from lifecycle.airflow_adapter import runtime_settings
+    from lifecycle.airflow.adapter import runtime_settings
 
     return runtime_settings()
 

@@ -1,0 +1,127 @@
+"""Policies applied at planning: who may receive a campaign's email, and when.
+
+`evaluate` takes one audience chunk and returns, per row, a skip reason (or None: send) and the
+send window in the customer's local time. Reasons, checked in this order:
+
+* ``missing_email`` / ``invalid_email`` — nothing to send to;
+* ``no_consent`` — no marketing consent (when the spec requires it);
+* ``suppressed`` — on the suppression list, globally or in the spec's ASM group;
+* ``holdout`` — in the campaign's control group (drawn among the reachable customers only, so
+  it measures the campaign and nothing else);
+* ``frequency_cap`` — already N marketing emails in the rolling window, counting what other
+  campaigns sent, have in flight or planned, and what this chunk plans first.
+
+Send window: a customer outside it (local time) is not dropped. The row is planned with
+``send_after`` = the next local window opening and picked up by the first run after that.
+It expires at the end of the local day after the send day; a later run skips it as ``expired``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+
+import pandas as pd
+from sqlalchemy import Connection, select
+
+from lifecycle.core import localtime, segments
+from lifecycle.core.campaigns import CampaignSpec, SendWindow
+from lifecycle.store import ledger
+from lifecycle.store.schema import suppressions
+
+EMAIL_REASONS = {"missing_email": "missing_email", "malformed_email": "invalid_email"}
+
+
+def suppression_scopes(spec: CampaignSpec) -> list[str]:
+    scopes = ["global"]
+    if spec.delivery.asm_group_id is not None:
+        scopes.append(f"group:{spec.delivery.asm_group_id}")
+    return scopes
+
+
+def suppressed_emails(conn: Connection, emails: list[str], scopes: list[str]) -> set[str]:
+    """The lower-cased addresses among `emails` that are suppressed in any of `scopes`."""
+    found: set[str] = set()
+    for part in ledger.chunked(sorted(set(emails))):
+        query = select(suppressions.c.email).where(
+            ledger.is_in(conn, suppressions.c.email, part), suppressions.c.scope.in_(scopes)
+        )
+        found.update(conn.execute(query).scalars())
+    return found
+
+
+def _local_schedule(
+    zone_name: str, as_of: datetime, window: SendWindow | None
+) -> tuple[bool, datetime, datetime]:
+    """(in window now, send_after, expires_at) in UTC for a customer in `zone_name`."""
+    zone = localtime.zone_or_utc(zone_name)
+    local = as_of.astimezone(zone)
+    if window is None or window.start <= local.time() < window.end:
+        in_window, send_day = True, local.date()
+        send_after = as_of
+    else:
+        in_window = False
+        send_day = local.date() if local.time() < window.start else local.date() + timedelta(1)
+        send_after = datetime.combine(send_day, window.start, tzinfo=zone)
+    expires_at = datetime.combine(send_day + timedelta(days=2), time(0), tzinfo=zone)
+    return in_window, send_after.astimezone(as_of.tzinfo), expires_at.astimezone(as_of.tzinfo)
+
+
+def schedule(timezones: pd.Series, as_of: datetime, window: SendWindow | None) -> pd.DataFrame:
+    """Per row: in_window (bool), send_after and expires_at (aware UTC), computed once per zone."""
+    per_zone = {
+        name: _local_schedule(name, as_of, window) for name in timezones.fillna("UTC").unique()
+    }
+    names = timezones.fillna("UTC")
+    return pd.DataFrame(
+        {
+            "in_window": names.map(lambda n: per_zone[n][0]).astype(bool),
+            "send_after": names.map(lambda n: per_zone[n][1]),
+            "expires_at": names.map(lambda n: per_zone[n][2]),
+        },
+        index=timezones.index,
+    )
+
+
+def evaluate(
+    conn: Connection, audience: pd.DataFrame, spec: CampaignSpec, as_of: datetime
+) -> pd.DataFrame:
+    """Columns reason (None = send), send_after, expires_at; same index as `audience`."""
+    rules = spec.policies
+    reason = pd.Series(None, index=audience.index, dtype=object)
+
+    def skip(mask: pd.Series, why: str) -> None:
+        reason[mask & reason.isna()] = why
+
+    for source, why in EMAIL_REASONS.items():
+        skip(~audience["email_valid"].astype(bool) & (audience["email_reason"] == source), why)
+    skip(~audience["email_valid"].astype(bool), "invalid_email")
+    if rules.requires_consent:
+        skip(~audience["marketing_consent"].astype(bool), "no_consent")
+
+    lowered = audience["email"].fillna("").str.strip().str.lower()
+    candidates = lowered[reason.isna()].tolist()
+    blocked = suppressed_emails(conn, candidates, suppression_scopes(spec))
+    skip(lowered.isin(blocked), "suppressed")
+
+    if rules.holdout_percent > 0:
+        reachable = reason.isna()
+        held = segments.holdout_mask(
+            audience.loc[reachable, "customer_id"], spec.id, rules.holdout_percent
+        )
+        skip(held.reindex(audience.index, fill_value=False).astype(bool), "holdout")
+
+    if rules.frequency_cap is not None:
+        cap = rules.frequency_cap
+        eligible = audience.loc[reason.isna(), "customer_id"]
+        since = as_of - timedelta(days=cap.days)
+        taken = ledger.taken_counts(conn, eligible.unique().tolist(), since)
+        already = eligible.map(taken).fillna(0).astype(int)
+        order_in_chunk = eligible.groupby(eligible).cumcount()
+        over = (already + order_in_chunk) >= cap.max_emails
+        skip(over.reindex(audience.index, fill_value=False).astype(bool), "frequency_cap")
+
+    timing = schedule(audience["timezone"], as_of, rules.send_window)
+    return pd.DataFrame(
+        {"reason": reason, "send_after": timing["send_after"], "expires_at": timing["expires_at"]},
+        index=audience.index,
+    )

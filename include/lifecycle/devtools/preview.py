@@ -1,0 +1,173 @@
+"""Previews for marketing: one campaign's email for a real customer, or every template x locale
+with sample data into a folder with an index page. Nothing is sent and nothing is written to
+the warehouse (a coupon in a preview is a sample, never issued).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from lifecycle.core import features
+from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
+from lifecycle.core.config import Settings
+from lifecycle.core.render import Rendered, get_renderer, sample_context
+from lifecycle.store.schema import customer_features
+
+
+class PreviewError(ValueError):
+    """A preview that cannot be made (unknown customer, campaign or template)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    template: str
+    locale: str
+    subject: str
+    html_path: Path
+    text_path: Path
+
+
+def preview_customer(
+    engine: Engine,
+    settings: Settings,
+    spec: CampaignSpec,
+    customer_id: int,
+    *,
+    as_of: datetime,
+    locale: str | None = None,
+    occurrence_key: str | None = None,
+) -> Rendered:
+    """`spec`'s email as `customer_id` would get it at `as_of`: their name, locale, timezone
+    and stored features; `--locale` overrides the customer's locale. Fields the warehouse does
+    not have for them keep sample values."""
+    renderer = get_renderer(settings)
+    key = occurrence_key or renderer.occurrence_keys(spec)[0]
+    row = _customer(engine, settings, customer_id)
+    context = sample_context(spec, key, row["locale"] or spec.default_locale, as_of=as_of)
+    context["customer"].update(
+        id=customer_id,
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        email=row["email"],
+        locale=row["locale"],
+        timezone=row["timezone"] or "UTC",
+    )
+    known = {**row, **_features(engine, customer_id), **_last_order(engine, settings, customer_id)}
+    for name in spec.template_fields:
+        if known.get(name) is not None:
+            context["data"][name] = _json_safe(known[name])
+    return renderer.render(
+        spec.template_for(key), locale or row["locale"], spec.default_locale, context
+    )
+
+
+def _customer(engine: Engine, settings: Settings, customer_id: int) -> dict[str, Any]:
+    customers = features.source_customers(settings)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(customers).where(customers.c.customer_id == customer_id)
+        ).one_or_none()
+    if row is None:
+        raise PreviewError(f"no customer with id {customer_id}")
+    return dict(row._mapping)
+
+
+def _features(engine: Engine, customer_id: int) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(customer_features).where(customer_features.c.customer_id == customer_id)
+        ).one_or_none()
+    return {} if row is None else dict(row._mapping)
+
+
+def _last_order(engine: Engine, settings: Settings, customer_id: int) -> dict[str, Any]:
+    orders = features.source_orders(settings)
+    query = (
+        select(orders)
+        .where(orders.c.customer_id == customer_id)
+        .order_by(orders.c.placed_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).one_or_none()
+    if row is None:
+        return {}
+    return {
+        "order_id": row.order_id,
+        "order_amount": row.amount,
+        "order_currency": row.currency,
+        "order_placed_at": row.placed_at,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """As delivery stores template fields: dates as ISO text, decimals as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, int | float | str | bool):
+        return value
+    return str(value)
+
+
+def preview_all(settings: Settings, out_dir: Path) -> list[Page]:
+    """Every template x locale with sample data into `out_dir/<template>/<locale>.html|.txt`,
+    plus `out_dir/index.html`. Templates a campaign uses get that campaign's fields."""
+    renderer = get_renderer(settings)
+    specs = load_campaigns(settings.campaigns_dir)
+    users: dict[str, tuple[CampaignSpec, str]] = {}
+    for spec in specs.values():
+        for key in renderer.occurrence_keys(spec):
+            users[spec.template_for(key)] = (spec, key)
+
+    pages = []
+    for template in renderer.templates():
+        spec, key = users.get(template, (None, "sample"))
+        default_locale = spec.default_locale if spec else "en"
+        for locale in LOCALES:
+            rendered = renderer.render(
+                template, locale, default_locale, sample_context(spec, key, locale)
+            )
+            folder = out_dir / template
+            folder.mkdir(parents=True, exist_ok=True)
+            html_path, text_path = folder / f"{locale}.html", folder / f"{locale}.txt"
+            html_path.write_text(rendered.html, encoding="utf-8")
+            text_path.write_text(rendered.text, encoding="utf-8")
+            pages.append(
+                Page(template, rendered.locale_used, rendered.subject, html_path, text_path)
+            )
+    (out_dir / "index.html").write_text(_index(pages, out_dir), encoding="utf-8")
+    return pages
+
+
+def _index(pages: list[Page], out_dir: Path) -> str:
+    rows = "\n".join(
+        "<tr>"
+        f"<td>{html.escape(p.template)}</td><td>{p.locale}</td>"
+        f"<td>{html.escape(p.subject)}</td>"
+        f'<td><a href="{html.escape(p.html_path.relative_to(out_dir).as_posix())}">HTML</a> · '
+        f'<a href="{html.escape(p.text_path.relative_to(out_dir).as_posix())}">text</a></td>'
+        "</tr>"
+        for p in pages
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Email previews</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #1f2937; }}
+table {{ border-collapse: collapse; }}
+td, th {{ padding: 6px 12px; border-bottom: 1px solid #e5e7eb; text-align: left; }}
+</style></head>
+<body>
+<h1>Email previews</h1>
+<p>Every template in every locale, rendered with sample data ({len(pages)} emails).</p>
+<table>
+<tr><th>Template</th><th>Locale</th><th>Subject</th><th>Open</th></tr>
+{rows}
+</table>
+</body></html>
+"""

@@ -1,0 +1,508 @@
+"""The send ledger and campaign runs: every SQL statement delivery needs, in one place.
+
+Ledger states (one row per campaign, occurrence key and customer):
+
+* ``planned``  — will be sent by the run in ``run_id`` once ``send_after`` has passed;
+* ``skipped``  — never sent, ``reason`` says why (no_consent, suppressed, holdout, ...);
+* ``sending``  — claimed by the delivery attempt in ``claimed_by``; the request may be in flight;
+* ``sent``     — SendGrid (or the outbox) accepted it: ``message_id``, ``sent_at``;
+* ``failed``   — refused or never left: ``http_status``, ``error``, ``retryable``;
+* ``unknown``  — may or may not have reached SendGrid (a crashed attempt, a timeout after the
+  request was written). Never re-sent automatically; `requeue_unknown` is the human's decision.
+
+``run_id`` is the run that owns the row: the one that planned it, or a later run that picked it
+up (a row that waited for the customer's send window, or a retryable failure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from lifecycle.store.schema import campaign_runs, send_ledger, test_sends
+
+L = send_ledger
+IN_CHUNK = 5_000  # bound parameters per IN list (SQLite allows 32,766 per statement)
+TAKEN = ("planned", "sending", "sent", "unknown")  # rows that count towards a frequency cap
+
+
+def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def chunked(values: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def is_in(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`: one parameter instead of
+    thousands, which psycopg binds much faster."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(literal(list(values), ARRAY(column.type)))
+    return column.in_(values)
+
+
+# --- runs ---------------------------------------------------------------------------------
+def ensure_run(
+    conn: Connection, campaign_id: str, run_key: str, as_of: datetime, dry_run: bool, now: datetime
+) -> int:
+    """The run row for (campaign, run_key), created on first call; retries get the same id.
+
+    A run key is either a dry run or a real one for good: a real run must never be counted as
+    (or write its ledger rows under) a dry run's row, nor the other way round.
+    """
+    conn.execute(
+        _insert(conn, campaign_runs)
+        .values(
+            campaign_id=campaign_id,
+            run_key=run_key,
+            as_of=as_of,
+            dry_run=dry_run,
+            status="running",
+            started_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["campaign_id", "run_key"])
+    )
+    run = find_run(conn, campaign_id, run_key)
+    assert run is not None  # inserted above, or there already
+    if bool(run.dry_run) != dry_run:
+        kind = "a dry run" if run.dry_run else "a real run"
+        raise ValueError(f"run key {run_key!r} of {campaign_id} is already {kind}; use another")
+    return int(run.id)
+
+
+def find_run(conn: Connection, campaign_id: str, run_key: str) -> Row[Any] | None:
+    return conn.execute(
+        select(campaign_runs).where(
+            campaign_runs.c.campaign_id == campaign_id, campaign_runs.c.run_key == run_key
+        )
+    ).first()
+
+
+def get_run(conn: Connection, run_id: int) -> Row[Any]:
+    row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
+    if row is None:
+        raise LookupError(f"campaign run {run_id} does not exist")
+    return row
+
+
+FREQUENCY_CAP_LOCK = 0x4C49464543594C45  # any fixed bigint, the same in every process
+
+
+def lock_for_planning(conn: Connection, run_id: int) -> None:
+    """Serialize planning transactions across campaigns until this one commits.
+
+    The frequency cap counts every campaign's rows, then inserts this campaign's: two campaigns
+    planning at once (they all run after each features snapshot) would both see a customer one
+    below the cap and both mail them. PostgreSQL: a transaction-scoped advisory lock. SQLite: a
+    write first, which takes the database's write lock for the whole transaction.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(FREQUENCY_CAP_LOCK)))
+    else:
+        conn.execute(
+            update(campaign_runs)
+            .where(campaign_runs.c.id == run_id)
+            .values(status=campaign_runs.c.status)
+        )
+
+
+def stop_run(conn: Connection, run_id: int, reason: str) -> None:
+    """SendGrid refused the key or sender: the run's other batches must not send at all."""
+    conn.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.id == run_id)
+        .values(status="stopped", counts={"stopped": reason})
+    )
+
+
+def resume_run(conn: Connection, run_id: int) -> None:
+    """Planning again (the run cleared after fixing the key) lifts a stop."""
+    conn.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.id == run_id, campaign_runs.c.status == "stopped")
+        .values(status="running", counts=None)
+    )
+
+
+def finish_run(
+    conn: Connection, run_id: int, counts: dict[str, Any], status: str, now: datetime
+) -> None:
+    conn.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.id == run_id)
+        .values(counts=counts, status=status, finished_at=now)
+    )
+
+
+# --- planning -----------------------------------------------------------------------------
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone."""
+    if rows:
+        conn.execute(
+            _insert(conn, L).on_conflict_do_nothing(
+                index_elements=["campaign_id", "occurrence_key", "customer_id"]
+            ),
+            rows,
+        )
+
+
+def forget_sandboxed(conn: Connection, campaign_id: str) -> int:
+    """Rows that only went to SendGrid's sandbox (validated, never delivered) are deleted, so a
+    campaign taken out of sandbox mode plans and sends them for real."""
+    return conn.execute(
+        delete(L).where(
+            L.c.campaign_id == campaign_id, L.c.status == "skipped", L.c.reason == "sandbox"
+        )
+    ).rowcount
+
+
+def taken_counts(conn: Connection, customer_ids: Sequence[int], since: datetime) -> dict[int, int]:
+    """Marketing emails per customer since `since`, all campaigns: sent, in flight or planned."""
+    when = func.coalesce(L.c.sent_at, L.c.claimed_at, L.c.planned_at)
+    counts: dict[int, int] = {}
+    for part in chunked(list(customer_ids)):
+        query = (
+            select(L.c.customer_id, func.count())
+            .where(is_in(conn, L.c.customer_id, part), L.c.status.in_(TAKEN), when >= since)
+            .group_by(L.c.customer_id)
+        )
+        counts.update({int(cid): int(n) for cid, n in conn.execute(query)})
+    return counts
+
+
+def expire_overdue(conn: Connection, campaign_id: str, as_of: datetime) -> int:
+    """Planned rows whose time ran out (e.g. a birthday two days ago) are skipped as expired."""
+    return conn.execute(
+        update(L)
+        .where(L.c.campaign_id == campaign_id, L.c.status == "planned", L.c.expires_at <= as_of)
+        .values(status="skipped", reason="expired")
+    ).rowcount
+
+
+def existing_keys(
+    conn: Connection, campaign_id: str, customer_ids: Sequence[int]
+) -> set[tuple[int, str]]:
+    """(customer id, occurrence key) pairs of `campaign_id` already in the ledger."""
+    found: set[tuple[int, str]] = set()
+    for part in chunked(sorted(set(customer_ids))):
+        query = select(L.c.customer_id, L.c.occurrence_key).where(
+            L.c.campaign_id == campaign_id, is_in(conn, L.c.customer_id, part)
+        )
+        found.update((int(c), str(k)) for c, k in conn.execute(query))
+    return found
+
+
+def requeue_retryable(
+    conn: Connection, campaign_id: str, as_of: datetime, max_attempts: int
+) -> int:
+    """Failures that surely never left (429, 5xx, refused connection) go back to planned.
+
+    They stay with their run, so the next run adopts them like any waiting row: only once the
+    customer's send window is open.
+    """
+    return conn.execute(
+        update(L)
+        .where(
+            L.c.campaign_id == campaign_id,
+            L.c.status == "failed",
+            L.c.retryable.is_(True),
+            L.c.attempts < max_attempts,
+            or_(L.c.expires_at.is_(None), L.c.expires_at > as_of),
+        )
+        .values(status="planned", claimed_by=None, claimed_at=None)
+    ).rowcount
+
+
+def waiting_rows(
+    conn: Connection, campaign_id: str, run_id: int, as_of: datetime, limit: int
+) -> list[Row[Any]]:
+    """Planned rows of earlier runs that are due now (their send window may have opened)."""
+    query = (
+        select(L.c.id, L.c.timezone)
+        .where(
+            L.c.campaign_id == campaign_id,
+            L.c.status == "planned",
+            L.c.run_id != run_id,
+            L.c.send_after <= as_of,
+        )
+        .order_by(L.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+def adopt(conn: Connection, ids: Sequence[int], run_id: int) -> None:
+    for part in chunked(list(ids)):
+        conn.execute(update(L).where(is_in(conn, L.c.id, part)).values(run_id=run_id))
+
+
+def postpone(conn: Connection, updates: list[dict[str, Any]]) -> None:
+    """Rows still outside their window wait again: [{"b_id", "b_send_after"}, ...]."""
+    if updates:
+        conn.execute(
+            update(L)
+            .where(L.c.id == bindparam("b_id"))
+            .values(send_after=bindparam("b_send_after")),
+            updates,
+        )
+
+
+def _due(run_id: int, as_of: datetime):  # type: ignore[no-untyped-def]
+    return and_(
+        L.c.run_id == run_id,
+        L.c.status == "planned",
+        or_(L.c.send_after.is_(None), L.c.send_after <= as_of),
+    )
+
+
+def batch_bounds(
+    conn: Connection, run_id: int, as_of: datetime, size: int
+) -> list[tuple[int, int, int]]:
+    """(first_id, last_id, rows) of consecutive due rows, `size` rows each, computed in SQL."""
+    numbered = (
+        select(L.c.id, (func.row_number().over(order_by=L.c.id) - 1).label("n"))
+        .where(_due(run_id, as_of))
+        .subquery()
+    )
+    bucket = (numbered.c.n // size).label("bucket")
+    query = (
+        select(func.min(numbered.c.id), func.max(numbered.c.id), func.count())
+        .group_by(bucket)
+        .order_by(func.min(numbered.c.id))
+    )
+    return [(int(a), int(b), int(n)) for a, b, n in conn.execute(query)]
+
+
+# --- delivery -----------------------------------------------------------------------------
+DELIVERY_COLUMNS = (
+    L.c.id,
+    L.c.customer_id,
+    L.c.occurrence_key,
+    L.c.template,
+    L.c.email,
+    L.c.locale,
+    L.c.timezone,
+    L.c.context,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one ledger row's send."""
+
+    send_id: int
+    status: str  # sent, failed, unknown, or skipped (suppressed since planning, or sandbox)
+    message_id: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+    retryable: bool | None = None
+    reason: str | None = None
+
+
+def mark_interrupted(conn: Connection, run_id: int, first: int, last: int, attempt: str) -> int:
+    """Rows another attempt left in `sending` may have been sent: they become `unknown`."""
+    return conn.execute(
+        update(L)
+        .where(
+            L.c.run_id == run_id,
+            L.c.id.between(first, last),
+            L.c.status == "sending",
+            L.c.claimed_by != attempt,
+        )
+        .values(status="unknown", reason="interrupted")
+    ).rowcount
+
+
+def claim(
+    conn: Connection,
+    run_id: int,
+    first: int,
+    last: int,
+    as_of: datetime,
+    attempt: str,
+    now: datetime,
+    limit: int,
+) -> list[Row[Any]]:
+    """Atomically move up to `limit` due rows to `sending` for this attempt; returns them.
+
+    The UPDATE re-checks `status = 'planned'`, so two attempts racing for the same rows never
+    both win one (PostgreSQL re-evaluates the predicate after a concurrent update).
+    """
+    ids = list(
+        conn.execute(
+            select(L.c.id)
+            .where(_due(run_id, as_of), L.c.id.between(first, last))
+            .order_by(L.c.id)
+            .limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return []
+    statement = (
+        update(L)
+        .where(is_in(conn, L.c.id, ids), L.c.status == "planned")
+        .values(
+            status="sending",
+            claimed_by=attempt,
+            claimed_at=now,
+            attempts=L.c.attempts + 1,
+            reason=None,
+        )
+        .returning(*DELIVERY_COLUMNS)
+    )
+    return sorted(conn.execute(statement), key=lambda row: row.id)
+
+
+def due_rows(
+    conn: Connection, run_id: int, first: int, last: int, as_of: datetime
+) -> list[Row[Any]]:
+    """The rows `claim` would take, without claiming them (a dry run renders these)."""
+    query = (
+        select(*DELIVERY_COLUMNS)
+        .where(_due(run_id, as_of), L.c.id.between(first, last))
+        .order_by(L.c.id)
+    )
+    return list(conn.execute(query))
+
+
+def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: datetime) -> None:
+    """Store outcomes in bulk. Only rows this attempt claimed are touched."""
+    if not outcomes:
+        return
+    statement = (
+        update(L)
+        .where(
+            L.c.id == bindparam("b_id"),
+            L.c.claimed_by == attempt,
+            or_(L.c.status == "sending", L.c.status == "unknown"),  # no IN with executemany
+        )
+        .values(
+            status=bindparam("b_status"),
+            reason=bindparam("b_reason"),
+            message_id=bindparam("b_message_id"),
+            http_status=bindparam("b_http_status"),
+            error=bindparam("b_error"),
+            retryable=bindparam("b_retryable"),
+            sent_at=bindparam("b_sent_at"),
+        )
+    )
+    conn.execute(
+        statement,
+        [
+            {
+                "b_id": o.send_id,
+                "b_status": o.status,
+                "b_reason": o.reason,
+                "b_message_id": o.message_id,
+                "b_http_status": o.http_status,
+                "b_error": o.error,
+                "b_retryable": o.retryable,
+                "b_sent_at": now if o.status == "sent" else None,
+            }
+            for o in outcomes
+        ],
+    )
+
+
+def release(conn: Connection, ids: Sequence[int], attempt: str) -> None:
+    """Claimed rows that surely were not sent go back to `planned`."""
+    for part in chunked(list(ids)):
+        conn.execute(
+            update(L)
+            .where(
+                is_in(conn, L.c.id, part),
+                L.c.claimed_by == attempt,
+                L.c.status.in_(("sending", "unknown")),  # a rival attempt may have marked them
+            )
+            .values(
+                status="planned",
+                reason=None,
+                claimed_by=None,
+                claimed_at=None,
+                attempts=L.c.attempts - 1,
+            )
+        )
+
+
+def mark_run_interrupted(conn: Connection, run_id: int) -> int:
+    """At finalize every attempt has ended: whatever is still `sending` is `unknown`."""
+    return conn.execute(
+        update(L)
+        .where(L.c.run_id == run_id, L.c.status == "sending")
+        .values(status="unknown", reason="interrupted")
+    ).rowcount
+
+
+def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]:
+    """Outcome counts of the rows a run owns.
+
+    `planned` is every row the run means to send: sent + failed + unknown + sending + pending
+    (due, not yet delivered) + waiting (outside the customer's send window until later).
+    """
+    counts: dict[str, Any] = dict.fromkeys(
+        ("planned", "sent", "failed", "unknown", "sending", "pending", "waiting"), 0
+    )
+    counts["skipped"] = {}
+    waiting = and_(L.c.status == "planned", L.c.send_after > as_of).label("waiting")
+    query = (
+        select(L.c.status, L.c.reason, waiting, func.count())
+        .where(L.c.run_id == run_id)
+        .group_by(L.c.status, L.c.reason, waiting)
+    )
+    for status, reason, is_waiting, n in conn.execute(query):
+        if status == "skipped":
+            counts["skipped"][reason] = counts["skipped"].get(reason, 0) + n
+        elif status == "planned":
+            counts["waiting" if is_waiting else "pending"] += n
+        else:
+            counts[status] += n
+    counts["planned"] = sum(
+        counts[k] for k in ("sent", "failed", "unknown", "sending", "pending", "waiting")
+    )
+    return counts
+
+
+def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | None = None) -> int:
+    """A human decided these `unknown` rows never arrived: they go back to `planned`."""
+    where = [L.c.campaign_id == campaign_id, L.c.status == "unknown"]
+    if ids is None:
+        return conn.execute(update(L).where(*where).values(status="planned", reason=None)).rowcount
+    total = 0
+    for part in chunked(list(ids)):
+        total += conn.execute(
+            update(L).where(*where, is_in(conn, L.c.id, part)).values(status="planned", reason=None)
+        ).rowcount
+    return total
+
+
+def insert_or_update_test_send(conn: Connection):  # type: ignore[no-untyped-def]
+    """Upsert of one `test_sends` row on (run_id, customer_id, recipient)."""
+    statement = _insert(conn, test_sends)
+    return statement.on_conflict_do_update(
+        index_elements=["run_id", "customer_id", "recipient"],
+        set_={
+            name: statement.excluded[name] for name in ("status", "message_id", "error", "sent_at")
+        },
+    )

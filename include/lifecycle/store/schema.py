@@ -1,0 +1,251 @@
+"""Every table, declared once with SQLAlchemy Core.
+
+Two metadata objects, because the two kinds of tables have different owners:
+
+* `source` — tables a real company already has (customers, orders). The demo creates them;
+  in production the engine reads them only through the SQL files in `include/sql/`.
+* `marketing` — the tables this project owns, created and upgraded by Alembic
+  (`lifecycle db upgrade`). A schema change here needs a migration in `migrations/versions/`.
+
+All times are UTC instants (`UtcDateTime`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from lifecycle.store.sqltypes import UtcDateTime
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# --- source tables (the company's own; the demo creates them) -----------------------------
+source = MetaData(naming_convention=NAMING)
+
+customers = Table(
+    "customers",
+    source,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email", String(320)),
+    Column("first_name", String(100)),
+    Column("last_name", String(100)),
+    Column("locale", String(16)),
+    Column("timezone", String(64)),
+    Column("birth_date", Date),
+    Column("signup_at", UtcDateTime, nullable=False),
+    Column("marketing_consent", Boolean, nullable=False),
+    Column("loyalty_points", Integer, nullable=False, server_default="0"),
+)
+
+orders = Table(
+    "orders",
+    source,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("customer_id", BigInteger, nullable=False),
+    Column("placed_at", UtcDateTime, nullable=False),
+    Column("delivered_at", UtcDateTime),
+    Column("amount", Numeric(12, 2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),  # placed, delivered, cancelled, returned
+    Index("ix_orders_customer_id_placed_at", "customer_id", "placed_at"),
+)
+
+# --- marketing tables (ours; Alembic-managed) ---------------------------------------------
+marketing = MetaData(naming_convention=NAMING)
+
+campaign_runs = Table(
+    "campaign_runs",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", String(64), nullable=False),
+    # Identity of the run that is stable across Airflow retries (the DAG run id, or one the CLI
+    # makes): finalize and plan upsert on it, so a retried task never creates a second run row.
+    Column("run_key", String(250), nullable=False),
+    Column("as_of", UtcDateTime, nullable=False),
+    Column("dry_run", Boolean, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False),  # running, success, failed, stopped
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}
+    Column("dag_run_url", String(500)),
+    UniqueConstraint("campaign_id", "run_key"),
+)
+
+# One row per (campaign, occurrence key, customer): "the same email" is planned once, ever.
+send_ledger = Table(
+    "send_ledger",
+    marketing,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("occurrence_key", String(128), nullable=False),
+    Column("customer_id", BigInteger, nullable=False),
+    # campaign_runs.id of the run that owns the row now: the run that planned it, or a later
+    # run that adopted it (waiting for the send window, or re-planned after a retryable failure)
+    Column("run_id", Integer, nullable=False),
+    # planned, skipped, sending, sent, failed, unknown
+    Column("status", String(16), nullable=False),
+    Column("reason", String(64)),  # why skipped / failed / waiting
+    Column("template", String(128), nullable=False),
+    Column("email", String(320)),
+    Column("locale", String(16)),
+    Column("timezone", String(64)),
+    Column("context", JSON),  # per-recipient template variables (first name, order id, tier...)
+    Column("planned_at", UtcDateTime, nullable=False),
+    Column("send_after", UtcDateTime),  # earliest send time (customer's local send window)
+    Column("expires_at", UtcDateTime),  # not sent after this (e.g. end of the birthday)
+    Column("claimed_at", UtcDateTime),
+    Column("claimed_by", String(250)),  # the delivery attempt that claimed the row
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("sent_at", UtcDateTime),
+    Column("message_id", String(64)),
+    Column("http_status", Integer),
+    Column("error", Text),
+    Column("retryable", Boolean),
+    UniqueConstraint("campaign_id", "occurrence_key", "customer_id"),
+    Index("ix_send_ledger_campaign_status", "campaign_id", "status", "id"),
+    Index("ix_send_ledger_customer_sent", "customer_id", "sent_at"),
+    Index("ix_send_ledger_message_id", "message_id"),
+    Index("ix_send_ledger_run_id", "run_id", "status"),
+)
+
+# Emails rendered for a real customer but delivered only to internal test recipients.
+test_sends = Table(
+    "test_sends",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, nullable=False),
+    Column("campaign_id", String(64), nullable=False),
+    Column("customer_id", BigInteger, nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column(
+        "status", String(16), nullable=False
+    ),  # sent, failed, unknown, sandbox (validated, not delivered)
+    Column("message_id", String(64)),
+    Column("error", Text),
+    Column("sent_at", UtcDateTime, nullable=False),
+    UniqueConstraint("run_id", "customer_id", "recipient"),
+)
+
+engagement_events = Table(
+    "engagement_events",
+    marketing,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("sg_event_id", String(128), unique=True),
+    # Fallback identity when sg_event_id is missing or duplicated under another id.
+    Column("natural_key", String(64), nullable=False, unique=True),
+    Column("event", String(32), nullable=False),
+    Column("email", String(320)),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("send_id", BigInteger),  # send_ledger.id from our custom_args
+    Column("campaign_id", String(64)),
+    Column("message_id", String(128)),
+    Column("url", Text),
+    Column("reason", Text),
+    Column("simulated", Boolean, nullable=False, server_default="0"),
+    Column("payload", JSON),
+    Column("received_at", UtcDateTime, nullable=False),
+    Index("ix_engagement_events_send_id", "send_id", "event"),
+    Index("ix_engagement_events_campaign", "campaign_id", "event"),
+)
+
+suppressions = Table(
+    "suppressions",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False),  # lower-cased
+    Column("scope", String(32), nullable=False),  # "global" or "group:<asm id>"
+    # unsubscribe, bounce, spamreport, invalid, group_unsubscribe, manual
+    Column("reason", String(32), nullable=False),
+    Column("source", String(32), nullable=False),  # link, webhook, sync, manual
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("pushed_at", UtcDateTime),  # when our own unsubscribe reached SendGrid
+    UniqueConstraint("email", "scope"),
+)
+
+coupons = Table(
+    "coupons",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(32), nullable=False, unique=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("customer_id", BigInteger, nullable=False),
+    Column("occurrence_key", String(128), nullable=False),  # e.g. the birthday year
+    Column("discount_percent", Float, nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("redeemed_at", UtcDateTime),
+    UniqueConstraint("campaign_id", "customer_id", "occurrence_key"),
+)
+
+# --- customer features (issue 3) ----------------------------------------------------------
+# The latest snapshot of every customer's features, replaced by each `features.materialize`.
+customer_features = Table(
+    "customer_features",
+    marketing,
+    Column("customer_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("as_of", UtcDateTime, nullable=False),
+    Column("timezone", String(64), nullable=False),  # effective: "UTC" when unknown
+    Column("timezone_valid", Boolean, nullable=False),
+    Column("local_date", Date, nullable=False),
+    Column("email_valid", Boolean, nullable=False),
+    Column("email_reason", String(32)),  # missing_email, malformed_email
+    Column("signup_at", UtcDateTime, nullable=False),
+    Column("tenure_days", Integer, nullable=False),
+    Column("first_order_at", UtcDateTime),
+    Column("last_order_at", UtcDateTime),
+    Column("order_count", Integer, nullable=False),
+    Column("total_spend", Float, nullable=False),
+    Column("avg_spend", Float),
+    Column("days_since_last_order", Integer),
+    Column("delivered_orders_30d", Integer, nullable=False),
+    Column("loyalty_points", Integer, nullable=False),
+    Column("loyalty_tier", String(16)),
+    Column("birth_date", Date),
+    Column("next_birthday", Date),
+    Column("rfm_recency", Integer),
+    Column("rfm_frequency", Integer),
+    Column("rfm_monetary", Integer),
+    Column("rfm_score", String(3)),
+    Column("rfm_segment", String(32)),
+)
+
+# One row per materialized snapshot: when, how many customers, and what looked wrong.
+feature_snapshots = Table(
+    "feature_snapshots",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("as_of", UtcDateTime, nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("warnings", JSON, nullable=False),
+    Column("computed_at", UtcDateTime, nullable=False),
+)
+
+# Periods of constant UTC offset per IANA timezone (see lifecycle.core.localtime): SQLite has no
+# timezone support, so local dates are computed by joining this table on both backends.
+tz_offsets = Table(
+    "tz_offsets",
+    marketing,
+    Column("timezone", String(64), primary_key=True),
+    Column("starts_at", UtcDateTime, primary_key=True),
+    Column("offset_seconds", Integer, nullable=False),
+)
