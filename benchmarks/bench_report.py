@@ -1,6 +1,6 @@
-"""Report speed: `reporting.build_report` over N customers, their orders, a year of campaign
-sends (10 monthly runs of 5 campaigns, each to a tenth of the customers, 10% holdout) and
-simulated events, on SQLite and PostgreSQL.
+"""Report speed: `build_report` (lifecycle.reporting.report) over N customers, their orders, a
+year of campaign sends (10 monthly runs of 5 campaigns, each to a tenth of the customers, 10%
+holdout) and simulated events, on SQLite and PostgreSQL.
 
 Target: 200,000 customers reported in under 10 seconds on each backend (the dashboard
 builds it at most once a minute per view).
@@ -20,9 +20,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from benchmarks.scratch import postgres_warehouse, sqlite_warehouse
-from lifecycle import reporting
 from lifecycle.core.config import load_settings
 from lifecycle.devtools import seed, simulate
+from lifecycle.reporting.report import build_report
 from lifecycle.store import schema, warehouse
 
 TARGET_SECONDS = 10
@@ -82,7 +82,7 @@ def bench_backend(url: str, customers: int) -> tuple[float, int]:
         warehouse.upgrade(engine)
         rows = fill(engine, customers)
         started = time.perf_counter()
-        reporting.build_report(engine, load_settings(), as_of=AS_OF)
+        build_report(engine, load_settings(), as_of=AS_OF)
         return time.perf_counter() - started, rows
     finally:
         engine.dispose()

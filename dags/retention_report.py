@@ -37,20 +37,21 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 def retention_report() -> None:
     @task
     def report() -> dict[str, Any]:
-        from lifecycle import reporting
         from lifecycle.airflow.adapter import runtime_settings
+        from lifecycle.reporting.export import format_table
+        from lifecycle.reporting.report import build_report
         from lifecycle.store import warehouse
 
         context = get_current_context()
         as_of = context["dag_run"].run_after.astimezone(UTC)
         settings = runtime_settings()
-        built = reporting.build_report(
+        built = build_report(
             warehouse.engine_for(settings.warehouse_url),
             settings,
             as_of=as_of,
             conversion_days=int(context["params"]["conversion_days"]),
         )
-        print(reporting.format_table(built))
+        print(format_table(built))
         total = built.total
         return {
             "as_of": as_of.isoformat(),

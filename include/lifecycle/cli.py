@@ -191,10 +191,11 @@ def cmd_sink(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from lifecycle import reporting
+    from lifecycle.reporting import export
+    from lifecycle.reporting.report import build_report
 
     settings = load_settings(**({"warehouse_url": args.warehouse} if args.warehouse else {}))
-    report = reporting.build_report(
+    report = build_report(
         engine_from(args),
         settings,
         as_of=args.as_of or datetime.now(UTC),
@@ -206,13 +207,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     elif args.format == "csv":
         csv_for = {
-            "runs": reporting.runs_csv,
-            "retention": reporting.retention_csv,
-            "cohorts": reporting.cohorts_csv,
+            "runs": export.runs_csv,
+            "retention": export.retention_csv,
+            "cohorts": export.cohorts_csv,
         }
         print(csv_for[args.table](report), end="")
     else:
-        print(reporting.format_table(report))
+        print(export.format_table(report))
     return 0
 
 

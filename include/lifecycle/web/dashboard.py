@@ -24,8 +24,10 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
 
-from lifecycle import reporting
 from lifecycle.core.config import Settings, load_settings
+from lifecycle.reporting import export, queries
+from lifecycle.reporting.performance import Performance
+from lifecycle.reporting.report import Report, build_report
 from lifecycle.store import warehouse
 from lifecycle.web import charts
 
@@ -33,10 +35,10 @@ log = logging.getLogger(__name__)
 PAGES = Path(__file__).with_name("static")
 CACHE_SECONDS = 60
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "AMD": "֏", "GEL": "₾"}
-EXPORTS: dict[str, Callable[[reporting.Report], str]] = {
-    "runs": reporting.runs_csv,
-    "retention": reporting.retention_csv,
-    "cohorts": reporting.cohorts_csv,
+EXPORTS: dict[str, Callable[[Report], str]] = {
+    "runs": export.runs_csv,
+    "retention": export.retention_csv,
+    "cohorts": export.cohorts_csv,
 }
 STEP_LABELS = {
     "audience": "Audience",
@@ -87,26 +89,26 @@ def create_app(
     pages = Environment(loader=FileSystemLoader(PAGES), autoescape=select_autoescape(default=True))
     pages.filters.update(number=_number, percent=_percent, money=_money, points=_points)
 
-    recent: dict[tuple[str | None, int], tuple[float, reporting.Report]] = {}
+    recent: dict[tuple[str | None, int], tuple[float, Report]] = {}
 
     def engine_and_settings() -> tuple[Engine, Settings]:
         current = settings or warehouse_settings()
         return warehouse.engine_for(current.warehouse_url), current
 
-    def report(campaign: str | None, days: int) -> reporting.Report:
+    def report(campaign: str | None, days: int) -> Report:
         """Built at most once a minute per view: a large warehouse takes seconds."""
         cached = recent.get((campaign, days))
         if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
         engine, current = engine_and_settings()
-        built = reporting.build_report(
+        built = build_report(
             engine, current, as_of=clock(), campaign_id=campaign, conversion_days=days
         )
         recent[(campaign, days)] = (time.monotonic(), built)
         return built
 
-    @app.exception_handler(reporting.ReportError)
-    def report_error(request: Request, exc: reporting.ReportError) -> PlainTextResponse:
+    @app.exception_handler(queries.ReportError)
+    def report_error(request: Request, exc: queries.ReportError) -> PlainTextResponse:
         log.error("campaign report failed: %s", exc)
         return PlainTextResponse(f"The report cannot be computed: {exc}", status_code=500)
 
@@ -115,7 +117,7 @@ def create_app(
         shown = report(campaign, days)
         html = pages.get_template("dashboard.html").render(
             **view(shown),
-            campaigns=reporting.campaign_ids(engine_and_settings()[0]),
+            campaigns=queries.campaign_ids(engine_and_settings()[0]),
             selected=campaign,
         )
         return HTMLResponse(html)
@@ -142,7 +144,7 @@ def local_app() -> FastAPI:
 
 
 # --- the page's data ----------------------------------------------------------------------
-def view(report: reporting.Report) -> dict[str, Any]:
+def view(report: Report) -> dict[str, Any]:
     """Everything the template shows, already computed."""
     total = report.total
     symbol = CURRENCY_SYMBOLS.get(report.currency or "USD", f"{report.currency} ")
@@ -194,7 +196,7 @@ def view(report: reporting.Report) -> dict[str, Any]:
     }
 
 
-def _funnel(campaign_id: str, perf: reporting.Performance) -> dict[str, Any]:
+def _funnel(campaign_id: str, perf: Performance) -> dict[str, Any]:
     top = perf.funnel["audience"] or 1
     steps = [
         {
@@ -219,7 +221,7 @@ def _funnel(campaign_id: str, perf: reporting.Performance) -> dict[str, Any]:
     }
 
 
-def _uplift_chart(report: reporting.Report) -> charts.Markup | None:
+def _uplift_chart(report: Report) -> charts.Markup | None:
     rows = []
     for campaign in report.campaigns:
         uplift = campaign.performance.uplift

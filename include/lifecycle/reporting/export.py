@@ -1,0 +1,162 @@
+"""A report as CSV tables (runs, retention, cohorts) and as a plain-text summary.
+
+The CSV columns are a contract with whoever downloads them (`lifecycle report --format csv`,
+the dashboard's exports): change them only on purpose.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from lifecycle.reporting.performance import FUNNEL_STEPS
+from lifecycle.reporting.report import Report
+from lifecycle.reporting.statistics import Uplift
+
+RUN_COLUMNS = ("campaign_id", "run_id", "run_key", "as_of", "status", *FUNNEL_STEPS)
+
+
+def runs_csv(report: Report) -> str:
+    """One row per run: funnel, skip reasons, conversions, revenue and uplift."""
+    reasons = sorted({reason for run in report.runs for reason in run.performance.skipped})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            *RUN_COLUMNS,
+            *(f"skipped_{reason}" for reason in reasons),
+            "conversions",
+            "revenue",
+            "holdout",
+            "holdout_converted",
+            "uplift",
+            "uplift_ci_low",
+            "uplift_ci_high",
+        ]
+    )
+    for run in report.runs:
+        perf = run.performance
+        bounds = perf.uplift.interval
+        writer.writerow(
+            [
+                run.campaign_id,
+                run.run_id,
+                run.run_key,
+                run.as_of.isoformat(),
+                run.status,
+                *(perf.funnel[step] for step in FUNNEL_STEPS),
+                *(perf.skipped.get(reason, 0) for reason in reasons),
+                perf.conversions,
+                f"{perf.revenue:.2f}",
+                perf.uplift.holdout,
+                perf.uplift.holdout_converted,
+                _blank(perf.uplift.difference),
+                _blank(bounds[0] if bounds else None),
+                _blank(bounds[1] if bounds else None),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def retention_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "month",
+            "active_start",
+            "active_end",
+            "new_customers",
+            "churned",
+            "crr_percent",
+            "churn_percent",
+            "repeat_purchase_percent",
+            "revenue",
+        ]
+    )
+    for m in report.months:
+        writer.writerow(
+            [
+                m.month.isoformat(),
+                m.active_start,
+                m.active_end,
+                m.new_customers,
+                m.churned,
+                _blank(m.crr),
+                _blank(m.churn_rate),
+                _blank(m.repeat_purchase_rate),
+                f"{m.revenue:.2f}",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def cohorts_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["signup_month", "customers", "buyers", "revenue", "average_ltv"])
+    for c in report.cohorts:
+        writer.writerow(
+            [
+                c.cohort.isoformat(),
+                c.customers,
+                c.buyers,
+                f"{c.revenue:.2f}",
+                f"{c.average_ltv:.2f}",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _blank(value: object) -> object:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else value
+
+
+def format_table(report: Report) -> str:
+    """A plain-text summary for the terminal and the DAG log."""
+    lines = [f"Report as of {report.as_of:%Y-%m-%d %H:%M} UTC"]
+    if report.simulated_events:
+        lines.append(
+            f"NOTE: {report.simulated_events:,} engagement events are SIMULATED (demo data)."
+        )
+    header = (
+        f"{'campaign':<18}{'runs':>5}{'sent':>8}{'deliv':>8}{'opened':>8}{'clicked':>8}"
+        f"{'bounce':>7}{'unsub':>6}{'spam':>5}{'conv':>6}{'revenue':>11}  uplift (95% CI)"
+    )
+    lines += ["", header, "-" * len(header)]
+    for campaign in report.campaigns:
+        f = campaign.performance.funnel
+        perf = campaign.performance
+        lines.append(
+            f"{campaign.campaign_id:<18}{campaign.runs:>5}{f['sent']:>8,}{f['delivered']:>8,}"
+            f"{f['opened']:>8,}{f['clicked']:>8,}{f['bounced']:>7,}{f['unsubscribed']:>6,}"
+            f"{f['spam_reports']:>5,}{perf.conversions:>6,}{perf.revenue:>11,.2f}  "
+            f"{describe_uplift(perf.uplift)}"
+        )
+        if perf.skipped:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(perf.skipped.items()))
+            lines.append(f"{'':<18}skipped: {reasons}")
+    if report.months:
+        lines += [
+            "",
+            f"{'month':<10}{'active':>9}{'new':>7}{'CRR %':>8}{'churn %':>9}{'repeat %':>9}",
+        ]
+        for m in report.months:
+            lines.append(
+                f"{m.month:%Y-%m}    {m.active_end:>9,}{m.new_customers:>7,}"
+                f"{_pct(m.crr):>8}{_pct(m.churn_rate):>9}{_pct(m.repeat_purchase_rate):>9}"
+            )
+    return "\n".join(lines)
+
+
+def describe_uplift(uplift: Uplift) -> str:
+    bounds = uplift.interval
+    if bounds is None or uplift.difference is None:
+        return "no holdout" if not uplift.holdout else "nothing sent"
+    return f"{uplift.difference * 100:+.1f} pts [{bounds[0] * 100:+.1f}, {bounds[1] * 100:+.1f}]"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
