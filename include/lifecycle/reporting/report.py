@@ -1,7 +1,7 @@
 """The report: what the campaigns did for retention, as of an explicit instant.
 
-`build_report` reads the warehouse once (`queries`) and puts together, per run and per
-campaign, the funnel, conversions and uplift against the holdout (`performance`,
+`build_report` reads the warehouse on one connection (`queries`) and puts together, per run
+and per campaign, the funnel, conversions and uplift against the holdout (`performance`,
 `statistics`), monthly retention KPIs and lifetime value by signup cohort (`kpis`), and the
 emails sent, opened and clicked per UTC day. Dry runs are left out: they send nothing.
 Revenue adds up order amounts as stored: orders in several currencies are refused
