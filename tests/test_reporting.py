@@ -85,9 +85,6 @@ def fill(engine: Engine) -> None:
                     "dry_run": dry,
                     "status": "success",
                     "started_at": t(at),
-                    "dag_run_url": "http://airflow/dags/campaign_birthday/runs/x"
-                    if rid == 3
-                    else None,
                 }
                 for rid, cid, key, at, dry in runs
             ],
@@ -106,7 +103,7 @@ def fill(engine: Engine) -> None:
                 {"status": "skipped", "reason": "holdout", "send_after": t("2026-01-15 09:00")},
             ),
             (6, 1, "winback", 6, {"status": "skipped", "reason": "no_consent"}),
-            (7, 1, "winback", 4, {"status": "failed", "reason": "http_400"}),
+            (7, 1, "winback", 4, {"status": "failed", "reason": "rejected"}),
             (8, 2, "winback", 6, sent),  # dry run: not reported
             (10, 1, "winback", 8, {"status": "unknown", "reason": "interrupted"}),
             (9, 3, "birthday", 6, {"status": "sent", "sent_at": t("2026-02-19 10:00")}),
@@ -214,7 +211,7 @@ def test_runs_link_to_their_dag_runs(report: reporting.Report) -> None:
     links = {r.run_id: r.dag_run_url for r in report.runs}
     assert links == {
         1: "/dags/campaign_winback/runs/scheduled__2026-01-08",
-        3: "http://airflow/dags/campaign_birthday/runs/x",
+        3: "/dags/campaign_birthday/runs/scheduled__2026-02-19",
         4: None,  # `lifecycle run`: not an Airflow run
     }
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, exists, select
 
 from lifecycle.store import dialect, schema
+from lifecycle.store.states import LedgerStatus
 
 DELIVERED = 0.97
 OPENED = 0.38  # of delivered
@@ -119,7 +120,7 @@ def _sends_without_events(
             ledger.c.sent_at,
         )
         .where(
-            ledger.c.status == "sent",
+            ledger.c.status == LedgerStatus.SENT,
             ledger.c.sent_at <= as_of,
             ~exists().where(events.c.send_id == ledger.c.id),
         )

@@ -378,7 +378,7 @@ def build_report(
             as_of=run["as_of"],
             started_at=run["started_at"],
             status=run["status"],
-            dag_run_url=run["dag_run_url"] or dag_run_path(run["campaign_id"], run["run_key"]),
+            dag_run_url=dag_run_path(run["campaign_id"], run["run_key"]),
             performance=performance.get(run["id"], Performance()),
         )
         for run in runs
@@ -416,7 +416,6 @@ def _runs(conn: Connection, campaign_id: str | None, as_of: datetime) -> list[di
     r = schema.campaign_runs
     query = (
         select(r.c.id, r.c.campaign_id, r.c.run_key, r.c.as_of, r.c.started_at, r.c.status)
-        .add_columns(r.c.dag_run_url)
         .where(r.c.dry_run == false(), r.c.started_at <= as_of)
         .order_by(r.c.started_at.desc(), r.c.id.desc())
     )
