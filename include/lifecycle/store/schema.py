@@ -45,7 +45,7 @@ NAMING = {
 }
 
 
-def one_of(column: str, values: Iterable[str], *, nullable: bool = False) -> CheckConstraint:
+def _one_of(column: str, values: Iterable[str], *, nullable: bool = False) -> CheckConstraint:
     """CHECK that `column` holds one of `values` (or NULL), named ck_<table>_<column>.
 
     Adding a value to a state enum needs a migration that replaces the constraint.
@@ -105,7 +105,7 @@ campaign_runs = Table(
     Column("finished_at", UtcDateTime),
     Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}
     UniqueConstraint("campaign_id", "run_key"),
-    one_of("status", RunStatus),
+    _one_of("status", RunStatus),
 )
 
 # One row per (campaign, occurrence key, customer): "the same email" is planned once, ever.
@@ -138,8 +138,8 @@ send_ledger = Table(
     Column("error", Text),
     Column("retryable", Boolean),
     UniqueConstraint("campaign_id", "occurrence_key", "customer_id"),
-    one_of("status", LedgerStatus),
-    one_of("reason", [*SkipReason, *FailReason], nullable=True),
+    _one_of("status", LedgerStatus),
+    _one_of("reason", [*SkipReason, *FailReason], nullable=True),
     Index("ix_send_ledger_campaign_status", "campaign_id", "status", "id"),
     Index("ix_send_ledger_customer_sent", "customer_id", "sent_at"),
     Index("ix_send_ledger_message_id", "message_id"),
@@ -160,7 +160,7 @@ test_sends = Table(
     Column("error", Text),
     Column("sent_at", UtcDateTime, nullable=False),
     UniqueConstraint("run_id", "customer_id", "recipient"),
-    one_of("status", TestSendStatus),
+    _one_of("status", TestSendStatus),
 )
 
 engagement_events = Table(

@@ -71,7 +71,9 @@ class RunStatus(StrEnum):
 
 
 class TestSendStatus(StrEnum):
+    """What became of one test email (a `test_sends` row) sent to an internal recipient."""
+
     SENT = "sent"
-    SANDBOX = "sandbox"
+    SANDBOX = "sandbox"  # validated by SendGrid's sandbox mode, not delivered
     FAILED = "failed"
     UNKNOWN = "unknown"
