@@ -62,7 +62,7 @@ def fill_campaign_results(engine: Engine, as_of: datetime, customers: int = 3_00
                         "message_id": f"m{len(ledger)}",
                     }
                 elif status == "failed":
-                    row["reason"] = "http_400"
+                    row["reason"] = "rejected"
                 else:
                     row |= {"status": "skipped", "reason": status}
                 ledger.append(row)

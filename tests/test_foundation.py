@@ -22,8 +22,9 @@ from sqlalchemy import Engine
 from lifecycle import cli
 from lifecycle.core.config import PROJECT_ROOT, load_settings
 from lifecycle.devtools import seed
-from lifecycle.store import schema, warehouse
+from lifecycle.store import schema, states, warehouse
 from lifecycle.store.sqltypes import UtcDateTime
+from lifecycle.store.states import FailReason, LedgerStatus, RunStatus, SkipReason
 
 AS_OF = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 N = 10_000
@@ -70,6 +71,81 @@ def test_migrations_build_exactly_what_schema_py_declares(engine: Engine) -> Non
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"include_name": ours})
         assert compare_metadata(context, schema.marketing) == []
+
+
+STATE_CHECKS = {  # (table, column) → the values its CHECK constraint admits
+    ("send_ledger", "status"): set(LedgerStatus),
+    ("send_ledger", "reason"): set(SkipReason) | set(FailReason),
+    ("campaign_runs", "status"): set(RunStatus),
+    ("test_sends", "status"): set(states.TestSendStatus),
+}
+
+
+def quoted(sql: str) -> set[str]:
+    return set(re.findall(r"'([^']*)'", sql))
+
+
+def test_schema_state_checks_admit_exactly_the_enum_values() -> None:
+    for (table, column), values in STATE_CHECKS.items():
+        (check,) = [
+            c
+            for c in schema.marketing.tables[table].constraints
+            if isinstance(c, sa.CheckConstraint) and c.name == f"ck_{table}_{column}"
+        ]
+        assert quoted(str(check.sqltext)) == values, (table, column)
+
+
+def test_migrated_state_checks_admit_exactly_the_enum_values(engine: Engine) -> None:
+    inspector = sa.inspect(engine)
+    for (table, column), values in STATE_CHECKS.items():
+        checks = {c["name"]: c["sqltext"] for c in inspector.get_check_constraints(table)}
+        sql = checks[f"ck_{table}_{column}"]
+        assert quoted(sql) == values, (table, column)
+        assert ("IS NULL" in sql.upper()) == (column == "reason")
+
+
+def test_warehouse_refuses_unknown_states(engine: Engine) -> None:
+    run = {
+        "campaign_id": "c",
+        "run_key": "k",
+        "as_of": AS_OF,
+        "status": RunStatus.RUNNING,
+        "started_at": AS_OF,
+    }
+    row = {
+        "campaign_id": "c",
+        "customer_id": 1,
+        "run_id": 1,
+        "template": "t",
+        "planned_at": AS_OF,
+    }
+    send = {"run_id": 1, "campaign_id": "c", "recipient": "qa@example.com", "sent_at": AS_OF}
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schema.campaign_runs), run)
+        reasons = [None, *SkipReason, *FailReason]
+        conn.execute(
+            sa.insert(schema.send_ledger),
+            [
+                row | {"occurrence_key": str(i), "status": LedgerStatus.FAILED, "reason": reason}
+                for i, reason in enumerate(reasons)
+            ],
+        )
+        conn.execute(
+            sa.insert(schema.test_sends),
+            [send | {"customer_id": i, "status": s} for i, s in enumerate(states.TestSendStatus)],
+        )
+    refused = [
+        (schema.campaign_runs, run | {"run_key": "k2", "status": "done"}),
+        (schema.send_ledger, row | {"occurrence_key": "x", "status": "bounced"}),
+        (
+            schema.send_ledger,
+            row | {"occurrence_key": "x", "status": "failed", "reason": "http_400"},
+        ),
+        (schema.test_sends, send | {"customer_id": 99, "status": "skipped"}),
+    ]
+    for table, values in refused:
+        with pytest.raises(sa.exc.IntegrityError, match="ck_"), engine.begin() as conn:
+            conn.execute(sa.insert(table), values)
 
 
 def test_upgrade_is_idempotent(engine: Engine) -> None:

@@ -106,7 +106,7 @@ def fill(engine: Engine) -> None:
                 {"status": "skipped", "reason": "holdout", "send_after": t("2026-01-15 09:00")},
             ),
             (6, 1, "winback", 6, {"status": "skipped", "reason": "no_consent"}),
-            (7, 1, "winback", 4, {"status": "failed", "reason": "http_400"}),
+            (7, 1, "winback", 4, {"status": "failed", "reason": "rejected"}),
             (8, 2, "winback", 6, sent),  # dry run: not reported
             (10, 1, "winback", 8, {"status": "unknown", "reason": "interrupted"}),
             (9, 3, "birthday", 6, {"status": "sent", "sent_at": t("2026-02-19 10:00")}),

@@ -16,10 +16,10 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Date, Integer, String, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
+from lifecycle.store import dialect
 from lifecycle.store.schema import tz_offsets
 
 # Offsets are tabulated from COVER_FROM to COVER_UNTIL; the first period also covers every
@@ -100,8 +100,7 @@ def ensure_offsets(conn: Connection, timezones: Iterable[str]) -> None:
         for starts_at, seconds in offset_periods(name)
     ]
     if rows:
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        conn.execute(dialect_insert(tz_offsets).on_conflict_do_nothing(), rows)
+        conn.execute(dialect.insert(conn, tz_offsets).on_conflict_do_nothing(), rows)
 
 
 def offset_at(timezone: ColumnElement[str], instant: ColumnElement[datetime]) -> ColumnElement[int]:

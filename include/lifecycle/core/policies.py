@@ -27,8 +27,13 @@ from lifecycle.core import localtime, segments
 from lifecycle.core.campaigns import CampaignSpec, SendWindow
 from lifecycle.store import ledger
 from lifecycle.store.schema import suppressions
+from lifecycle.store.states import SkipReason
 
-EMAIL_REASONS = {"missing_email": "missing_email", "malformed_email": "invalid_email"}
+# customer_features.email_reason → the skip reason it gives
+EMAIL_REASONS = {
+    "missing_email": SkipReason.MISSING_EMAIL,
+    "malformed_email": SkipReason.INVALID_EMAIL,
+}
 
 
 def suppression_scopes(spec: CampaignSpec) -> list[str]:
@@ -89,26 +94,26 @@ def evaluate(
     rules = spec.policies
     reason = pd.Series(None, index=audience.index, dtype=object)
 
-    def skip(mask: pd.Series, why: str) -> None:
+    def skip(mask: pd.Series, why: SkipReason) -> None:
         reason[mask & reason.isna()] = why
 
     for source, why in EMAIL_REASONS.items():
         skip(~audience["email_valid"].astype(bool) & (audience["email_reason"] == source), why)
-    skip(~audience["email_valid"].astype(bool), "invalid_email")
+    skip(~audience["email_valid"].astype(bool), SkipReason.INVALID_EMAIL)
     if rules.requires_consent:
-        skip(~audience["marketing_consent"].astype(bool), "no_consent")
+        skip(~audience["marketing_consent"].astype(bool), SkipReason.NO_CONSENT)
 
     lowered = audience["email"].fillna("").str.strip().str.lower()
     candidates = lowered[reason.isna()].tolist()
     blocked = suppressed_emails(conn, candidates, suppression_scopes(spec))
-    skip(lowered.isin(blocked), "suppressed")
+    skip(lowered.isin(blocked), SkipReason.SUPPRESSED)
 
     if rules.holdout_percent > 0:
         reachable = reason.isna()
         held = segments.holdout_mask(
             audience.loc[reachable, "customer_id"], spec.id, rules.holdout_percent
         )
-        skip(held.reindex(audience.index, fill_value=False).astype(bool), "holdout")
+        skip(held.reindex(audience.index, fill_value=False).astype(bool), SkipReason.HOLDOUT)
 
     if rules.frequency_cap is not None:
         cap = rules.frequency_cap
@@ -118,7 +123,7 @@ def evaluate(
         already = eligible.map(taken).fillna(0).astype(int)
         order_in_chunk = eligible.groupby(eligible).cumcount()
         over = (already + order_in_chunk) >= cap.max_emails
-        skip(over.reindex(audience.index, fill_value=False).astype(bool), "frequency_cap")
+        skip(over.reindex(audience.index, fill_value=False).astype(bool), SkipReason.FREQUENCY_CAP)
 
     timing = schedule(audience["timezone"], as_of, rules.send_window)
     return pd.DataFrame(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lifecycle.delivery import Envelope, Message
 from lifecycle.store.ledger import Outcome
+from lifecycle.store.states import LedgerStatus
 
 
 def build_email(message: Message, envelope: Envelope) -> EmailMessage:
@@ -58,7 +59,7 @@ class OutboxTransport:
             Path(temporary).unlink(missing_ok=True)
             raise
         message_id = str(email["Message-ID"]).strip("<>")[:64]
-        return Outcome(message.send_id, "sent", message_id)
+        return Outcome(message.send_id, LedgerStatus.SENT, message_id)
 
     async def close(self) -> None:
         return None

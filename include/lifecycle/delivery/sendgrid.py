@@ -29,6 +29,7 @@ import aiohttp
 
 from lifecycle.delivery import DeliveryStopped, Envelope, Message
 from lifecycle.store.ledger import Outcome
+from lifecycle.store.states import FailReason, LedgerStatus, SkipReason
 
 SAFE_TO_RETRY = {429, 500, 502, 503}
 PATH = "/v3/mail/send"
@@ -159,7 +160,9 @@ class SendGridTransport:
 
     async def send(self, message: Message) -> Outcome:
         body = json.dumps(payload(message, self.envelope), ensure_ascii=False).encode()
-        last = Outcome(message.send_id, "failed", retryable=True, reason="not_attempted")
+        last = Outcome(
+            message.send_id, LedgerStatus.FAILED, retryable=True, reason=FailReason.NOT_ATTEMPTED
+        )
         for attempt in range(self.max_attempts):
             await self._wait_for_pause()
             try:
@@ -167,10 +170,15 @@ class SendGridTransport:
                     status = response.status
                     if 200 <= status < 300 and self.envelope.sandbox_mode:
                         # validated by SendGrid, never delivered: the row stays sendable later
-                        return Outcome(message.send_id, "skipped", None, status, reason="sandbox")
+                        return Outcome(
+                            message.send_id,
+                            LedgerStatus.SKIPPED,
+                            http_status=status,
+                            reason=SkipReason.SANDBOX,
+                        )
                     if 200 <= status < 300:
                         message_id = response.headers.get("X-Message-Id")
-                        return Outcome(message.send_id, "sent", message_id, status)
+                        return Outcome(message.send_id, LedgerStatus.SENT, message_id, status)
                     text = await response.text()
                     if status in (401, 403):
                         raise DeliveryStopped(
@@ -182,41 +190,47 @@ class SendGridTransport:
                         unknown = status == 504
                         return Outcome(
                             message.send_id,
-                            "unknown" if unknown else "failed",
+                            LedgerStatus.UNKNOWN if unknown else LedgerStatus.FAILED,
                             http_status=status,
                             error=error,
                             retryable=None if unknown else False,
-                            reason="gateway_timeout" if unknown else "rejected",
+                            reason=FailReason.GATEWAY_TIMEOUT if unknown else FailReason.REJECTED,
                         )
-                    last = Outcome(message.send_id, "failed", None, status, error, True)
+                    last = Outcome(
+                        message.send_id,
+                        LedgerStatus.FAILED,
+                        http_status=status,
+                        error=error,
+                        retryable=True,
+                        reason=FailReason.RATE_LIMITED if status == 429 else None,
+                    )
                     if status == 429:
                         self._pause_for_rate_limit(response.headers, attempt)
-                        last = Outcome(
-                            message.send_id, "failed", None, 429, error, True, "rate_limited"
-                        )
                         continue
             except aiohttp.ClientConnectorError as exc:  # nothing was sent
                 last = Outcome(
                     message.send_id,
-                    "failed",
+                    LedgerStatus.FAILED,
                     error=f"connection failed: {exc.os_error!r}"[:500],
                     retryable=True,
-                    reason="connection",
+                    reason=FailReason.CONNECTION,
                 )
             except aiohttp.ConnectionTimeoutError:  # connect timeout: nothing was sent
                 last = Outcome(
                     message.send_id,
-                    "failed",
+                    LedgerStatus.FAILED,
                     error="connect timeout",
                     retryable=True,
-                    reason="connection",
+                    reason=FailReason.CONNECTION,
                 )
             except (TimeoutError, aiohttp.ClientError) as exc:
                 return Outcome(
                     message.send_id,
-                    "unknown",
+                    LedgerStatus.UNKNOWN,
                     error=f"{type(exc).__name__} after the request was sent"[:500],
-                    reason="timeout" if isinstance(exc, TimeoutError) else "disconnected",
+                    reason=FailReason.TIMEOUT
+                    if isinstance(exc, TimeoutError)
+                    else FailReason.DISCONNECTED,
                 )
             if attempt + 1 < self.max_attempts:
                 await asyncio.sleep(self._backoff(attempt))

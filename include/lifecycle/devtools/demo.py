@@ -24,6 +24,7 @@ from lifecycle.core.campaigns import CampaignSpec, load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
 from lifecycle.devtools import seed, simulate
 from lifecycle.store import schema, warehouse
+from lifecycle.store.states import LedgerStatus
 
 DEMO_CUSTOMERS = 20_000
 
@@ -103,7 +104,7 @@ def run_counts_since(engine: Engine, campaign_id: str, after_id: int) -> dict[st
 def sent_before(engine: Engine) -> int:
     ledger = schema.send_ledger
     with engine.connect() as conn:
-        query = select(func.count()).select_from(ledger).where(ledger.c.status == "sent")
+        query = select(func.count()).select_from(ledger).where(ledger.c.status == LedgerStatus.SENT)
         return conn.execute(query).scalar_one()
 
 

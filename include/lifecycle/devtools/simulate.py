@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 
-from lifecycle.store import schema
+from lifecycle.store import dialect, schema
+from lifecycle.store.states import LedgerStatus
 
 DELIVERED = 0.97
 OPENED = 0.38  # of delivered
@@ -120,7 +120,7 @@ def _sends_without_events(
             ledger.c.sent_at,
         )
         .where(
-            ledger.c.status == "sent",
+            ledger.c.status == LedgerStatus.SENT,
             ledger.c.sent_at <= as_of,
             ~exists().where(events.c.send_id == ledger.c.id),
         )
@@ -156,7 +156,6 @@ def _row(send: dict, event: dict, seed: int) -> dict:
 
 def _insert_ignoring_existing(engine: Engine, rows: list[dict]) -> None:
     table = schema.engagement_events
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["natural_key"])
+    statement = dialect.insert(engine, table).on_conflict_do_nothing(index_elements=["natural_key"])
     with engine.begin() as conn:
         conn.execute(statement, rows)

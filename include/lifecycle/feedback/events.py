@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy import Engine
 
 from lifecycle.feedback import suppressions
+from lifecycle.store import dialect
 from lifecycle.store.schema import engagement_events
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -224,8 +225,10 @@ def ingest(engine: Engine, rows: list[dict[str, Any]]) -> IngestResult:
     with engine.begin() as conn:
         stored = 0
         if unique:
-            statement = suppressions.insert_ignore(conn, engagement_events).returning(
-                engagement_events.c.id
+            statement = (
+                dialect.insert(conn, engagement_events)
+                .on_conflict_do_nothing()
+                .returning(engagement_events.c.id)
             )
             stored = len(conn.execute(statement, unique).all())
         added = suppressions.add(conn, implied)

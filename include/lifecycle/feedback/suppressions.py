@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Engine, Table, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, func, select, update
 
 from lifecycle.core.config import Settings
+from lifecycle.store import dialect
 from lifecycle.store.schema import suppressions
 
 PAGE_LIMIT = 500  # SendGrid's maximum page size for the suppression lists
@@ -31,12 +31,6 @@ PUSH_CHUNK = 1_000
 SYNC_OVERLAP = timedelta(days=1)
 # SendGrid list → our reason
 LISTS = {"bounces": "bounce", "spam_reports": "spamreport", "invalid_emails": "invalid"}
-
-
-def insert_ignore(conn: Connection, table: Table):  # type: ignore[no-untyped-def]
-    """INSERT that skips rows violating any unique constraint, on PostgreSQL and SQLite."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
 
 
 def row(email: str, scope: str, reason: str, source: str, at: datetime) -> dict[str, Any]:
@@ -54,7 +48,9 @@ def add(conn: Connection, rows: list[dict[str, Any]]) -> int:
     valid = [r for r in rows if r["email"] and len(r["email"]) <= 320]
     if not valid:
         return 0
-    statement = insert_ignore(conn, suppressions).returning(suppressions.c.id)
+    statement = (
+        dialect.insert(conn, suppressions).on_conflict_do_nothing().returning(suppressions.c.id)
+    )
     return len(conn.execute(statement, valid).all())
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from lifecycle.store import dialect
 from lifecycle.store.schema import coupons
 
 # No 0/O, 1/I/L: codes get typed in at checkout. 31^10 ≈ 8e14 codes: unguessable in practice.
@@ -73,7 +73,6 @@ def _insert_absent(
     valid_days: int,
     as_of: datetime,
 ) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     rows = [
         {
             "code": new_code(),
@@ -88,7 +87,7 @@ def _insert_absent(
     ]
     # Without a conflict target: a row already issued and a (rare) colliding code are both
     # skipped; the read-back tells which, and a collided key gets a new code next round.
-    conn.execute(dialect.insert(coupons).on_conflict_do_nothing(), rows)
+    conn.execute(dialect.insert(conn, coupons).on_conflict_do_nothing(), rows)
 
 
 def _read(

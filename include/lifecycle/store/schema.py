@@ -7,15 +7,19 @@ Two metadata objects, because the two kinds of tables have different owners:
 * `marketing` — the tables this project owns, created and upgraded by Alembic
   (`lifecycle db upgrade`). A schema change here needs a migration in `migrations/versions/`.
 
-All times are UTC instants (`UtcDateTime`).
+All times are UTC instants (`UtcDateTime`). State columns accept only their enum's values
+(`lifecycle.store.states`), enforced by CHECK constraints.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Date,
     Float,
@@ -30,6 +34,7 @@ from sqlalchemy import (
 )
 
 from lifecycle.store.sqltypes import UtcDateTime
+from lifecycle.store.states import FailReason, LedgerStatus, RunStatus, SkipReason, TestSendStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -38,6 +43,18 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def _one_of(column: str, values: Iterable[str], *, nullable: bool = False) -> CheckConstraint:
+    """CHECK that `column` holds one of `values` (or NULL), named ck_<table>_<column>.
+
+    Adding a value to a state enum needs a migration that replaces the constraint.
+    """
+    listed = ", ".join(f"'{value}'" for value in values)
+    allowed = f"{column} IN ({listed})"
+    condition = f"{column} IS NULL OR {allowed}" if nullable else allowed
+    return CheckConstraint(condition, name=column)
+
 
 # --- source tables (the company's own; the demo creates them) -----------------------------
 source = MetaData(naming_convention=NAMING)
@@ -83,12 +100,12 @@ campaign_runs = Table(
     Column("run_key", String(250), nullable=False),
     Column("as_of", UtcDateTime, nullable=False),
     Column("dry_run", Boolean, nullable=False, server_default="0"),
-    Column("status", String(16), nullable=False),  # running, success, failed, stopped
+    Column("status", String(16), nullable=False),
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
     Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}
-    Column("dag_run_url", String(500)),
     UniqueConstraint("campaign_id", "run_key"),
+    _one_of("status", RunStatus),
 )
 
 # One row per (campaign, occurrence key, customer): "the same email" is planned once, ever.
@@ -102,9 +119,8 @@ send_ledger = Table(
     # campaign_runs.id of the run that owns the row now: the run that planned it, or a later
     # run that adopted it (waiting for the send window, or re-planned after a retryable failure)
     Column("run_id", Integer, nullable=False),
-    # planned, skipped, sending, sent, failed, unknown
     Column("status", String(16), nullable=False),
-    Column("reason", String(64)),  # why skipped / failed / waiting
+    Column("reason", String(64)),  # why skipped, failed or unknown
     Column("template", String(128), nullable=False),
     Column("email", String(320)),
     Column("locale", String(16)),
@@ -122,6 +138,8 @@ send_ledger = Table(
     Column("error", Text),
     Column("retryable", Boolean),
     UniqueConstraint("campaign_id", "occurrence_key", "customer_id"),
+    _one_of("status", LedgerStatus),
+    _one_of("reason", [*SkipReason, *FailReason], nullable=True),
     Index("ix_send_ledger_campaign_status", "campaign_id", "status", "id"),
     Index("ix_send_ledger_customer_sent", "customer_id", "sent_at"),
     Index("ix_send_ledger_message_id", "message_id"),
@@ -137,13 +155,12 @@ test_sends = Table(
     Column("campaign_id", String(64), nullable=False),
     Column("customer_id", BigInteger, nullable=False),
     Column("recipient", String(320), nullable=False),
-    Column(
-        "status", String(16), nullable=False
-    ),  # sent, failed, unknown, sandbox (validated, not delivered)
+    Column("status", String(16), nullable=False),
     Column("message_id", String(64)),
     Column("error", Text),
     Column("sent_at", UtcDateTime, nullable=False),
     UniqueConstraint("run_id", "customer_id", "recipient"),
+    _one_of("status", TestSendStatus),
 )
 
 engagement_events = Table(

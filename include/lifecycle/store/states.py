@@ -45,9 +45,14 @@ class SkipReason(StrEnum):
 
 
 class FailReason(StrEnum):
-    """Why a row is `failed` or `unknown` (the HTTP status and error say more)."""
+    """Why a row is `failed` or `unknown` (the HTTP status and error say more).
 
-    REJECTED = "rejected"  # SendGrid answered 4xx/5xx
+    A 500, 502 or 503 still answered after every attempt leaves the reason NULL: the row is
+    `failed`, retryable, and its http_status says the rest.
+    """
+
+    REJECTED = "rejected"  # SendGrid answered 4xx/5xx that retrying would not change
+    RATE_LIMITED = "rate_limited"  # still 429 after every attempt (retryable)
     RENDER_ERROR = "render_error"
     NOT_ATTEMPTED = "not_attempted"
     GATEWAY_TIMEOUT = "gateway_timeout"  # 504: may have been accepted
@@ -66,7 +71,9 @@ class RunStatus(StrEnum):
 
 
 class TestSendStatus(StrEnum):
+    """What became of one test email (a `test_sends` row) sent to an internal recipient."""
+
     SENT = "sent"
-    SANDBOX = "sandbox"
+    SANDBOX = "sandbox"  # validated by SendGrid's sandbox mode, not delivered
     FAILED = "failed"
     UNKNOWN = "unknown"

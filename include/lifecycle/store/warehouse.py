@@ -71,7 +71,3 @@ def head_revision() -> str | None:
 def create_source_tables(engine: Engine) -> None:
     """Create the demo's customers and orders tables (a real company already has its own)."""
     schema.source.create_all(engine)
-
-
-def drop_source_tables(engine: Engine) -> None:
-    schema.source.drop_all(engine)
