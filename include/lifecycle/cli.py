@@ -283,7 +283,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lifecycle.core.campaigns import SpecError, load_campaigns
-    from lifecycle.core.render import TemplateProblem
+    from lifecycle.core.templates import TemplateProblem
     from lifecycle.devtools import preview
 
     if not args.all and (args.campaign is None or args.customer is None):

@@ -16,7 +16,8 @@ from sqlalchemy import Engine, select
 from lifecycle.core import sources
 from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
 from lifecycle.core.config import Settings
-from lifecycle.core.render import Rendered, get_renderer, sample_context
+from lifecycle.core.render import Rendered, get_renderer
+from lifecycle.core.samples import sample_context
 from lifecycle.store.schema import customer_features
 
 
