@@ -167,11 +167,11 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from lifecycle.devtools import sink
+    from lifecycle.devtools.sink.app import serve
 
     print(f"SendGrid-compatible sink on http://{args.host}:{args.port} (Ctrl-C stops it)")
     print(f"  LIFECYCLE_SENDGRID_HOST=http://{args.host}:{args.port}")
-    sink.serve(
+    serve(
         args.port,
         args.host,
         api_keys=args.api_key,

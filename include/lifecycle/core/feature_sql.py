@@ -14,7 +14,7 @@ import calendar
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import (
     ColumnElement,
@@ -133,11 +133,11 @@ class FeatureQuery:
     """Feature expressions over one FROM clause; `select(names)` picks the ones needed."""
 
     as_of: datetime
-    columns: dict[str, ColumnElement]
+    columns: dict[str, ColumnElement[Any]]
     from_clause: FromClause
     where: ColumnElement[bool]
 
-    def select(self, names: list[str]) -> Select:
+    def select(self, names: list[str]) -> Select[Any]:
         return (
             select(*(self.columns[name].label(name) for name in names))
             .select_from(self.from_clause)
@@ -157,7 +157,7 @@ def feature_query(
     tz = case((known, c.c.timezone), else_=literal("UTC"))
     todays = {local_today(as_of, name) for name in ["UTC", *known_timezones]}
     today = _local_today(c.c.timezone, as_of, known_timezones)
-    columns: dict[str, ColumnElement] = {
+    columns: dict[str, ColumnElement[Any]] = {
         "customer_id": c.c.customer_id,
         "email": c.c.email,
         "first_name": c.c.first_name,
@@ -212,7 +212,7 @@ def _local_today(
     return case(*whens, else_=utc) if whens else utc
 
 
-def _email_columns(email: ColumnElement[str]) -> dict[str, ColumnElement]:
+def _email_columns(email: ColumnElement[str]) -> dict[str, ColumnElement[Any]]:
     # Portable LIKE patterns: something@something.something, one @, no spaces.
     well_formed = and_(email.like("%_@_%._%"), not_(email.like("%@%@%")), not_(email.like("% %")))
     reason = case(
@@ -224,7 +224,7 @@ def _email_columns(email: ColumnElement[str]) -> dict[str, ColumnElement]:
 
 def _signup_columns(
     signup_at: ColumnElement[datetime], tz: ColumnElement[str], today: ColumnElement[date]
-) -> dict[str, ColumnElement]:
+) -> dict[str, ColumnElement[Any]]:
     signup_day = local_date(signup_at, tz)
     tenure = days_between(today, signup_day)
     steps = case(ONBOARDING_STEPS, value=tenure)
@@ -233,7 +233,7 @@ def _signup_columns(
 
 def _birthday_columns(
     birth_date: ColumnElement[date], today: ColumnElement[date], todays: set[date]
-) -> dict[str, ColumnElement]:
+) -> dict[str, ColumnElement[Any]]:
     year = year_of(today)
     # 'MM-DD' order picks the year, 29 February included (28 Feb <= it < 1 March).
     later_this_year = month_day(birth_date) >= month_day(today)
@@ -257,11 +257,11 @@ def _celebrated_on(day: date) -> list[str]:
     return month_days
 
 
-def _birthday_in(birth_date: ColumnElement[date], year: ColumnElement[int]) -> ColumnElement:
+def _birthday_in(birth_date: ColumnElement[date], year: ColumnElement[int]) -> ColumnElement[date]:
     """The birthday in `year`; 29 February falls on 28 February in common years."""
     leap = or_(and_(year % 4 == 0, year % 100 != 0), year % 400 == 0)
-    day = month_day(birth_date)
-    day = case((and_(day == "02-29", not_(leap)), literal("02-28")), else_=day)
+    born = month_day(birth_date)
+    day = case((and_(born == "02-29", not_(leap)), literal("02-28")), else_=born)
     return date_from_text(cast(year, String) + literal("-") + day)
 
 
@@ -291,7 +291,7 @@ def _order_history(settings: Settings, as_of: datetime) -> FromClause:
 
 def _history_columns(
     history: FromClause, tz: ColumnElement[str], today: ColumnElement[date]
-) -> dict[str, ColumnElement]:
+) -> dict[str, ColumnElement[Any]]:
     h = history.c
     last_day = local_date(h.last_order_at, tz)
     return {
@@ -309,7 +309,7 @@ def _history_columns(
 
 def _delivered_order_columns(
     o: FromClause, tz: ColumnElement[str], today: ColumnElement[date]
-) -> dict[str, ColumnElement]:
+) -> dict[str, ColumnElement[Any]]:
     delivered_day = local_date(o.c.delivered_at, tz)
     return {
         "order_id": o.c.order_id,

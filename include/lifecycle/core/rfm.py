@@ -72,5 +72,5 @@ def _cut_points(values: np.ndarray) -> list[float]:
     return [distinct[scores >= k][0].item() for k in range(2, 6) if (scores >= k).any()]
 
 
-def _score(column: ColumnElement, cuts: list[float]) -> ColumnElement[int]:
+def _score(column: ColumnElement[float], cuts: list[float]) -> ColumnElement[int]:
     return literal(1) + sum((case((column >= cut, 1), else_=0) for cut in cuts), start=literal(0))
