@@ -20,7 +20,7 @@ from lifecycle.delivery.sendgrid import (
     RATE_LIMIT_WAIT_MAX_S,
     SendGridTransport,
 )
-from lifecycle.devtools.sink import run_sink_in_thread
+from lifecycle.devtools.sink.thread import run_sink_in_thread
 from lifecycle.store.ledger import Outcome
 
 KEY = "SG.delivery-test-secret-key"

@@ -18,7 +18,7 @@ from processes import still_running
 from lifecycle.core import features
 from lifecycle.core.config import load_settings
 from lifecycle.devtools import seed
-from lifecycle.devtools.sink import run_sink_in_thread
+from lifecycle.devtools.sink.thread import run_sink_in_thread
 from lifecycle.devtools.standalone import Standalone, start_standalone
 from lifecycle.store import schema, warehouse
 

@@ -26,7 +26,7 @@ from lifecycle.core import segments
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
-from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
+from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 from lifecycle.run import pipeline
 from lifecycle.store import ledger, warehouse
 from lifecycle.store.schema import (

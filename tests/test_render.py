@@ -15,13 +15,9 @@ from babel.numbers import format_currency
 
 from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
-from lifecycle.core.render import (
-    Renderer,
-    TemplateProblem,
-    get_renderer,
-    inline_css,
-    sample_context,
-)
+from lifecycle.core.render import Renderer, get_renderer
+from lifecycle.core.samples import sample_context
+from lifecycle.core.templates import TemplateProblem, inline_css
 
 SHIPPED = PROJECT_ROOT / "templates"
 

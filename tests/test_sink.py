@@ -13,7 +13,7 @@ from python_http_client.exceptions import BadRequestsError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Mail
 
-from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
+from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 
 KEY = "SG.sink-test-key"
 

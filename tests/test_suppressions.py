@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
-from lifecycle.devtools.sink_suppressions import SuppressionStore, register
+from lifecycle.devtools.sink.suppressions import SuppressionStore, register
+from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 from lifecycle.feedback import suppressions
 from lifecycle.store.schema import suppressions as table
 

@@ -167,11 +167,11 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from lifecycle.devtools import sink
+    from lifecycle.devtools.sink.app import serve
 
     print(f"SendGrid-compatible sink on http://{args.host}:{args.port} (Ctrl-C stops it)")
     print(f"  LIFECYCLE_SENDGRID_HOST=http://{args.host}:{args.port}")
-    sink.serve(
+    serve(
         args.port,
         args.host,
         api_keys=args.api_key,
@@ -284,7 +284,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lifecycle.core.campaigns import SpecError, load_campaigns
-    from lifecycle.core.render import TemplateProblem
+    from lifecycle.core.templates import TemplateProblem
     from lifecycle.devtools import preview
 
     if not args.all and (args.campaign is None or args.customer is None):

@@ -21,7 +21,7 @@ from lifecycle.core import features
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 from lifecycle.devtools import seed
-from lifecycle.devtools.sink import SinkHandle, run_sink_in_thread
+from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 from lifecycle.store import schema, warehouse
 
 AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 11:00 UTC: inside most local send windows

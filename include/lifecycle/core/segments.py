@@ -32,7 +32,13 @@ from sqlalchemy import ColumnElement, Engine, and_, func, not_, or_, select, tru
 
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import PROJECT_ROOT, Settings
-from lifecycle.core.features import FEATURES, FeatureQuery, Level, feature_query, prepare_timezones
+from lifecycle.core.feature_sql import (
+    FEATURES,
+    FeatureQuery,
+    Level,
+    feature_query,
+    prepare_timezones,
+)
 from lifecycle.core.localtime import days_between
 
 SEGMENTS_DIR = PROJECT_ROOT / "include" / "segments"

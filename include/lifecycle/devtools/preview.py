@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from lifecycle.core import features
+from lifecycle.core import sources
 from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
 from lifecycle.core.config import Settings
-from lifecycle.core.render import Rendered, get_renderer, sample_context
+from lifecycle.core.render import Rendered, get_renderer
+from lifecycle.core.samples import sample_context
 from lifecycle.store.schema import customer_features
 
 
@@ -68,7 +69,7 @@ def preview_customer(
 
 
 def _customer(engine: Engine, settings: Settings, customer_id: int) -> dict[str, Any]:
-    customers = features.source_customers(settings)
+    customers = sources.source_customers(settings)
     with engine.connect() as conn:
         row = conn.execute(
             select(customers).where(customers.c.customer_id == customer_id)
@@ -87,7 +88,7 @@ def _features(engine: Engine, customer_id: int) -> dict[str, Any]:
 
 
 def _last_order(engine: Engine, settings: Settings, customer_id: int) -> dict[str, Any]:
-    orders = features.source_orders(settings)
+    orders = sources.source_orders(settings)
     query = (
         select(orders)
         .where(orders.c.customer_id == customer_id)

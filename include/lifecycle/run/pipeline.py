@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
 
-from lifecycle.core import localtime, policies, render, segments
+from lifecycle.core import localtime, policies, render, segments, templates
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.delivery import DeliveryStopped, Envelope, Message, Transport
@@ -140,7 +140,7 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
     try:
         segments.segment_for(spec, settings)
         render.get_renderer(settings).preflight(spec)
-    except (segments.SegmentError, render.TemplateProblem) as exc:
+    except (segments.SegmentError, templates.TemplateProblem) as exc:
         raise PreflightError(f"campaign {spec.id}: {exc}") from None
 
 

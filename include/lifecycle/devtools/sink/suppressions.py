@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 LIST_NAMES = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
 MAX_LIMIT = 500
@@ -41,7 +42,7 @@ class SuppressionStore:
                 {"email": email, "created": created, "reason": f"seeded {name}", "status": ""}
             )
 
-    def _admit(self, now: float) -> tuple[bool, int, int]:
+    def admit(self, now: float) -> tuple[bool, int, int]:
         """(allowed, remaining, reset epoch) under the fixed-window rate limit."""
         if now - self._window_start >= self.window_seconds:
             self._window_start, self._window_count = now, 0
@@ -58,7 +59,7 @@ SUPPRESSIONS = web.AppKey("suppressions", SuppressionStore)
 
 
 @web.middleware
-async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer auth and rate limiting for the suppression routes only."""
     if not request.path.startswith(("/v3/suppression/", "/v3/asm/")):
         return await handler(request)
@@ -66,7 +67,7 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     store.requests += 1
     if not request.headers.get("Authorization", "").startswith("Bearer "):
         return _errors(401, "authorization required")
-    allowed, remaining, reset = store._admit(time.time())
+    allowed, remaining, reset = store.admit(time.time())
     limits = {
         "X-RateLimit-Limit": str(store.rate_limit or 1_000_000),
         "X-RateLimit-Remaining": str(remaining),
