@@ -1,10 +1,11 @@
 """One Airflow DAG per campaign spec in include/campaigns/: `campaign_<id>`.
 
-Add a campaign by adding a YAML spec (and its templates); no Python. An invalid spec shows up
-as an import error in the Airflow UI naming the file and the field to fix.
+Each DAG runs preflight → plan → deliver (mapped over ledger batches) → finalize. Add a
+campaign by adding a YAML spec (and its templates); no Python. An invalid spec shows up as an
+import error in the Airflow UI naming the file and the field to fix.
 """
 
-from lifecycle.airflow.adapter import build_campaign_dag
+from lifecycle.airflow.campaign_dag import build_campaign_dag
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 

@@ -1,5 +1,8 @@
-"""`customer_features`: the features snapshot campaigns read, published as an Airflow Asset."""
+"""`customer_features`: the features snapshot campaigns read, published as an Airflow Asset.
 
-from lifecycle.airflow.adapter import build_features_dag
+Hourly; campaigns scheduled `after_features` run on each fresh snapshot.
+"""
+
+from lifecycle.airflow.features_dag import build_features_dag
 
 customer_features = build_features_dag()

@@ -12,14 +12,14 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-from lifecycle.web import dashboard, public
+from lifecycle.airflow.plugin import dashboard_app, public_app
 
 
 class LifecyclePlugin(AirflowPlugin):
     name = "lifecycle"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
-        {"app": public.create_app(), "url_prefix": "/lifecycle", "name": "Lifecycle public"},
-        {"app": dashboard.create_app(), "url_prefix": "/campaigns", "name": "Campaigns"},
+        {"app": public_app(), "url_prefix": "/lifecycle", "name": "Lifecycle public"},
+        {"app": dashboard_app(), "url_prefix": "/campaigns", "name": "Campaigns"},
     ]
     external_views: ClassVar[list[dict[str, Any]]] = [
         {

@@ -27,7 +27,7 @@ def shown(html: str) -> dict[str, str]:
 def client(engine: Engine, warehouse_url: str) -> TestClient:
     fill_campaign_results(engine, AS_OF, customers=1_500)
     app = dashboard.create_app(
-        load_settings(warehouse_url=warehouse_url), require_login=False, clock=lambda: AS_OF
+        load_settings(warehouse_url=warehouse_url), dependencies=[], clock=lambda: AS_OF
     )
     return TestClient(app)
 
@@ -92,9 +92,11 @@ def test_report_json(client: TestClient, engine: Engine) -> None:
     assert body["as_of"] == AS_OF.isoformat()
 
 
-def test_login_is_required_by_default(warehouse_url: str) -> None:
-    app = dashboard.create_app(load_settings(warehouse_url=warehouse_url))
-    client = TestClient(app)
+def test_login_is_required_by_default() -> None:
+    """As the Airflow plugin mounts it."""
+    from lifecycle.airflow.plugin import dashboard_app  # imports Airflow: only in this test
+
+    client = TestClient(dashboard_app())
     assert client.get("/").status_code == 401
     assert client.get("/export/runs.csv").status_code == 401
 

@@ -103,7 +103,7 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             env={
                 "LIFECYCLE_HOME": str(tmp_path / "home"),
                 "LIFECYCLE_UNSUBSCRIBE_SECRET": "e2e-secret",
-                # A sqlite:////absolute/path URI: the adapter turns it back into the URL.
+                # A sqlite:////absolute/path URI: lifecycle.airflow.connections makes it a URL.
                 "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": sqlite_url,
                 "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
                     {"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}

@@ -16,7 +16,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from lifecycle.airflow import adapter as adapter
+from lifecycle.airflow.campaign_dag import build_campaign_dag
+from lifecycle.airflow.features_dag import build_features_dag
+from lifecycle.airflow.schedules import FEATURES_ASSET, campaign_asset
 from lifecycle.core import features
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
@@ -80,9 +82,9 @@ def sqlite_world(
 
 def run_dag(dag_id: str, conf: dict) -> tuple[str, str]:
     dag = (
-        adapter.build_features_dag()
+        build_features_dag()
         if dag_id == "customer_features"
-        else adapter.build_campaign_dag(SPECS[dag_id.removeprefix("campaign_")])
+        else build_campaign_dag(SPECS[dag_id.removeprefix("campaign_")])
     )
     run = dag.test(run_conf=conf)
     return run.run_id, str(run.state)
@@ -183,7 +185,7 @@ def test_assets_carry_the_snapshot_and_the_counts(sqlite_world: World) -> None:
     as_of = AS_OF.isoformat()
     _, state = run_dag("customer_features", {"as_of": as_of})
     assert state == "success"
-    snapshot = asset_events(adapter.FEATURES_ASSET.uri)[-1]
+    snapshot = asset_events(FEATURES_ASSET.uri)[-1]
     assert snapshot["as_of"] == as_of
     with sqlite_world.engine.connect() as conn:
         customers = conn.execute(sa.select(sa.func.count()).select_from(schema.customers))
@@ -191,7 +193,7 @@ def test_assets_carry_the_snapshot_and_the_counts(sqlite_world: World) -> None:
 
     run_id, state = run_dag("campaign_loyalty", {"as_of": as_of})
     assert state == "success"
-    event = asset_events(adapter.campaign_asset("loyalty").uri)[-1]
+    event = asset_events(campaign_asset("loyalty").uri)[-1]
     row = run_row(sqlite_world.engine, "loyalty", run_id)
     assert event["counts"] == row["counts"]
     assert (event["campaign_id"], event["run_id"], event["as_of"]) == ("loyalty", row["id"], as_of)
@@ -267,7 +269,7 @@ def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    caplog.set_level("ERROR", logger="lifecycle.airflow.adapter")
+    caplog.set_level("ERROR", logger="lifecycle.airflow.notifier")
     run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dryrun": True})
     assert state == "failed"
     states = task_states("campaign_loyalty", run_id)
@@ -276,7 +278,7 @@ def test_a_mistyped_option_fails_at_preflight_without_retries_or_sends(
     with create_session() as session:
         preflight = session.query(TaskInstance).filter_by(run_id=run_id, task_id="preflight").one()
         assert preflight.try_number == 1  # a typo is not retried with backoff
-    summary = [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow.adapter"]
+    summary = [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow.notifier"]
     assert any(
         "Campaign loyalty: task preflight failed for good" in m and "dryrun" in m for m in summary
     ), summary
@@ -291,7 +293,7 @@ def test_a_refused_key_stops_all_batches_and_finalize_still_records_the_run(
     spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(update={"batch_size": 5})})
     wrong = {"conn_type": "sendgrid", "password": "SG.revoked", "host": sqlite_world.sink.url}
     monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps(wrong))
-    run = adapter.build_campaign_dag(spec).test(run_conf={"as_of": AS_OF.isoformat()})
+    run = build_campaign_dag(spec).test(run_conf={"as_of": AS_OF.isoformat()})
     assert str(run.state) == "failed"
     states = task_states(spec.dag_id, run.run_id)
     assert len(states["deliver"]) > 1 and set(states["deliver"]) == {"failed"}

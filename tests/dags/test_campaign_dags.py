@@ -1,4 +1,4 @@
-"""The shape of every campaign DAG, the trigger form, and the adapter's run-time inputs."""
+"""The shape of every campaign DAG, the trigger form, and the connections tasks read."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ from airflow.sdk import AssetOrTimeSchedule, Connection, CronTriggerTimetable, T
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
-from lifecycle.airflow import adapter as adapter
+from lifecycle.airflow.campaign_dag import build_campaign_dag
+from lifecycle.airflow.connections import runtime_settings, warehouse_url
+from lifecycle.airflow.features_dag import build_features_dag
+from lifecycle.airflow.notifier import CampaignFailureNotifier
+from lifecycle.airflow.params import (
+    TRIGGER_OPTIONS,
+    TriggerOptionError,
+    TriggerOptions,
+    resolve_as_of,
+    trigger_options,
+)
+from lifecycle.airflow.schedules import FEATURES_ASSET
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 
@@ -21,7 +32,7 @@ SPECS = load_campaigns(load_settings().campaigns_dir)
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def spec_and_dag(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     spec = SPECS[request.param]
-    return spec, adapter.build_campaign_dag(spec)
+    return spec, build_campaign_dag(spec)
 
 
 def test_task_graph(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
@@ -60,10 +71,8 @@ def test_dag_settings_follow_the_spec(spec_and_dag) -> None:  # type: ignore[no-
     for task in dag.tasks:
         assert task.owner == spec.owner
         assert task.retries >= 1 and task.retry_exponential_backoff
-        assert any(
-            isinstance(cb, adapter.CampaignFailureNotifier) for cb in task.on_failure_callback
-        )
-    assert set(dag.params) == set(adapter.TRIGGER_OPTIONS)
+        assert any(isinstance(cb, CampaignFailureNotifier) for cb in task.on_failure_callback)
+    assert set(dag.params) == set(TRIGGER_OPTIONS)
 
 
 def test_schedule_follows_the_spec(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +87,7 @@ def test_schedule_follows_the_spec(spec_and_dag) -> None:  # type: ignore[no-unt
         assert str(timetable.timezone) == spec.schedule.timezone
     if spec.schedule.after_features:
         assets = dag.timetable.asset_condition.objects
-        assert [a.uri for a in assets] == [adapter.FEATURES_ASSET.uri]
+        assert [a.uri for a in assets] == [FEATURES_ASSET.uri]
     if not spec.schedule.after_features:
         assert not isinstance(dag.timetable, AssetOrTimeSchedule)
 
@@ -89,15 +98,15 @@ def test_shipped_schedules_cover_cron_assets_and_both() -> None:
 
 
 def test_features_dag_publishes_the_features_asset() -> None:
-    dag = adapter.build_features_dag()
+    dag = build_features_dag()
     (task,) = dag.tasks
-    assert [a.uri for a in task.outlets] == [adapter.FEATURES_ASSET.uri]
+    assert [a.uri for a in task.outlets] == [FEATURES_ASSET.uri]
     assert isinstance(dag.timetable, CronTriggerTimetable)
 
 
 # --- trigger form ---------------------------------------------------------------------------
 def _validated(conf: dict) -> dict:
-    params: ParamsDict = copy.deepcopy(adapter.build_campaign_dag(SPECS["birthday"]).params)
+    params: ParamsDict = copy.deepcopy(build_campaign_dag(SPECS["birthday"]).params)
     params.update(conf)
     return params.validate()
 
@@ -110,7 +119,7 @@ def test_trigger_form_accepts_a_full_conf() -> None:
         "test_recipients": ["qa@lifecycle-demo.shop"],
     }
     assert _validated(conf) == conf
-    options = adapter.trigger_options(conf, conf)
+    options = trigger_options(conf, conf)
     assert options.as_of == datetime(2026, 11, 24, 9, tzinfo=UTC)
     assert options.test_recipients == ("qa@lifecycle-demo.shop",)
 
@@ -133,13 +142,13 @@ def test_trigger_form_rejects_bad_values_naming_the_field(conf: dict, named: str
 
 def test_unknown_trigger_option_is_refused_not_ignored() -> None:
     """A typo must not turn a rehearsal into a real send."""
-    with pytest.raises(adapter.TriggerOptionError, match=r"dryrun.*dry_run"):
-        adapter.trigger_options({"dry_run": False}, {"dryrun": True})
+    with pytest.raises(TriggerOptionError, match=r"dryrun.*dry_run"):
+        trigger_options({"dry_run": False}, {"dryrun": True})
 
 
 def test_as_of_in_the_task_is_checked_again_with_a_readable_message() -> None:
-    with pytest.raises(adapter.TriggerOptionError, match="2026-11-24T09:00:00Z"):
-        adapter.trigger_options({"as_of": "24/11/2026"}, {})
+    with pytest.raises(TriggerOptionError, match="2026-11-24T09:00:00Z"):
+        trigger_options({"as_of": "24/11/2026"}, {})
 
 
 # --- as-of resolution -----------------------------------------------------------------------
@@ -147,9 +156,9 @@ SCHEDULED = datetime(2026, 11, 24, 10, 20, tzinfo=UTC)
 
 
 def test_as_of_from_the_form_wins() -> None:
-    options = adapter.TriggerOptions(as_of=datetime(2026, 1, 2, tzinfo=UTC))
+    options = TriggerOptions(as_of=datetime(2026, 1, 2, tzinfo=UTC))
     events = [{"as_of": "2026-11-24T10:00:00+00:00"}]
-    assert adapter.resolve_as_of(options, events, SCHEDULED) == options.as_of
+    assert resolve_as_of(options, events, SCHEDULED) == options.as_of
 
 
 def test_as_of_from_the_newest_features_snapshot() -> None:
@@ -158,12 +167,12 @@ def test_as_of_from_the_newest_features_snapshot() -> None:
         {"as_of": "2026-11-24T09:00:00+04:00"},
         {"row_count": 3},
     ]
-    got = adapter.resolve_as_of(adapter.TriggerOptions(), events, SCHEDULED)
+    got = resolve_as_of(TriggerOptions(), events, SCHEDULED)
     assert got == datetime(2026, 11, 24, 8, tzinfo=UTC)
 
 
 def test_as_of_defaults_to_the_scheduled_time() -> None:
-    assert adapter.resolve_as_of(adapter.TriggerOptions(), [], SCHEDULED) == SCHEDULED
+    assert resolve_as_of(TriggerOptions(), [], SCHEDULED) == SCHEDULED
 
 
 # --- connections ------------------------------------------------------------------------------
@@ -177,7 +186,7 @@ def test_warehouse_url_from_a_postgres_connection() -> None:
         password="p@ss",
         schema="warehouse",
     )
-    url = adapter.warehouse_url(conn)
+    url = warehouse_url(conn)
     import sqlalchemy as sa
 
     parsed = sa.make_url(url)
@@ -192,19 +201,19 @@ def test_warehouse_url_from_a_postgres_connection() -> None:
 
 def test_warehouse_url_from_sqlite_uri_and_extra() -> None:
     conn = Connection.from_uri("sqlite:////data/wh.db", conn_id="lifecycle_warehouse")
-    assert adapter.warehouse_url(conn) == "sqlite:////data/wh.db"
+    assert warehouse_url(conn) == "sqlite:////data/wh.db"
     conn = Connection(
         conn_id="lifecycle_warehouse",
         conn_type="generic",
         extra=json.dumps({"sqlalchemy_url": "mysql://x/y"}),
     )
-    assert adapter.warehouse_url(conn) == "mysql://x/y"
+    assert warehouse_url(conn) == "mysql://x/y"
 
 
 def test_warehouse_connection_without_database_is_a_clear_error() -> None:
     conn = Connection(conn_id="lifecycle_warehouse", conn_type="http", host="")
     with pytest.raises(ValueError, match="lifecycle_warehouse"):
-        adapter.warehouse_url(conn)
+        warehouse_url(conn)
 
 
 def test_runtime_settings_read_connections_and_keep_the_key_secret(
@@ -223,7 +232,7 @@ def test_runtime_settings_read_connections_and_keep_the_key_secret(
             }
         ),
     )
-    settings = adapter.runtime_settings()
+    settings = runtime_settings()
     assert settings.warehouse_url == f"sqlite:///{tmp_path / 'wh.db'}"
     assert settings.sendgrid_api_key == "SG.very-secret"
     assert settings.sendgrid_host == "http://127.0.0.1:8025"
@@ -234,4 +243,4 @@ def test_runtime_settings_fall_back_to_the_environment(monkeypatch: pytest.Monke
     monkeypatch.delenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", raising=False)
     monkeypatch.delenv("AIRFLOW_CONN_SENDGRID_DEFAULT", raising=False)
     monkeypatch.setenv("LIFECYCLE_WAREHOUSE_URL", "sqlite:////elsewhere/wh.db")
-    assert adapter.runtime_settings().warehouse_url == "sqlite:////elsewhere/wh.db"
+    assert runtime_settings().warehouse_url == "sqlite:////elsewhere/wh.db"

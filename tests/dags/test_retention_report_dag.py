@@ -22,7 +22,7 @@ def load_dag():  # type: ignore[no-untyped-def]
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.retention_report()
+    return module.retention_report
 
 
 def returned(dag_id: str, run_id: str) -> dict:

@@ -1,8 +1,8 @@
 """The leadership dashboard: what each campaign did for retention, on one page.
 
-Served by the Airflow plugin at /campaigns behind Airflow's own login (the "Campaigns" entry
-in Airflow's navigation shows it in an iframe). `create_app(require_login=False)` serves the
-same page without Airflow, for tests and local previews:
+The Airflow plugin mounts it at /campaigns behind Airflow's own login (the "Campaigns" entry
+in Airflow's navigation shows it in an iframe): the login is a dependency the plugin passes in,
+this module knows nothing of Airflow. Without Airflow, for local previews and without login:
 `uvicorn --factory lifecycle.web.dashboard:local_app`.
 
 Routes (relative to the mount point): `/` the page, `/report.json`, and CSV exports
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, params
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
@@ -30,6 +30,7 @@ from lifecycle.reporting.performance import Performance
 from lifecycle.reporting.report import Report, build_report
 from lifecycle.store import warehouse
 from lifecycle.web import charts
+from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
 PAGES = Path(__file__).with_name("static")
@@ -61,28 +62,15 @@ Campaign = Annotated[str | None, Query(max_length=64, pattern=r"^[a-z][a-z0-9_]*
 Days = Annotated[int, Query(ge=1, le=90, description="conversion window in days")]
 
 
-def warehouse_settings() -> Settings:
-    """Inside Airflow the `lifecycle_warehouse` connection wins; elsewhere the environment."""
-    try:
-        from lifecycle.airflow.adapter import runtime_settings
-    except ImportError:
-        return load_settings()
-    return runtime_settings()
-
-
 def create_app(
-    settings: Settings | None = None,
+    settings: SettingsSource,
     *,
-    require_login: bool = True,
+    dependencies: Sequence[params.Depends],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FastAPI:
-    """The dashboard app. `require_login` puts every route behind Airflow's authentication
-    (the UI's cookie or a Bearer token), which only works inside the Airflow API server."""
-    dependencies = []
-    if require_login:
-        from airflow.api_fastapi.core_api.security import requires_authenticated
-
-        dependencies.append(Depends(requires_authenticated()))
+    """The dashboard app. A `settings` provider is asked again on each request. Every route
+    runs behind `dependencies`: the login of whoever mounts the app (none: an empty list)."""
+    current_settings = provider(settings)
     app = FastAPI(
         title="Lifecycle campaigns", docs_url=None, redoc_url=None, dependencies=dependencies
     )
@@ -92,7 +80,7 @@ def create_app(
     recent: dict[tuple[str | None, int], tuple[float, Report]] = {}
 
     def engine_and_settings() -> tuple[Engine, Settings]:
-        current = settings or warehouse_settings()
+        current = current_settings()
         return warehouse.engine_for(current.warehouse_url), current
 
     def report(campaign: str | None, days: int) -> Report:
@@ -140,7 +128,7 @@ def create_app(
 
 def local_app() -> FastAPI:
     """For `uvicorn --factory`: the dashboard without Airflow's login, on the local warehouse."""
-    return create_app(load_settings(), require_login=False)
+    return create_app(load_settings(), dependencies=[])
 
 
 # --- the page's data ----------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The public web app: SendGrid's event webhook and the unsubscribe pages.
 
-No Airflow login protects these routes; each is protected by its own proof instead (the
-webhook by SendGrid's ECDSA signature, an unsubscribe by its HMAC token). The Airflow plugin
-mounts `create_app()` at /lifecycle; standalone, `uvicorn lifecycle.web.public:app` (or
-`lifecycle serve-public`) serves the same routes under /lifecycle.
+No login protects these routes; each is protected by its own proof instead (the webhook by
+SendGrid's ECDSA signature, an unsubscribe by its HMAC token). The Airflow plugin mounts
+`create_app(...)` at /lifecycle with settings from the Airflow connections; standalone,
+`uvicorn lifecycle.web.public:app` (or `lifecycle serve-public`) serves the same routes under
+/lifecycle, configured from the environment.
 """
 
 from __future__ import annotations
@@ -26,29 +27,23 @@ from lifecycle.core.config import Settings, load_settings
 from lifecycle.feedback import events, suppressions, unsubscribe
 from lifecycle.store import warehouse
 from lifecycle.store.schema import send_ledger
+from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
 PREFIX = "/lifecycle"
 LOCALES = ("en", "hy", "ka")
 
 
-def airflow_settings() -> Settings:
-    """Inside the Airflow API server: the `lifecycle_warehouse` connection wins (read once)."""
-    from lifecycle.airflow.adapter import runtime_settings
-
-    return runtime_settings()
-
-
 class _Context:
     """Settings, engine, key and page templates, resolved on first use (not at import)."""
 
-    def __init__(self, settings: Settings | None, clock: Callable[[], float]) -> None:
-        self._given = settings
+    def __init__(self, settings: SettingsSource, clock: Callable[[], float]) -> None:
+        self._settings = provider(settings)
         self.clock = clock
 
     @cached_property
     def settings(self) -> Settings:
-        return self._given or airflow_settings()
+        return self._settings()
 
     @cached_property
     def engine(self) -> Engine:
@@ -105,14 +100,12 @@ def customer_locale(engine: Engine, customer_id: int) -> str:
     return language if language in LOCALES else "en"
 
 
-def create_app(
-    settings: Settings | None = None, *, clock: Callable[[], float] = time.time
-) -> FastAPI:
+def create_app(settings: SettingsSource, *, clock: Callable[[], float] = time.time) -> FastAPI:
     """The public routes, relative to the mount point /lifecycle.
 
-    `settings` defaults to the Airflow connections plus environment, read at the first request
-    (this is how the plugin mounts it); `clock` (unix seconds) is what signed webhook
-    timestamps are checked against.
+    `settings` may be a provider: it is called once, at the first request that needs them
+    (the plugin's reads the Airflow connections). `clock` (unix seconds) is what signed
+    webhook timestamps are checked against.
     """
     context = _Context(settings, clock)
     app = FastAPI(title="Lifecycle public endpoints", docs_url=None, redoc_url=None)

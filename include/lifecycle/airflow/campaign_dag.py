@@ -1,0 +1,222 @@
+"""`campaign_<id>`: one DAG per campaign spec, preflight → plan → deliver → finalize.
+
+The tasks are thin: each reads its settings from the Airflow connections and calls one step
+of the engine's pipeline (imported inside the task, so parsing only reads the YAML specs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from lifecycle.airflow.connections import runtime_settings, warehouse_engine
+from lifecycle.airflow.docs import campaign_doc_md
+from lifecycle.airflow.notifier import CampaignFailureNotifier
+from lifecycle.airflow.params import run_as_of, run_options, trigger_params
+from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
+from lifecycle.core.campaigns import CampaignSpec
+
+log = logging.getLogger(__name__)
+
+
+def build_campaign_dag(spec: CampaignSpec) -> DAG:
+    """`campaign_<id>`: preflight → plan → deliver (mapped over ledger batches) → finalize."""
+    asset = campaign_asset(spec.id)
+    default_args = {
+        "owner": spec.owner,
+        "retries": 3,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": [CampaignFailureNotifier(spec.id)],
+    }
+
+    @dag(
+        dag_id=spec.dag_id,
+        description=spec.description[:200],
+        doc_md=campaign_doc_md(spec),
+        schedule=campaign_schedule(spec),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["lifecycle", "campaign", *spec.tags],
+        params=trigger_params(spec),
+        default_args=default_args,
+    )
+    def campaign() -> None:
+        @task
+        def preflight() -> str:
+            """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
+            from lifecycle.run import pipeline
+
+            context = get_current_context()
+            # ValueError here is configuration: a bad as-of or warehouse connection.
+            with fail_fast(pipeline.PreflightError, ValueError):
+                as_of = run_as_of(context, run_options(context))
+                settings = runtime_settings()
+                pipeline.preflight(warehouse_engine(settings), spec, settings, as_of=as_of)
+            return as_of.isoformat()
+
+        @task
+        def plan(as_of: str) -> list[dict[str, int]]:
+            """Write the ledger (planned / skipped and why); return the batches to deliver.
+
+            The campaign run id and the counts go to their own XComs: only the batch list is
+            mapped over.
+            """
+            from lifecycle.run import pipeline
+
+            context = get_current_context()
+            options = run_options(context)
+            settings = runtime_settings()
+            engine = warehouse_engine(settings)
+            ti = context["ti"]
+            if options.test_recipients:
+                sent = pipeline.send_tests(
+                    engine,
+                    spec,
+                    settings,
+                    run_key=context["run_id"],
+                    as_of=datetime.fromisoformat(as_of),
+                    recipients=list(options.test_recipients),
+                    limit=options.limit or 3,
+                )
+                log.info("sent %d test emails to the test recipients; no customer got one", sent)
+                ti.xcom_push(key="test_sends", value=sent)
+                return []
+            result = pipeline.plan(
+                engine,
+                spec,
+                settings,
+                run_key=context["run_id"],
+                as_of=datetime.fromisoformat(as_of),
+                dry_run=options.dry_run,
+                limit=options.limit,
+            )
+            log.info("planned %d emails; skipped %s", result.planned, result.skipped or "none")
+            ti.xcom_push(key="campaign_run_id", value=result.run_id)
+            ti.xcom_push(key="planned", value=result.planned)
+            ti.xcom_push(key="skipped", value=result.skipped)
+            ti.xcom_push(key="waiting", value=result.waiting)
+            if result.render_errors:
+                raise AirflowFailException(
+                    _render_problem(
+                        result.render_errors, result.planned, result.render_error_examples
+                    )
+                )
+            return [batch.to_dict() for batch in result.batches]
+
+        @task(
+            map_index_template="{{ batch_label }}",
+            max_active_tis_per_dagrun=spec.delivery.max_active_batches,
+        )
+        def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
+            """Render and send one ledger batch; rows are claimed, so a retry never re-sends."""
+            from lifecycle.delivery import DeliveryStopped
+            from lifecycle.run import pipeline
+
+            context = get_current_context()
+            bounds = pipeline.Batch.from_dict(batch)
+            context["batch_label"] = (  # type: ignore[typeddict-unknown-key]
+                f"rows {bounds.first_id}–{bounds.last_id} ({bounds.size})"
+            )
+            ti = context["ti"]
+            settings = runtime_settings()
+            with fail_fast(DeliveryStopped):  # SendGrid refused the API key: stop, do not retry
+                result = pipeline.deliver(
+                    warehouse_engine(settings),
+                    spec,
+                    settings,
+                    run_id=campaign_run_id,
+                    batch=bounds,
+                    attempt=f"{ti.dag_id}/{ti.run_id}/{ti.map_index}/try{ti.try_number}",
+                )
+            return result.to_dict()
+
+        @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[asset])
+        def finalize(as_of: str) -> dict[str, Any]:
+            """Count outcomes onto the campaign run row and announce them as an Asset event.
+
+            Runs even when a delivery task failed, so the run's record is never left behind;
+            it then fails itself, so the DAG run is failed and no Asset event is sent.
+            """
+            from lifecycle.run import pipeline
+
+            context = get_current_context()
+            ti = context["ti"]
+            run_id = ti.xcom_pull(task_ids="plan", key="campaign_run_id")
+            settings = runtime_settings()
+            if run_id is None:
+                if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
+                    raise AirflowSkipException("test send only: no campaign run to finalize")
+                pipeline.abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
+                raise AirflowFailException("an earlier task failed (see preflight or plan)")
+            counts = pipeline.finalize(warehouse_engine(settings), spec, run_id=run_id)
+            if counts.pop("status") != "success":
+                raise AirflowFailException(_run_problem(spec.id, counts))
+            context["outlet_events"][asset].extra = {
+                "campaign_id": spec.id,
+                "run_id": run_id,
+                "as_of": as_of,
+                "dry_run": run_options(context).dry_run,
+                "counts": counts,
+            }
+            return counts
+
+        as_of = preflight()
+        batches = plan(as_of)
+        run_id = batches.operator.output["campaign_run_id"]
+        delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
+        delivered >> finalize(as_of)
+
+    return campaign()
+
+
+@contextmanager
+def fail_fast(*problems: type[Exception]) -> Iterator[None]:
+    """Problems a retry cannot fix (a bad option, template or API key) fail the task at once,
+    with their message, instead of being retried with backoff."""
+    try:
+        yield
+    except problems as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+
+
+# --- what went wrong, for the person reading the task log ---------------------------------
+def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
+    return f"dry run: {errors:,} of {planned:,} emails do not render: " + "; ".join(examples)
+
+
+def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
+    """What went wrong with a finalized run, and what a person should do about it."""
+    if counts.get("dry_run"):
+        return _render_problem(
+            counts["render_errors"], counts["planned"], counts["render_error_examples"]
+        )
+    problems = []
+    if counts.get("stopped"):
+        problems.append(
+            f"run stopped, nothing more was sent: {counts['stopped']}. Fix it, then trigger a "
+            "new run: it takes over the emails left, inside each customer's send window"
+        )
+    elif counts["pending"]:
+        problems.append(
+            f"{counts['pending']:,} due emails were not delivered because a delivery task "
+            "failed: trigger a new run (it takes them over inside each customer's send window), "
+            "or clear the failed deliver tasks and finalize right away"
+        )
+    if counts["unknown"]:
+        problems.append(
+            f"{counts['unknown']:,} emails may or may not have reached SendGrid and are not "
+            "resent automatically: check SendGrid's activity, then `lifecycle requeue-unknown "
+            f"{campaign_id}` for the ones that never arrived"
+        )
+    if counts["failed"] and not counts["sent"]:
+        problems.append(f"all {counts['failed']:,} emails failed (see the ledger's errors)")
+    return "; ".join(problems)
