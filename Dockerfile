@@ -1,4 +1,5 @@
-# The Lifecycle image for docker-compose.yml: Airflow 3.3.2 plus exactly this repo's lock.
+# The Lifecycle image for docker-compose.yml: Airflow 3.3.2 plus exactly this repo's runtime lock
+# (requirements.txt; the dev lock, requirements-dev.txt, never goes in).
 FROM apache/airflow:3.3.2-python3.11
 
 # Dependencies first, so code changes do not reinstall them. The lock pins apache-airflow==3.3.2,

@@ -255,6 +255,15 @@ def test_dockerfile_installs_the_lock_on_the_locked_airflow_version() -> None:
         assert (PROJECT_ROOT / folder).is_dir()
 
 
+def test_the_image_installs_the_runtime_lock_only() -> None:
+    # Tests, linters and the SendGrid SDK (a benchmark baseline) are in requirements-dev.txt.
+    instructions = [line for line in DOCKERFILE.read_text().splitlines() if line[:1] != "#"]
+    assert not any("requirements-dev" in line for line in instructions)
+    runtime = (PROJECT_ROOT / "requirements.txt").read_text()
+    for tool in ("pytest", "ruff", "mypy", "import-linter", "sendgrid"):
+        assert not re.search(rf"^{tool}==", runtime, re.M), tool
+
+
 def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image() -> None:
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for entry in (".env", ".venv", ".local", ".git"):

@@ -1,5 +1,6 @@
-"""The foundation everything stands on: migrations, UTC storage, the demo seeder, the CLI and
-the configuration defaults. Warehouse tests run on SQLite and on PostgreSQL."""
+"""The foundation everything stands on: migrations, UTC storage, the demo seeder, the CLI, the
+dependency locks and the configuration defaults. Warehouse tests run on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import os
 import re
 import subprocess
+import tomllib
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,6 +19,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from sqlalchemy import Engine
 
 from lifecycle import cli
@@ -354,6 +359,32 @@ def test_bad_arguments_get_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
             cli.main(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+# --- dependencies -------------------------------------------------------------------------
+def pins(lock: str) -> dict[str, Version]:
+    text = (PROJECT_ROOT / lock).read_text()
+    return {
+        canonicalize_name(name): Version(version)
+        for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", text, re.M)
+    }
+
+
+def test_the_locks_pin_what_pyproject_declares() -> None:
+    """requirements.txt pins the runtime dependencies, requirements-dev.txt the dev group, at
+    versions within the declared ranges and equal wherever both locks pin a package."""
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    runtime, dev = pins("requirements.txt"), pins("requirements-dev.txt")
+    for lock, declared in (
+        (runtime, project["project"]["dependencies"]),
+        (dev, project["dependency-groups"]["dev"]),
+    ):
+        for requirement in map(Requirement, declared):
+            name = canonicalize_name(requirement.name)
+            assert name in lock, f"{name} is declared but not locked: run `make lock`"
+            assert requirement.specifier.contains(lock[name], prereleases=True), name
+    for name in runtime.keys() & dev.keys():
+        assert runtime[name] == dev[name], name
 
 
 # --- configuration ------------------------------------------------------------------------

@@ -424,6 +424,7 @@ pipeline.deliver(engine, spec, settings, run_id=int(sys.argv[2]), batch=batch, a
 """
 
 
+@pytest.mark.slow
 def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
     engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
 ) -> None:
