@@ -70,7 +70,7 @@ def warehouse_url(conn: Connection) -> str:
 
 def sendgrid_host(conn: Connection) -> str:
     """The API base URL of a `sendgrid_default` connection that has a host."""
-    host = conn.host.rstrip("/")
+    host = (conn.host or "").rstrip("/")
     if "://" not in host:
         host = f"{conn.schema or 'https'}://{host}"
     return f"{host}:{conn.port}" if conn.port else host

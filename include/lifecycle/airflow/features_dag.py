@@ -49,7 +49,7 @@ def build_features_dag(cron: str = FEATURES_CRON) -> DAG:
                 as_of = scheduled_for(context).astimezone(UTC)
             settings = runtime_settings()
             snapshot = features.materialize(warehouse_engine(settings), as_of, settings)
-            extra = {
+            extra: dict[str, Any] = {
                 "as_of": snapshot.as_of.isoformat(),
                 "row_count": snapshot.row_count,
                 "warnings": dict(snapshot.warnings),

@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 ID_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
 LOCALES = ("en", "hy", "ka")
@@ -200,7 +201,7 @@ def _hours(span: timedelta) -> str:
     return f"{round(span.total_seconds() / 3600, 1):g} h"
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field" + _did_you_mean(error["loc"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Date, Integer, String, select, text
@@ -29,7 +30,7 @@ COVER_UNTIL = datetime(2080, 1, 1, tzinfo=UTC)
 EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
 
-def is_known_timezone(name: str | None) -> bool:
+def is_known_timezone(name: str | None) -> TypeGuard[str]:
     if not name:
         return False
     try:
@@ -46,7 +47,7 @@ def zone_or_utc(name: str | None) -> ZoneInfo:
 
 def usable_timezones(conn: Connection, names: Iterable[str | None]) -> list[str]:
     """The names both zoneinfo and (on PostgreSQL) the database server know, sorted."""
-    known = sorted({name for name in names if is_known_timezone(name)})  # type: ignore[misc]
+    known = sorted({name for name in names if is_known_timezone(name)})
     if conn.dialect.name == "postgresql" and known:
         server = set(
             conn.scalars(

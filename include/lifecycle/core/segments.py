@@ -138,8 +138,7 @@ def _parse(raw: dict[str, Any], *, name: str, source: str, overrides: dict[str, 
     if "rule" not in raw:
         raise SegmentError(f"{source}: a segment needs a 'rule'")
     rule = _validate(raw["rule"], params, grain, source, "rule")
-    key = raw.get("occurrence_key")
-    _check_feature(key, grain, source, "occurrence_key")
+    key = _check_feature(raw.get("occurrence_key"), grain, source, "occurrence_key")
     return Segment(
         name=name,
         description=str(raw.get("description", "")),
@@ -151,11 +150,13 @@ def _parse(raw: dict[str, Any], *, name: str, source: str, overrides: dict[str, 
     )
 
 
-def _check_feature(name: Any, grain: str, source: str, where: str) -> None:
-    if name not in FEATURES:
+def _check_feature(name: object, grain: str, source: str, where: str) -> str:
+    """The feature's name, if it names a feature the grain can use."""
+    if not isinstance(name, str) or name not in FEATURES:
         raise SegmentError(f"{source}: {where}: unknown feature {name!r}")
     if FEATURES[name].level == "order" and grain != "order":
         raise SegmentError(f"{source}: {where}: feature {name!r} needs grain: order")
+    return name
 
 
 def _validate(
@@ -180,8 +181,8 @@ def _validate(
             f"{source}: {where}: unexpected keys {sorted(unexpected)} "
             "(a rule is all/any/not or {feature, op, value})"
         )
-    name, op = rule.get("feature"), rule.get("op")
-    _check_feature(name, grain, source, where)
+    name = _check_feature(rule.get("feature"), grain, source, where)
+    op = rule.get("op")
     if op not in OPERATORS:
         raise SegmentError(
             f"{source}: {where}: unknown operator {op!r} (known: {', '.join(OPERATORS)})"
@@ -316,7 +317,8 @@ def _days_ago(feature: str, value: Any, query: FeatureQuery) -> ColumnElement[bo
 
 
 def _levels(names: set[str]) -> set[Level]:
-    return {"customer"} | {FEATURES[name].level for name in names}
+    levels: set[Level] = {"customer"}
+    return levels | {FEATURES[name].level for name in names}
 
 
 # --- audience -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from lifecycle.store import schema, warehouse
 
@@ -178,11 +178,11 @@ def generate_customers(n: int, rng: np.random.Generator, as_of: datetime) -> pd.
     # Ages 18-80; about 1 in 1,000 born on 29 February of a leap year.
     today = as_of.date()
     birth = pd.to_datetime(today) - pd.to_timedelta(rng.integers(18 * 365, 80 * 365, n), "D")
-    birth = birth.to_numpy(dtype="datetime64[D]")
+    birth_days = birth.to_numpy(dtype="datetime64[D]")
     leap = rng.random(n) < 0.001
     leap_years = rng.choice(np.arange(1948, 2005, 4), int(leap.sum()))
-    birth[leap] = np.array([np.datetime64(f"{y}-02-29") for y in leap_years])
-    birth_dates = np.datetime_as_string(birth, unit="D").astype(object)
+    birth_days[leap] = np.array([np.datetime64(f"{y}-02-29") for y in leap_years])
+    birth_dates = np.datetime_as_string(birth_days, unit="D").astype(object)
     birth_dates[rng.random(n) < 0.05] = None  # ISO text: loads as DATE on both backends
 
     # Three years of signups, plus a fresh cohort in the last 8 days (onboarding).
@@ -287,7 +287,7 @@ def seed(
 def _copy_postgres(conn, table: str, frame: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
     """COPY in CSV chunks: an order of magnitude faster than INSERTs."""
     columns = ", ".join(frame.columns)
-    cursor = conn.connection.dbapi_connection.cursor()
+    cursor = conn.connection.cursor()
     with cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
         for start in range(0, len(frame), 200_000):
             chunk = _with_utc_text(frame.iloc[start : start + 200_000], "%Y-%m-%d %H:%M:%S+00")
@@ -296,13 +296,14 @@ def _copy_postgres(conn, table: str, frame: pd.DataFrame) -> None:  # type: igno
             copy.write(buffer.getvalue())
 
 
-def _insert_sqlite(conn, table: str, frame: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+def _insert_sqlite(conn: Connection, table: str, frame: pd.DataFrame) -> None:
     placeholders = ", ".join("?" for _ in frame.columns)
     sql = f"INSERT INTO {table} ({', '.join(frame.columns)}) VALUES ({placeholders})"
-    cursor = conn.connection.dbapi_connection.cursor()
+    cursor = conn.connection.cursor()
     for start in range(0, len(frame), 200_000):
         chunk = _with_utc_text(frame.iloc[start : start + 200_000], SQLITE_TIME)
-        chunk = chunk.astype(object).where(chunk.notna(), None)
+        # pandas-stubs do not allow other=None, which pandas documents: NULL for missing values
+        chunk = chunk.astype(object).where(chunk.notna(), None)  # type: ignore[call-overload]
         cursor.executemany(sql, chunk.itertuples(index=False, name=None))
 
 
@@ -318,7 +319,9 @@ def summary(engine: Engine) -> dict[str, object]:
     """What the warehouse holds: counts by locale, consent, and order span."""
     c, o = schema.customers, schema.orders
     with engine.connect() as conn:
-        by_locale = dict(conn.execute(select(c.c.locale, func.count()).group_by(c.c.locale)).all())
+        by_locale = dict(
+            conn.execute(select(c.c.locale, func.count()).group_by(c.c.locale)).tuples().all()
+        )
         consent = conn.execute(select(func.count()).where(c.c.marketing_consent)).scalar_one()
         total = conn.execute(select(func.count()).select_from(c)).scalar_one()
         orders = conn.execute(

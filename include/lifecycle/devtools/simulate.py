@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, exists, select
 
@@ -97,7 +98,7 @@ def simulate_events(
     counts: Counter[str] = Counter()
     sends = 0
     for chunk in _sends_without_events(engine, as_of, campaign_id):
-        rows = []
+        rows: list[dict[str, Any]] = []
         for send in chunk:
             rows.extend(_row(send, event, seed) for event in events_for(seed, send, as_of))
         if rows:

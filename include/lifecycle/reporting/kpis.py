@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -129,12 +130,20 @@ def cohort_values(signups: pd.DataFrame, orders: pd.DataFrame) -> list[CohortVal
         buyers=("revenue", "count"),
         revenue=("revenue", "sum"),
     )
+    grouped = grouped.sort_index()
+    starts = cast(pd.PeriodIndex, grouped.index).start_time
     return [
         CohortValue(
-            cohort=period.start_time.date(),
-            customers=int(row.customers),
-            buyers=int(row.buyers),
-            revenue=round(float(row.revenue), 2),
+            cohort=start.date(),
+            customers=int(customers),
+            buyers=int(buyers),
+            revenue=round(float(revenue), 2),
         )
-        for period, row in grouped.sort_index().iterrows()
+        for start, customers, buyers, revenue in zip(
+            starts,
+            grouped["customers"].tolist(),
+            grouped["buyers"].tolist(),
+            grouped["revenue"].tolist(),
+            strict=True,
+        )
     ]

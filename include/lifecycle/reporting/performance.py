@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import pandas as pd
 
@@ -129,7 +130,7 @@ def conversions_by_run(
     result = {}
     for run_id, group in sends.groupby("run_id"):
         sent, held = group[group["sent"]], group[~group["sent"]]
-        result[int(run_id)] = Conversions(
+        result[int(cast(int, run_id))] = Conversions(
             conversions=int(sent["converted"].sum()),
             revenue=round(float(sent["revenue"].sum()), 2),
             uplift=Uplift(
