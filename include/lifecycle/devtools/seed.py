@@ -315,8 +315,19 @@ def _with_utc_text(frame: pd.DataFrame, fmt: str) -> pd.DataFrame:
     return frame
 
 
-def summary(engine: Engine) -> dict[str, object]:
-    """What the warehouse holds: counts by locale, consent, and order span."""
+@dataclass(frozen=True)
+class Summary:
+    """What the warehouse holds: counts by locale, consent, and the orders' span."""
+
+    customers: int
+    by_locale: dict[str | None, int]
+    with_consent: int
+    orders: int
+    first_order: datetime | None
+    last_order: datetime | None
+
+
+def summary(engine: Engine) -> Summary:
     c, o = schema.customers, schema.orders
     with engine.connect() as conn:
         by_locale = dict(
@@ -324,14 +335,7 @@ def summary(engine: Engine) -> dict[str, object]:
         )
         consent = conn.execute(select(func.count()).where(c.c.marketing_consent)).scalar_one()
         total = conn.execute(select(func.count()).select_from(c)).scalar_one()
-        orders = conn.execute(
+        orders, first, last = conn.execute(
             select(func.count(), func.min(o.c.placed_at), func.max(o.c.placed_at))
         ).one()
-    return {
-        "customers": total,
-        "by_locale": by_locale,
-        "with_consent": consent,
-        "orders": orders[0],
-        "first_order": orders[1],
-        "last_order": orders[2],
-    }
+    return Summary(total, by_locale, consent, orders, first, last)
