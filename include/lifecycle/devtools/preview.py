@@ -124,18 +124,18 @@ def preview_all(settings: Settings, out_dir: Path) -> list[Page]:
     plus `out_dir/index.html`. Templates a campaign uses get that campaign's fields."""
     renderer = get_renderer(settings)
     specs = load_campaigns(settings.campaigns_dir)
-    users: dict[str, tuple[CampaignSpec, str]] = {}
+    users: dict[str, tuple[CampaignSpec | None, str]] = {}
     for spec in specs.values():
         for key in renderer.occurrence_keys(spec):
             users[spec.template_for(key)] = (spec, key)
 
     pages = []
     for template in renderer.templates():
-        spec, key = users.get(template, (None, "sample"))
-        default_locale = spec.default_locale if spec else "en"
+        user, key = users.get(template, (None, "sample"))
+        default_locale = user.default_locale if user else "en"
         for locale in LOCALES:
             rendered = renderer.render(
-                template, locale, default_locale, sample_context(spec, key, locale)
+                template, locale, default_locale, sample_context(user, key, locale)
             )
             folder = out_dir / template
             folder.mkdir(parents=True, exist_ok=True)

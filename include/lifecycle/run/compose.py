@@ -88,7 +88,8 @@ class Composer:
         """Messages for the claimed rows that may still be mailed, coupons issued; outcomes for
         the others (suppressed since planning, or not renderable)."""
         blocked = self._suppressed(engine, rows)
-        failures, mailable = [], []
+        failures: list[Outcome] = []
+        mailable: list[EmailRow] = []
         for row in rows:
             if row.email and row.email.lower() in blocked:
                 failures.append(
@@ -97,7 +98,7 @@ class Composer:
             else:
                 mailable.append(row)
         issued = self._coupons(engine, mailable)
-        messages = []
+        messages: list[Message] = []
         for row in mailable:
             coupon = issued.get((row.customer_id, row.occurrence_key))
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -202,7 +203,7 @@ async def _deliver(
                 unsent.discard(message.send_id)
                 task = asyncio.create_task(transport.send(message))
                 in_flight.add(task)
-                task.add_done_callback(lambda t, sid=message.send_id: finished(t, sid))
+                task.add_done_callback(functools.partial(finished, send_id=message.send_id))
             if len(outcomes) >= FLUSH_EVERY and (recording is None or recording.done()):
                 if recording is not None:
                     await recording  # surfaces a failed write

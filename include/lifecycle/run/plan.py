@@ -150,7 +150,8 @@ def _adopt_waiting(engine: Engine, spec: CampaignSpec, run_id: int, as_of: datet
             zones = pd.Series([row.timezone for row in rows])
             timing = policies.schedule(zones, as_of, spec.policies.send_window)
             opens = zip(rows, timing["in_window"], timing["send_after"], strict=True)
-            ready, postponed = [], []
+            ready: list[int] = []
+            postponed: list[dict[str, Any]] = []
             for row, in_window, send_after in opens:
                 if in_window:
                     ready.append(row.id)
@@ -176,7 +177,7 @@ def _ledger_rows(
 ) -> list[dict[str, Any]]:
     """The ledger rows of an audience chunk: `planned` (with its send window) or `skipped`
     with the policy's reason."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for record, reason, send_after, expires_at in zip(
         chunk.to_dict("records"),
         verdict["reason"],

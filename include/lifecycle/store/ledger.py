@@ -1,4 +1,4 @@
-"""The send ledger (`send_ledger`): every SQL statement planning and delivery need, in one place.
+"""The send ledger (`send_ledger`): every statement planning and delivery run on it, in one place.
 
 One row per campaign, occurrence key and customer. Its states, skip and failure reasons and how
 a row moves between them are in `lifecycle.store.states`. ``run_id`` is the run that owns the

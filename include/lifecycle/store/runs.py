@@ -2,7 +2,8 @@
 
 A run is one (campaign, run key): a DAG run, or one `lifecycle run`. Its row holds the run's
 status (`states.RunStatus`) and, once finished, its outcome counts. Retries of the same run key
-reuse the same row, so a retried plan or delivery never starts a second run.
+reuse the same row, so a retried plan or delivery never starts a second run. Planning
+transactions of all campaigns take turns (`lock_for_planning`), so frequency caps hold.
 """
 
 from __future__ import annotations
