@@ -42,7 +42,11 @@ from benchmarks.scratch import postgres_warehouse
 from lifecycle.core import render
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
-from lifecycle.run import pipeline
+from lifecycle.run.compose import Composer
+from lifecycle.run.deliver import deliver
+from lifecycle.run.finalize import finalize
+from lifecycle.run.plan import Batch, plan
+from lifecycle.run.test_sends import audience_sample
 from lifecycle.store import warehouse
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -118,13 +122,8 @@ def _deliver(
 ) -> tuple[dict[str, Any], float]:
     engine = warehouse.engine_for(settings.warehouse_url)  # one pool per worker process
     spec = CampaignSpec.model_validate(SPEC)
-    result = pipeline.deliver(
-        engine,
-        spec,
-        settings,
-        run_id=run_id,
-        batch=pipeline.Batch.from_dict(batch),
-        attempt="bench",
+    result = deliver(
+        engine, spec, settings, run_id=run_id, batch=Batch.from_dict(batch), attempt="bench"
     )
     return result.to_dict(), peak_rss_mb()
 
@@ -133,7 +132,7 @@ def run_pipeline(settings: Settings, workers: int) -> dict[str, Any]:
     engine = warehouse.make_engine(settings.warehouse_url)
     spec = CampaignSpec.model_validate(SPEC)
     started = time.perf_counter()
-    planned = pipeline.plan(engine, spec, settings, run_key="bench", as_of=AS_OF)
+    planned = plan(engine, spec, settings, run_key="bench", as_of=AS_OF)
     planned_at = time.perf_counter()
     worker_rss = 0.0
     with ProcessPoolExecutor(workers) as pool:
@@ -143,7 +142,7 @@ def run_pipeline(settings: Settings, workers: int) -> dict[str, Any]:
         for job in jobs:
             worker_rss = max(worker_rss, job.result()[1])
     delivered_at = time.perf_counter()
-    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
     finished = time.perf_counter()
     return {
         "planned": planned.planned,
@@ -165,12 +164,12 @@ def naive_loop(settings: Settings, sample: int) -> float:
 
     spec = CampaignSpec.model_validate(SPEC)
     engine = warehouse.make_engine(settings.warehouse_url)
-    rows = pipeline._sample_rows(engine, spec, settings, AS_OF, sample)
-    composer = pipeline._Composer(engine, spec, settings, AS_OF)
+    rows = audience_sample(engine, spec, settings, AS_OF, sample)
+    composer = Composer(spec, settings, AS_OF)
     client = SendGridAPIClient(api_key=KEY, host=settings.sendgrid_host)
     started = time.perf_counter()
     for row in rows:
-        message = composer.message(row, None)
+        message = composer.email(row, None).message
         mail = Mail(
             from_email=str(spec.sender.email), to_emails=message.to_email, subject=message.subject
         )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from lifecycle.store import ledger
+from lifecycle.store import ledger, runs
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.schema import send_ledger
 
@@ -45,29 +45,29 @@ def statuses(engine: Engine) -> dict[int, str]:
 
 def planned_run(engine: Engine, count: int, **changes: Any) -> int:
     with engine.begin() as conn:
-        run_id = ledger.ensure_run(conn, "welcome", "r1", AS_OF, False, AS_OF)
+        run_id = runs.ensure_run(conn, "welcome", "r1", AS_OF, False, AS_OF)
         ledger.insert_rows(conn, [row(i, run_id, **changes) for i in range(1, count + 1)])
     return run_id
 
 
 def test_runs_are_upserted_on_campaign_and_run_key(engine: Engine) -> None:
     with engine.begin() as conn:
-        first = ledger.ensure_run(conn, "welcome", "dag-run-1", AS_OF, False, AS_OF)
-        again = ledger.ensure_run(conn, "welcome", "dag-run-1", AS_OF, False, AS_OF)
-        other = ledger.ensure_run(conn, "welcome", "dag-run-2", AS_OF, False, AS_OF)
-        other_campaign = ledger.ensure_run(conn, "birthday", "dag-run-1", AS_OF, False, AS_OF)
+        first = runs.ensure_run(conn, "welcome", "dag-run-1", AS_OF, False, AS_OF)
+        again = runs.ensure_run(conn, "welcome", "dag-run-1", AS_OF, False, AS_OF)
+        other = runs.ensure_run(conn, "welcome", "dag-run-2", AS_OF, False, AS_OF)
+        other_campaign = runs.ensure_run(conn, "birthday", "dag-run-1", AS_OF, False, AS_OF)
     assert first == again
     assert len({first, other, other_campaign}) == 3
 
 
 def test_a_run_key_stays_dry_or_real(engine: Engine) -> None:
     with engine.begin() as conn:
-        ledger.ensure_run(conn, "welcome", "rehearsal", AS_OF, True, AS_OF)
-        ledger.ensure_run(conn, "welcome", "real", AS_OF, False, AS_OF)
+        runs.ensure_run(conn, "welcome", "rehearsal", AS_OF, True, AS_OF)
+        runs.ensure_run(conn, "welcome", "real", AS_OF, False, AS_OF)
         with pytest.raises(ValueError, match="'rehearsal' of welcome is already a dry run"):
-            ledger.ensure_run(conn, "welcome", "rehearsal", AS_OF, False, AS_OF)
+            runs.ensure_run(conn, "welcome", "rehearsal", AS_OF, False, AS_OF)
         with pytest.raises(ValueError, match="'real' of welcome is already a real run"):
-            ledger.ensure_run(conn, "welcome", "real", AS_OF, True, AS_OF)
+            runs.ensure_run(conn, "welcome", "real", AS_OF, True, AS_OF)
 
 
 def test_insert_is_idempotent_and_never_overwrites(engine: Engine) -> None:

@@ -27,8 +27,14 @@ from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
-from lifecycle.run import pipeline
-from lifecycle.store import ledger, warehouse
+from lifecycle.run.campaign import run_campaign
+from lifecycle.run.compose import make_transport
+from lifecycle.run.deliver import deliver
+from lifecycle.run.finalize import finalize
+from lifecycle.run.plan import Batch, PlanResult, abandon, plan
+from lifecycle.run.preflight import PreflightError, preflight
+from lifecycle.run.test_sends import send_tests
+from lifecycle.store import ledger, runs, warehouse
 from lifecycle.store.schema import (
     campaign_runs,
     coupons,
@@ -103,8 +109,10 @@ def ledger_rows(engine: Engine) -> pd.DataFrame:
         return pd.DataFrame(conn.execute(select(send_ledger).order_by(send_ledger.c.id)).mappings())
 
 
-def run(engine: Engine, spec: CampaignSpec, settings: Settings, as_of: datetime = AS_OF) -> dict:
-    return pipeline.run_campaign(engine, spec, settings, as_of=as_of)
+def run(
+    engine: Engine, spec: CampaignSpec, settings: Settings, as_of: datetime = AS_OF
+) -> dict[str, Any]:
+    return run_campaign(engine, spec, settings, as_of=as_of).outcome.counts
 
 
 def received_by_customer(sink: SinkHandle) -> dict[int, int]:
@@ -117,13 +125,13 @@ def test_every_planned_customer_gets_one_email_and_a_rerun_sends_none(
 ) -> None:
     ids = add_customers(engine, 60)
     spec = make_spec()
-    first = run(engine, spec, settings)
-    second = run(engine, spec, settings)
-    again = pipeline.run_campaign(engine, spec, settings, as_of=AS_OF, run_key="another-key")
+    first = run_campaign(engine, spec, settings, as_of=AS_OF)
+    second = run_campaign(engine, spec, settings, as_of=AS_OF)
+    again = run_campaign(engine, spec, settings, as_of=AS_OF, run_key="another-key").outcome.counts
 
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
-    assert first["sent"] == len(ids) and first["planned"] == len(ids)
-    assert second["run_id"] == first["run_id"] and second["sent"] == len(ids)
+    assert first.outcome.counts["sent"] == len(ids) and first.outcome.counts["planned"] == len(ids)
+    assert second.run_id == first.run_id and second.outcome.counts["sent"] == len(ids)
     assert again["planned"] == 0 and again["sent"] == 0
     rows = ledger_rows(engine)
     assert len(rows) == len(ids)
@@ -131,7 +139,7 @@ def test_every_planned_customer_gets_one_email_and_a_rerun_sends_none(
     stored = {m["custom_args"]["send_id"]: m["message_id"] for m in sink.state.snapshot()}
     assert dict(zip(rows["id"].astype(str), rows["message_id"], strict=True)) == stored
     with engine.connect() as conn:
-        run_row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == first["run_id"]))
+        run_row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == first.run_id))
         assert run_row.one().status == "success"
 
 
@@ -208,7 +216,7 @@ def test_window_rows_expire_after_the_next_local_day(
     spec = make_spec()
     run(engine, spec, settings)
     much_later = AS_OF + timedelta(days=2)  # after the end of the next local day; not day 3 yet
-    counts = pipeline.run_campaign(engine, spec, settings, as_of=much_later)
+    counts = run_campaign(engine, spec, settings, as_of=much_later).outcome.counts
     rows = ledger_rows(engine)
     assert set(rows["reason"]) == {"expired"} and len(rows) == len(late)
     assert counts["sent"] == 0
@@ -252,7 +260,7 @@ def test_an_address_suppressed_after_planning_is_not_mailed(
 ) -> None:
     ids = add_customers(engine, 20)
     spec = make_spec(coupon={"discount_percent": 10, "valid_days": 7})
-    planned = pipeline.plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    planned = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
     with engine.begin() as conn:  # unsubscribes while the run waits for its delivery tasks
         conn.execute(
             insert(suppressions),
@@ -265,10 +273,10 @@ def test_an_address_suppressed_after_planning_is_not_mailed(
             },
         )
     delivered = [
-        pipeline.deliver(engine, spec, settings, run_id=planned.run_id, batch=b, attempt="t1")
+        deliver(engine, spec, settings, run_id=planned.run_id, batch=b, attempt="t1")
         for b in planned.batches
     ]
-    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
     assert sum(d.suppressed for d in delivered) == 1
     assert (counts["sent"], counts["skipped"]) == (19, {"suppressed": 1})
     assert received_by_customer(sink) == {i: 1 for i in ids if i != 7}
@@ -292,11 +300,11 @@ def test_campaigns_plan_one_at_a_time_so_the_frequency_cap_holds(
     )
     add_customers(engine, 5)
     with engine.connect() as other_campaign, other_campaign.begin():
-        ledger.lock_for_planning(other_campaign, run_id=0)  # it is counting and inserting
-        planned: list[pipeline.PlanResult] = []
+        runs.lock_for_planning(other_campaign, run_id=0)  # it is counting and inserting
+        planned: list[PlanResult] = []
         thread = threading.Thread(
             target=lambda: planned.append(
-                pipeline.plan(engine, make_spec(), settings, run_key="r1", as_of=AS_OF)
+                plan(engine, make_spec(), settings, run_key="r1", as_of=AS_OF)
             )
         )
         thread.start()
@@ -337,7 +345,7 @@ def test_sandbox_test_sends_are_recorded_as_such_and_not_repeated_on_retry(
     add_customers(engine, 2)
     sandbox = make_spec(delivery={"sandbox_mode": True})
     for _try in range(2):
-        validated = pipeline.send_tests(
+        validated = send_tests(
             engine, sandbox, settings, run_key="t", as_of=AS_OF, recipients=["qa@shop.example"]
         )
     assert validated == 0  # the retry had nothing left to send
@@ -350,12 +358,12 @@ def test_a_run_whose_planning_failed_is_recorded_failed_not_left_running(
     engine: Engine, settings: Settings
 ) -> None:
     spec = make_spec()
-    pipeline.abandon(engine, spec, run_key="never-started")  # no row yet: nothing to do
+    abandon(engine, spec, run_key="never-started")  # no row yet: nothing to do
     with engine.begin() as conn:
-        run_id = ledger.ensure_run(conn, spec.id, "dag-run-1", AS_OF, False, AS_OF)
-    pipeline.abandon(engine, spec, run_key="dag-run-1")
+        run_id = runs.ensure_run(conn, spec.id, "dag-run-1", AS_OF, False, AS_OF)
+    abandon(engine, spec, run_key="dag-run-1")
     with engine.connect() as conn:
-        row = ledger.get_run(conn, run_id)
+        row = runs.get_run(conn, run_id)
     assert row.status == "failed" and row.counts["planned"] == 0 and row.finished_at
 
 
@@ -365,28 +373,29 @@ def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
     ids = add_customers(engine, 60)
     spec = make_spec()  # 25 rows per batch
     wrong = load_settings(**{**settings.__dict__, "sendgrid_api_key": "SG.wrong-key"})
-    planned = pipeline.plan(engine, spec, wrong, run_key="dag-run-1", as_of=AS_OF)
+    planned = plan(engine, spec, wrong, run_key="dag-run-1", as_of=AS_OF)
     first, *others = planned.batches
     assert len(others) == 2
     with pytest.raises(DeliveryStopped, match="401"):
-        pipeline.deliver(engine, spec, wrong, run_id=planned.run_id, batch=first, attempt="t1")
+        deliver(engine, spec, wrong, run_id=planned.run_id, batch=first, attempt="t1")
     refused = sink.state.stats["401"]
     assert 0 < refused <= spec.delivery.concurrency
     for batch in others:  # the other mapped tasks start, and send nothing
         with pytest.raises(DeliveryStopped, match=r"the run was stopped: .*401"):
-            pipeline.deliver(engine, spec, wrong, run_id=planned.run_id, batch=batch, attempt="t1")
+            deliver(engine, spec, wrong, run_id=planned.run_id, batch=batch, attempt="t1")
     assert sink.state.stats["401"] == refused
-    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
-    assert (counts["status"], counts["pending"], counts["sent"]) == ("stopped", 60, 0)
+    outcome = finalize(engine, spec, run_id=planned.run_id)
+    counts = outcome.counts
+    assert (outcome.status, counts["pending"], counts["sent"]) == ("stopped", 60, 0)
     assert "401" in counts["stopped"] and "SG.wrong-key" not in counts["stopped"]
 
     # the key fixed, the DAG run cleared from `plan`: the run resumes and sends everyone once
-    again = pipeline.plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    again = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
     assert again.run_id == planned.run_id
     for batch in again.batches:
-        pipeline.deliver(engine, spec, settings, run_id=again.run_id, batch=batch, attempt="t2")
-    counts = pipeline.finalize(engine, spec, run_id=again.run_id)
-    assert (counts["status"], counts["sent"]) == ("success", 60)
+        deliver(engine, spec, settings, run_id=again.run_id, batch=batch, attempt="t2")
+    outcome = finalize(engine, spec, run_id=again.run_id)
+    assert (outcome.status, outcome.counts["sent"]) == ("success", 60)
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
@@ -412,15 +421,16 @@ def test_dropped_connections_are_reported_then_requeued_by_a_human(
 
 DELIVER_SCRIPT = """
 import json, sys
-from lifecycle.run import pipeline
+from lifecycle.run.deliver import deliver
+from lifecycle.run.plan import Batch
 from lifecycle.store import warehouse
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import load_settings
 settings = load_settings()
 spec = CampaignSpec.model_validate_json(sys.argv[1])
-batch = pipeline.Batch.from_dict(json.loads(sys.argv[3]))
+batch = Batch.from_dict(json.loads(sys.argv[3]))
 engine = warehouse.make_engine(settings.warehouse_url)
-pipeline.deliver(engine, spec, settings, run_id=int(sys.argv[2]), batch=batch, attempt="doomed")
+deliver(engine, spec, settings, run_id=int(sys.argv[2]), batch=batch, attempt="doomed")
 """
 
 
@@ -430,7 +440,7 @@ def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
 ) -> None:
     ids = add_customers(engine, 300)
     spec = make_spec(delivery={"batch_size": 1000, "concurrency": 8})
-    planned = pipeline.plan(engine, spec, settings, run_key="kill", as_of=AS_OF)
+    planned = plan(engine, spec, settings, run_key="kill", as_of=AS_OF)
     (batch,) = planned.batches
     sink.state.faults.update({"latency_ms": 40})
     env = {
@@ -452,10 +462,8 @@ def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
     child.wait()
     time.sleep(0.2)  # requests already in flight land at the sink: the "unknown" case
 
-    result = pipeline.deliver(
-        engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="rescue"
-    )
-    counts = pipeline.finalize(engine, spec, run_id=planned.run_id)
+    result = deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="rescue")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
 
     rows = ledger_rows(engine).set_index("id")
     unknown = set(rows.index[rows["status"] == "unknown"])
@@ -495,9 +503,7 @@ def test_api_key_never_in_logs_or_the_ledger(
     assert "customer1@example.am" in dump  # the dump is real
     assert KEY not in dump
     assert KEY not in caplog.text
-    assert KEY not in repr(settings) and KEY not in repr(
-        pipeline.make_transport(settings, make_spec())
-    )
+    assert KEY not in repr(settings) and KEY not in repr(make_transport(settings, make_spec()))
 
 
 def test_dry_run_renders_every_email_and_writes_sends_and_issues_nothing(
@@ -506,7 +512,7 @@ def test_dry_run_renders_every_email_and_writes_sends_and_issues_nothing(
     add_customers(engine, 10)
     add_customers(engine, 2, start=50, marketing_consent=False)
     spec = make_spec(coupon={"discount_percent": 15, "valid_days": 7})
-    counts = pipeline.run_campaign(engine, spec, settings, as_of=AS_OF, dry_run=True)
+    counts = run_campaign(engine, spec, settings, as_of=AS_OF, dry_run=True).outcome.counts
     assert counts["planned"] == 10 and counts["skipped"] == {"no_consent": 2}
     assert (counts["rendered"], counts["render_errors"]) == (10, 0)
     assert ledger_rows(engine).empty
@@ -514,7 +520,7 @@ def test_dry_run_renders_every_email_and_writes_sends_and_issues_nothing(
         assert conn.execute(select(coupons)).all() == []
     assert sink.state.snapshot() == []
     assert run(engine, spec, settings)["sent"] == 10
-    again = pipeline.run_campaign(engine, spec, settings, as_of=AS_OF, dry_run=True)
+    again = run_campaign(engine, spec, settings, as_of=AS_OF, dry_run=True).outcome.counts
     assert again["planned"] == 0  # what a real run would add now: nothing
 
 
@@ -551,7 +557,9 @@ def test_dry_run_names_the_emails_that_would_not_render(
 ) -> None:
     add_customers(engine, 6)
     (broken,) = add_customers(engine, 1, start=30, first_name="Broken", locale="en")
-    counts = pipeline.run_campaign(engine, make_spec(), fragile_settings, as_of=AS_OF, dry_run=True)
+    counts = run_campaign(
+        engine, make_spec(), fragile_settings, as_of=AS_OF, dry_run=True
+    ).outcome.counts
     assert (counts["planned"], counts["rendered"], counts["render_errors"]) == (7, 6, 1)
     (example,) = counts["render_error_examples"]
     assert re.fullmatch(
@@ -573,7 +581,7 @@ def test_a_customer_with_an_unknown_timezone_is_mailed_on_utc(
 
 def test_limit_plans_at_most_n(engine: Engine, settings: Settings, sink: SinkHandle) -> None:
     add_customers(engine, 30)
-    counts = pipeline.run_campaign(engine, make_spec(), settings, as_of=AS_OF, limit=7)
+    counts = run_campaign(engine, make_spec(), settings, as_of=AS_OF, limit=7).outcome.counts
     assert counts["sent"] == 7 and len(sink.state.snapshot()) == 7
 
 
@@ -587,14 +595,10 @@ def test_a_limited_run_sends_only_n_new_emails_even_retried_or_with_rows_waiting
         engine, 5, start=10, timezone="UTC", signup_at=evening - timedelta(hours=1)
     )
     for _try in range(2):  # a retried plan counts what its first try planned
-        planned = pipeline.plan(
-            engine, make_spec(), settings, run_key="limited", as_of=evening, limit=2
-        )
+        planned = plan(engine, make_spec(), settings, run_key="limited", as_of=evening, limit=2)
     assert planned.planned == 2 and planned.waiting == 0
     for batch in planned.batches:
-        pipeline.deliver(
-            engine, make_spec(), settings, run_id=planned.run_id, batch=batch, attempt="t"
-        )
+        deliver(engine, make_spec(), settings, run_id=planned.run_id, batch=batch, attempt="t")
     assert len(received_by_customer(sink)) == 2
     assert run(engine, make_spec(), settings, as_of=evening)["sent"] == 4 + 3
     assert received_by_customer(sink) == dict.fromkeys(waiting + fresh, 1)
@@ -606,17 +610,17 @@ def test_batches_cover_due_rows_and_stay_under_the_map_limit(
     add_customers(engine, 57)
     add_customers(engine, 3, start=500, timezone="America/Los_Angeles")
     spec = make_spec(delivery={"batch_size": 10})
-    result = pipeline.plan(engine, spec, settings, run_key="b", as_of=AS_OF)
+    result = plan(engine, spec, settings, run_key="b", as_of=AS_OF)
     assert [b.size for b in result.batches] == [10, 10, 10, 10, 10, 7]
     rows = ledger_rows(engine)
     due = rows[rows["send_after"] <= AS_OF]["id"]
     covered = [i for b in result.batches for i in due if b.first_id <= i <= b.last_id]
     assert sorted(covered) == sorted(due)
     assert result.waiting == 3 and result.planned == 60
-    assert pipeline.Batch.from_dict(result.batches[0].to_dict()) == result.batches[0]
+    assert Batch.from_dict(result.batches[0].to_dict()) == result.batches[0]
 
-    monkeypatch.setattr(pipeline, "MAX_BATCHES", 4)
-    again = pipeline.plan(engine, spec, settings, run_key="b", as_of=AS_OF)
+    monkeypatch.setattr("lifecycle.run.plan.MAX_BATCHES", 4)
+    again = plan(engine, spec, settings, run_key="b", as_of=AS_OF)
     assert len(again.batches) <= 4 and sum(b.size for b in again.batches) == 57
     assert again.run_id == result.run_id
 
@@ -640,12 +644,8 @@ def test_send_tests_reach_only_the_test_recipients(
     add_customers(engine, 10)
     team = ["qa@shop.example", "crm@shop.example"]
     spec = make_spec()
-    sent = pipeline.send_tests(
-        engine, spec, settings, run_key="t", as_of=AS_OF, recipients=team, limit=3
-    )
-    again = pipeline.send_tests(
-        engine, spec, settings, run_key="t", as_of=AS_OF, recipients=team, limit=3
-    )
+    sent = send_tests(engine, spec, settings, run_key="t", as_of=AS_OF, recipients=team, limit=3)
+    again = send_tests(engine, spec, settings, run_key="t", as_of=AS_OF, recipients=team, limit=3)
     assert (sent, again) == (6, 0)
     assert sink.state.recipients() == dict.fromkeys(team, 3)
     assert all(m["subject"].startswith("[TEST] ") for m in sink.state.snapshot())
@@ -656,18 +656,18 @@ def test_send_tests_reach_only_the_test_recipients(
 
 
 def test_preflight_says_what_to_fix(engine: Engine, settings: Settings, tmp_path: Path) -> None:
-    pipeline.preflight(engine, make_spec(), settings, as_of=AS_OF)
+    preflight(engine, make_spec(), settings, as_of=AS_OF)
     no_key = load_settings(**{**settings.__dict__, "sendgrid_api_key": None})
-    with pytest.raises(pipeline.PreflightError, match="SENDGRID_API_KEY"):
-        pipeline.preflight(engine, make_spec(), no_key, as_of=AS_OF)
+    with pytest.raises(PreflightError, match="SENDGRID_API_KEY"):
+        preflight(engine, make_spec(), no_key, as_of=AS_OF)
     missing = make_spec(template="nope/{occurrence_key}")
-    with pytest.raises(pipeline.PreflightError, match="nope"):
-        pipeline.preflight(engine, missing, settings, as_of=AS_OF)
+    with pytest.raises(PreflightError, match="nope"):
+        preflight(engine, missing, settings, as_of=AS_OF)
     empty = warehouse.make_engine(f"sqlite:///{tmp_path}/empty.db")
-    with pytest.raises(pipeline.PreflightError, match="lifecycle db upgrade"):
-        pipeline.preflight(empty, make_spec(), settings, as_of=AS_OF)
+    with pytest.raises(PreflightError, match="lifecycle db upgrade"):
+        preflight(empty, make_spec(), settings, as_of=AS_OF)
     with pytest.raises(ValueError, match="timezone-aware"):
-        pipeline.preflight(engine, make_spec(), settings, as_of=AS_OF.replace(tzinfo=None))
+        preflight(engine, make_spec(), settings, as_of=AS_OF.replace(tzinfo=None))
 
 
 def test_lifecycle_run_prints_the_outcome_and_dry_runs_first(

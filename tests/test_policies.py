@@ -11,7 +11,7 @@ from sqlalchemy import Engine, insert
 
 from lifecycle.core import policies, segments
 from lifecycle.core.campaigns import CampaignSpec, SendWindow
-from lifecycle.store import ledger
+from lifecycle.store import runs
 from lifecycle.store.schema import send_ledger, suppressions
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -138,7 +138,7 @@ def test_holdout_is_drawn_among_reachable_customers_only(engine: Engine) -> None
 
 def test_frequency_cap_counts_other_campaigns_and_this_chunk(engine: Engine) -> None:
     with engine.begin() as conn:
-        run_id = ledger.ensure_run(conn, "other", "r", AS_OF, False, AS_OF)
+        run_id = runs.ensure_run(conn, "other", "r", AS_OF, False, AS_OF)
         conn.execute(
             insert(send_ledger),
             [

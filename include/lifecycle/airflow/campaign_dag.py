@@ -53,14 +53,14 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         @task
         def preflight() -> str:
             """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
-            from lifecycle.run import pipeline
+            from lifecycle.run import preflight as phase
 
             context = get_current_context()
             # ValueError here is configuration: a bad as-of or warehouse connection.
-            with fail_fast(pipeline.PreflightError, ValueError):
+            with fail_fast(phase.PreflightError, ValueError):
                 as_of = run_as_of(context, run_options(context))
                 settings = runtime_settings()
-                pipeline.preflight(warehouse_engine(settings), spec, settings, as_of=as_of)
+                phase.preflight(warehouse_engine(settings), spec, settings, as_of=as_of)
             return as_of.isoformat()
 
         @task
@@ -70,7 +70,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             The campaign run id and the counts go to their own XComs: only the batch list is
             mapped over.
             """
-            from lifecycle.run import pipeline
+            from lifecycle.run import plan as phase
+            from lifecycle.run.test_sends import send_tests
 
             context = get_current_context()
             options = run_options(context)
@@ -78,7 +79,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             engine = warehouse_engine(settings)
             ti = context["ti"]
             if options.test_recipients:
-                sent = pipeline.send_tests(
+                sent = send_tests(
                     engine,
                     spec,
                     settings,
@@ -90,7 +91,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 log.info("sent %d test emails to the test recipients; no customer got one", sent)
                 ti.xcom_push(key="test_sends", value=sent)
                 return []
-            result = pipeline.plan(
+            result = phase.plan(
                 engine,
                 spec,
                 settings,
@@ -119,17 +120,18 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
             """Render and send one ledger batch; rows are claimed, so a retry never re-sends."""
             from lifecycle.delivery import DeliveryStopped
-            from lifecycle.run import pipeline
+            from lifecycle.run import deliver as phase
+            from lifecycle.run.plan import Batch
 
             context = get_current_context()
-            bounds = pipeline.Batch.from_dict(batch)
+            bounds = Batch.from_dict(batch)
             context["batch_label"] = (  # type: ignore[typeddict-unknown-key]
                 f"rows {bounds.first_id}–{bounds.last_id} ({bounds.size})"
             )
             ti = context["ti"]
             settings = runtime_settings()
             with fail_fast(DeliveryStopped):  # SendGrid refused the API key: stop, do not retry
-                result = pipeline.deliver(
+                result = phase.deliver(
                     warehouse_engine(settings),
                     spec,
                     settings,
@@ -146,7 +148,9 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             Runs even when a delivery task failed, so the run's record is never left behind;
             it then fails itself, so the DAG run is failed and no Asset event is sent.
             """
-            from lifecycle.run import pipeline
+            from lifecycle.run import finalize as phase
+            from lifecycle.run.plan import abandon
+            from lifecycle.store.states import RunStatus
 
             context = get_current_context()
             ti = context["ti"]
@@ -155,11 +159,12 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             if run_id is None:
                 if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
-                pipeline.abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
+                abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
                 raise AirflowFailException("an earlier task failed (see preflight or plan)")
-            counts = pipeline.finalize(warehouse_engine(settings), spec, run_id=run_id)
-            if counts.pop("status") != "success":
-                raise AirflowFailException(_run_problem(spec.id, counts))
+            outcome = phase.finalize(warehouse_engine(settings), spec, run_id=run_id)
+            if outcome.status != RunStatus.SUCCESS:
+                raise AirflowFailException(_run_problem(spec.id, outcome.counts))
+            counts = outcome.counts
             context["outlet_events"][asset].extra = {
                 "campaign_id": spec.id,
                 "run_id": run_id,

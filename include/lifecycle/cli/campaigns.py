@@ -13,7 +13,9 @@ from lifecycle.cli.common import Commands, engine_from, parse_datetime, settings
 def cmd_run(args: argparse.Namespace) -> int:
     from lifecycle.core.campaigns import SpecError, load_campaigns
     from lifecycle.delivery import DeliveryStopped
-    from lifecycle.run import pipeline
+    from lifecycle.run.campaign import run_campaign
+    from lifecycle.run.preflight import PreflightError
+    from lifecycle.store.states import RunStatus
 
     settings = settings_from(args)
     try:
@@ -27,14 +29,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     as_of = args.as_of or datetime.now(UTC)
     try:
-        counts = pipeline.run_campaign(
+        outcome = run_campaign(
             engine_from(args), spec, settings, as_of=as_of, dry_run=args.dry_run, limit=args.limit
-        )
-    except (pipeline.PreflightError, DeliveryStopped) as exc:
+        ).outcome
+    except (PreflightError, DeliveryStopped) as exc:
         print(f"{spec.id}: {exc}", file=sys.stderr)
         return 1
-    print_run(spec.id, as_of, counts, settings.chosen_transport())
-    return 0 if counts["status"] == "success" and not counts.get("render_errors") else 1
+    print_run(spec.id, as_of, outcome.counts, settings.chosen_transport())
+    succeeded = outcome.status == RunStatus.SUCCESS
+    return 0 if succeeded and not outcome.counts.get("render_errors") else 1
 
 
 def print_run(campaign: str, as_of: datetime, counts: dict[str, Any], transport: str) -> None:

@@ -129,7 +129,7 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     step("3/5", f"Airflow metadata DB in {airflow_home}")
     run_airflow(["db", "migrate"], env, logs / "airflow-db-migrate.log")
 
-    conf = {"as_of": as_of.isoformat()}
+    conf: dict[str, object] = {"as_of": as_of.isoformat()}
     step("4/5", f"customer_features as of {as_of:%Y-%m-%d %H:%M} UTC (airflow dags test)")
     dags_test("customer_features", conf, env, logs)
 

@@ -6,7 +6,7 @@ the warehouse (a coupon in a preview is a sample, never issued).
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
 from lifecycle.core.config import Settings
 from lifecycle.core.render import Rendered, get_renderer
 from lifecycle.core.samples import sample_context
+from lifecycle.run.compose import Composer, sample_coupon
+from lifecycle.run.rows import EmailRow, json_safe
 from lifecycle.store.schema import customer_features
 
 
@@ -44,27 +46,38 @@ def preview_customer(
     locale: str | None = None,
     occurrence_key: str | None = None,
 ) -> Rendered:
-    """`spec`'s email as `customer_id` would get it at `as_of`: their name, locale, timezone
-    and stored features; `--locale` overrides the customer's locale. Fields the warehouse does
-    not have for them keep sample values."""
-    renderer = get_renderer(settings)
-    key = occurrence_key or renderer.occurrence_keys(spec)[0]
+    """`spec`'s email as `customer_id` would get it at `as_of`, rendered by the same code as a
+    real send (with a sample coupon): their name, locale, timezone and stored features;
+    `locale` overrides the customer's locale. Fields the warehouse does not have for them keep
+    sample values."""
+    key = occurrence_key or get_renderer(settings).occurrence_keys(spec)[0]
+    row = _email_row(engine, settings, spec, customer_id, key)
+    if locale:
+        row = replace(row, locale=locale)
+    return Composer(spec, settings, as_of).email(row, sample_coupon(spec, as_of)).rendered
+
+
+def _email_row(
+    engine: Engine, settings: Settings, spec: CampaignSpec, customer_id: int, key: str
+) -> EmailRow:
+    """The customer's row to render, from the warehouse rather than the ledger."""
     row = _customer(engine, settings, customer_id)
-    context = sample_context(spec, key, row["locale"] or spec.default_locale, as_of=as_of)
-    context["customer"].update(
-        id=customer_id,
-        first_name=row["first_name"],
-        last_name=row["last_name"],
-        email=row["email"],
-        locale=row["locale"],
-        timezone=row["timezone"] or "UTC",
-    )
+    if not row["email"]:
+        raise PreviewError(f"customer {customer_id} has no email address: no campaign mails them")
     known = {**row, **_features(engine, customer_id), **_last_order(engine, settings, customer_id)}
+    data = sample_context(spec, key, spec.default_locale)["data"]
     for name in spec.template_fields:
         if known.get(name) is not None:
-            context["data"][name] = _json_safe(known[name])
-    return renderer.render(
-        spec.template_for(key), locale or row["locale"], spec.default_locale, context
+            data[name] = json_safe(known[name])
+    return EmailRow(
+        send_id=-1,  # nothing is stored
+        customer_id=customer_id,
+        occurrence_key=key,
+        template=spec.template_for(key),
+        email=row["email"],
+        locale=row["locale"],
+        timezone=row["timezone"],
+        context={"first_name": row["first_name"], "last_name": row["last_name"], "data": data},
     )
 
 
@@ -107,32 +120,23 @@ def _last_order(engine: Engine, settings: Settings, customer_id: int) -> dict[st
     }
 
 
-def _json_safe(value: Any) -> Any:
-    """As delivery stores template fields: dates as ISO text, decimals as text."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, int | float | str | bool):
-        return value
-    return str(value)
-
-
 def preview_all(settings: Settings, out_dir: Path) -> list[Page]:
     """Every template x locale with sample data into `out_dir/<template>/<locale>.html|.txt`,
     plus `out_dir/index.html`. Templates a campaign uses get that campaign's fields."""
     renderer = get_renderer(settings)
     specs = load_campaigns(settings.campaigns_dir)
-    users: dict[str, tuple[CampaignSpec, str]] = {}
+    users: dict[str, tuple[CampaignSpec | None, str]] = {}
     for spec in specs.values():
         for key in renderer.occurrence_keys(spec):
             users[spec.template_for(key)] = (spec, key)
 
     pages = []
     for template in renderer.templates():
-        spec, key = users.get(template, (None, "sample"))
-        default_locale = spec.default_locale if spec else "en"
+        user, key = users.get(template, (None, "sample"))
+        default_locale = user.default_locale if user else "en"
         for locale in LOCALES:
             rendered = renderer.render(
-                template, locale, default_locale, sample_context(spec, key, locale)
+                template, locale, default_locale, sample_context(user, key, locale)
             )
             folder = out_dir / template
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,9 @@
-"""The send ledger and campaign runs: every SQL statement delivery needs, in one place.
+"""The send ledger (`send_ledger`): every statement planning and delivery run on it, in one place.
 
-Ledger states (one row per campaign, occurrence key and customer):
-
-* ``planned``  — will be sent by the run in ``run_id`` once ``send_after`` has passed;
-* ``skipped``  — never sent, ``reason`` says why (no_consent, suppressed, holdout, ...);
-* ``sending``  — claimed by the delivery attempt in ``claimed_by``; the request may be in flight;
-* ``sent``     — SendGrid (or the outbox) accepted it: ``message_id``, ``sent_at``;
-* ``failed``   — refused or never left: ``http_status``, ``error``, ``retryable``;
-* ``unknown``  — may or may not have reached SendGrid (a crashed attempt, a timeout after the
-  request was written). Never re-sent automatically; `requeue_unknown` is the human's decision.
-
-``run_id`` is the run that owns the row: the one that planned it, or a later run that picked it
-up (a row that waited for the customer's send window, or a retryable failure).
+One row per campaign, occurrence key and customer. Its states, skip and failure reasons and how
+a row moves between them are in `lifecycle.store.states`. ``run_id`` is the run that owns the
+row: the one that planned it, or a later run that picked it up (a row that waited for the
+customer's send window, or a retryable failure). The runs themselves are in `store.runs`.
 """
 
 from __future__ import annotations
@@ -35,19 +27,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from lifecycle.store.schema import campaign_runs, send_ledger, test_sends
+from lifecycle.store.dialect import insert
+from lifecycle.store.schema import send_ledger
+from lifecycle.store.states import TAKEN, FailReason, LedgerStatus, SkipReason
 
 L = send_ledger
 IN_CHUNK = 5_000  # bound parameters per IN list (SQLite allows 32,766 per statement)
-TAKEN = ("planned", "sending", "sent", "unknown")  # rows that count towards a frequency cap
-
-
-def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
 
 
 def chunked(values: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
@@ -63,105 +50,12 @@ def is_in(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement
     return column.in_(values)
 
 
-# --- runs ---------------------------------------------------------------------------------
-def ensure_run(
-    conn: Connection, campaign_id: str, run_key: str, as_of: datetime, dry_run: bool, now: datetime
-) -> int:
-    """The run row for (campaign, run_key), created on first call; retries get the same id.
-
-    A run key is either a dry run or a real one for good: a real run must never be counted as
-    (or write its ledger rows under) a dry run's row, nor the other way round.
-    """
-    conn.execute(
-        _insert(conn, campaign_runs)
-        .values(
-            campaign_id=campaign_id,
-            run_key=run_key,
-            as_of=as_of,
-            dry_run=dry_run,
-            status="running",
-            started_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["campaign_id", "run_key"])
-    )
-    run = find_run(conn, campaign_id, run_key)
-    assert run is not None  # inserted above, or there already
-    if bool(run.dry_run) != dry_run:
-        kind = "a dry run" if run.dry_run else "a real run"
-        raise ValueError(f"run key {run_key!r} of {campaign_id} is already {kind}; use another")
-    return int(run.id)
-
-
-def find_run(conn: Connection, campaign_id: str, run_key: str) -> Row[Any] | None:
-    return conn.execute(
-        select(campaign_runs).where(
-            campaign_runs.c.campaign_id == campaign_id, campaign_runs.c.run_key == run_key
-        )
-    ).first()
-
-
-def get_run(conn: Connection, run_id: int) -> Row[Any]:
-    row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
-    if row is None:
-        raise LookupError(f"campaign run {run_id} does not exist")
-    return row
-
-
-FREQUENCY_CAP_LOCK = 0x4C49464543594C45  # any fixed bigint, the same in every process
-
-
-def lock_for_planning(conn: Connection, run_id: int) -> None:
-    """Serialize planning transactions across campaigns until this one commits.
-
-    The frequency cap counts every campaign's rows, then inserts this campaign's: two campaigns
-    planning at once (they all run after each features snapshot) would both see a customer one
-    below the cap and both mail them. PostgreSQL: a transaction-scoped advisory lock. SQLite: a
-    write first, which takes the database's write lock for the whole transaction.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(FREQUENCY_CAP_LOCK)))
-    else:
-        conn.execute(
-            update(campaign_runs)
-            .where(campaign_runs.c.id == run_id)
-            .values(status=campaign_runs.c.status)
-        )
-
-
-def stop_run(conn: Connection, run_id: int, reason: str) -> None:
-    """SendGrid refused the key or sender: the run's other batches must not send at all."""
-    conn.execute(
-        update(campaign_runs)
-        .where(campaign_runs.c.id == run_id)
-        .values(status="stopped", counts={"stopped": reason})
-    )
-
-
-def resume_run(conn: Connection, run_id: int) -> None:
-    """Planning again (the run cleared after fixing the key) lifts a stop."""
-    conn.execute(
-        update(campaign_runs)
-        .where(campaign_runs.c.id == run_id, campaign_runs.c.status == "stopped")
-        .values(status="running", counts=None)
-    )
-
-
-def finish_run(
-    conn: Connection, run_id: int, counts: dict[str, Any], status: str, now: datetime
-) -> None:
-    conn.execute(
-        update(campaign_runs)
-        .where(campaign_runs.c.id == run_id)
-        .values(counts=counts, status=status, finished_at=now)
-    )
-
-
 # --- planning -----------------------------------------------------------------------------
 def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone."""
     if rows:
         conn.execute(
-            _insert(conn, L).on_conflict_do_nothing(
+            insert(conn, L).on_conflict_do_nothing(
                 index_elements=["campaign_id", "occurrence_key", "customer_id"]
             ),
             rows,
@@ -173,7 +67,9 @@ def forget_sandboxed(conn: Connection, campaign_id: str) -> int:
     campaign taken out of sandbox mode plans and sends them for real."""
     return conn.execute(
         delete(L).where(
-            L.c.campaign_id == campaign_id, L.c.status == "skipped", L.c.reason == "sandbox"
+            L.c.campaign_id == campaign_id,
+            L.c.status == LedgerStatus.SKIPPED,
+            L.c.reason == SkipReason.SANDBOX,
         )
     ).rowcount
 
@@ -196,8 +92,12 @@ def expire_overdue(conn: Connection, campaign_id: str, as_of: datetime) -> int:
     """Planned rows whose time ran out (e.g. a birthday two days ago) are skipped as expired."""
     return conn.execute(
         update(L)
-        .where(L.c.campaign_id == campaign_id, L.c.status == "planned", L.c.expires_at <= as_of)
-        .values(status="skipped", reason="expired")
+        .where(
+            L.c.campaign_id == campaign_id,
+            L.c.status == LedgerStatus.PLANNED,
+            L.c.expires_at <= as_of,
+        )
+        .values(status=LedgerStatus.SKIPPED, reason=SkipReason.EXPIRED)
     ).rowcount
 
 
@@ -226,12 +126,12 @@ def requeue_retryable(
         update(L)
         .where(
             L.c.campaign_id == campaign_id,
-            L.c.status == "failed",
+            L.c.status == LedgerStatus.FAILED,
             L.c.retryable.is_(True),
             L.c.attempts < max_attempts,
             or_(L.c.expires_at.is_(None), L.c.expires_at > as_of),
         )
-        .values(status="planned", claimed_by=None, claimed_at=None)
+        .values(status=LedgerStatus.PLANNED, claimed_by=None, claimed_at=None)
     ).rowcount
 
 
@@ -243,7 +143,7 @@ def waiting_rows(
         select(L.c.id, L.c.timezone)
         .where(
             L.c.campaign_id == campaign_id,
-            L.c.status == "planned",
+            L.c.status == LedgerStatus.PLANNED,
             L.c.run_id != run_id,
             L.c.send_after <= as_of,
         )
@@ -269,10 +169,10 @@ def postpone(conn: Connection, updates: list[dict[str, Any]]) -> None:
         )
 
 
-def _due(run_id: int, as_of: datetime):  # type: ignore[no-untyped-def]
+def _due(run_id: int, as_of: datetime) -> ColumnElement[bool]:
     return and_(
         L.c.run_id == run_id,
-        L.c.status == "planned",
+        L.c.status == LedgerStatus.PLANNED,
         or_(L.c.send_after.is_(None), L.c.send_after <= as_of),
     )
 
@@ -313,12 +213,12 @@ class Outcome:
     """What became of one ledger row's send."""
 
     send_id: int
-    status: str  # sent, failed, unknown, or skipped (suppressed since planning, or sandbox)
+    status: LedgerStatus  # sent, failed, unknown, or skipped (suppressed since planning, sandbox)
     message_id: str | None = None
     http_status: int | None = None
     error: str | None = None
     retryable: bool | None = None
-    reason: str | None = None
+    reason: SkipReason | FailReason | None = None
 
 
 def mark_interrupted(conn: Connection, run_id: int, first: int, last: int, attempt: str) -> int:
@@ -328,10 +228,10 @@ def mark_interrupted(conn: Connection, run_id: int, first: int, last: int, attem
         .where(
             L.c.run_id == run_id,
             L.c.id.between(first, last),
-            L.c.status == "sending",
+            L.c.status == LedgerStatus.SENDING,
             L.c.claimed_by != attempt,
         )
-        .values(status="unknown", reason="interrupted")
+        .values(status=LedgerStatus.UNKNOWN, reason=FailReason.INTERRUPTED)
     ).rowcount
 
 
@@ -362,9 +262,9 @@ def claim(
         return []
     statement = (
         update(L)
-        .where(is_in(conn, L.c.id, ids), L.c.status == "planned")
+        .where(is_in(conn, L.c.id, ids), L.c.status == LedgerStatus.PLANNED)
         .values(
-            status="sending",
+            status=LedgerStatus.SENDING,
             claimed_by=attempt,
             claimed_at=now,
             attempts=L.c.attempts + 1,
@@ -373,18 +273,6 @@ def claim(
         .returning(*DELIVERY_COLUMNS)
     )
     return sorted(conn.execute(statement), key=lambda row: row.id)
-
-
-def due_rows(
-    conn: Connection, run_id: int, first: int, last: int, as_of: datetime
-) -> list[Row[Any]]:
-    """The rows `claim` would take, without claiming them (a dry run renders these)."""
-    query = (
-        select(*DELIVERY_COLUMNS)
-        .where(_due(run_id, as_of), L.c.id.between(first, last))
-        .order_by(L.c.id)
-    )
-    return list(conn.execute(query))
 
 
 def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: datetime) -> None:
@@ -396,7 +284,8 @@ def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: dat
         .where(
             L.c.id == bindparam("b_id"),
             L.c.claimed_by == attempt,
-            or_(L.c.status == "sending", L.c.status == "unknown"),  # no IN with executemany
+            # no IN with executemany
+            or_(L.c.status == LedgerStatus.SENDING, L.c.status == LedgerStatus.UNKNOWN),
         )
         .values(
             status=bindparam("b_status"),
@@ -419,7 +308,7 @@ def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: dat
                 "b_http_status": o.http_status,
                 "b_error": o.error,
                 "b_retryable": o.retryable,
-                "b_sent_at": now if o.status == "sent" else None,
+                "b_sent_at": now if o.status == LedgerStatus.SENT else None,
             }
             for o in outcomes
         ],
@@ -434,10 +323,11 @@ def release(conn: Connection, ids: Sequence[int], attempt: str) -> None:
             .where(
                 is_in(conn, L.c.id, part),
                 L.c.claimed_by == attempt,
-                L.c.status.in_(("sending", "unknown")),  # a rival attempt may have marked them
+                # a rival attempt may have marked them
+                L.c.status.in_((LedgerStatus.SENDING, LedgerStatus.UNKNOWN)),
             )
             .values(
-                status="planned",
+                status=LedgerStatus.PLANNED,
                 reason=None,
                 claimed_by=None,
                 claimed_at=None,
@@ -450,8 +340,8 @@ def mark_run_interrupted(conn: Connection, run_id: int) -> int:
     """At finalize every attempt has ended: whatever is still `sending` is `unknown`."""
     return conn.execute(
         update(L)
-        .where(L.c.run_id == run_id, L.c.status == "sending")
-        .values(status="unknown", reason="interrupted")
+        .where(L.c.run_id == run_id, L.c.status == LedgerStatus.SENDING)
+        .values(status=LedgerStatus.UNKNOWN, reason=FailReason.INTERRUPTED)
     ).rowcount
 
 
@@ -465,16 +355,16 @@ def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]
         ("planned", "sent", "failed", "unknown", "sending", "pending", "waiting"), 0
     )
     counts["skipped"] = {}
-    waiting = and_(L.c.status == "planned", L.c.send_after > as_of).label("waiting")
+    waiting = and_(L.c.status == LedgerStatus.PLANNED, L.c.send_after > as_of).label("waiting")
     query = (
         select(L.c.status, L.c.reason, waiting, func.count())
         .where(L.c.run_id == run_id)
         .group_by(L.c.status, L.c.reason, waiting)
     )
     for status, reason, is_waiting, n in conn.execute(query):
-        if status == "skipped":
+        if status == LedgerStatus.SKIPPED:
             counts["skipped"][reason] = counts["skipped"].get(reason, 0) + n
-        elif status == "planned":
+        elif status == LedgerStatus.PLANNED:
             counts["waiting" if is_waiting else "pending"] += n
         else:
             counts[status] += n
@@ -486,23 +376,16 @@ def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]
 
 def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | None = None) -> int:
     """A human decided these `unknown` rows never arrived: they go back to `planned`."""
-    where = [L.c.campaign_id == campaign_id, L.c.status == "unknown"]
+    where = [L.c.campaign_id == campaign_id, L.c.status == LedgerStatus.UNKNOWN]
     if ids is None:
-        return conn.execute(update(L).where(*where).values(status="planned", reason=None)).rowcount
+        return conn.execute(
+            update(L).where(*where).values(status=LedgerStatus.PLANNED, reason=None)
+        ).rowcount
     total = 0
     for part in chunked(list(ids)):
         total += conn.execute(
-            update(L).where(*where, is_in(conn, L.c.id, part)).values(status="planned", reason=None)
+            update(L)
+            .where(*where, is_in(conn, L.c.id, part))
+            .values(status=LedgerStatus.PLANNED, reason=None)
         ).rowcount
     return total
-
-
-def insert_or_update_test_send(conn: Connection):  # type: ignore[no-untyped-def]
-    """Upsert of one `test_sends` row on (run_id, customer_id, recipient)."""
-    statement = _insert(conn, test_sends)
-    return statement.on_conflict_do_update(
-        index_elements=["run_id", "customer_id", "recipient"],
-        set_={
-            name: statement.excluded[name] for name in ("status", "message_id", "error", "sent_at")
-        },
-    )

@@ -1,0 +1,50 @@
+"""A whole campaign run in this process (`lifecycle run`): the phases the DAG runs as tasks."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.config import Settings
+from lifecycle.run.clock import utc
+from lifecycle.run.deliver import deliver
+from lifecycle.run.finalize import RunOutcome, finalize
+from lifecycle.run.plan import plan
+from lifecycle.run.preflight import preflight
+
+
+@dataclass(frozen=True)
+class CampaignRun:
+    run_id: int
+    outcome: RunOutcome
+
+
+def run_campaign(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    *,
+    as_of: datetime,
+    run_key: str | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+) -> CampaignRun:
+    """preflight → plan → deliver every batch → finalize. The run key defaults to one per
+    moment, so running the same moment again finishes that run instead of starting another."""
+    as_of = utc(as_of)
+    run_key = run_key or f"cli{'_dry' if dry_run else ''}__{as_of:%Y-%m-%dT%H:%M:%S}"
+    preflight(engine, spec, settings, as_of=as_of)
+    planned = plan(
+        engine, spec, settings, run_key=run_key, as_of=as_of, dry_run=dry_run, limit=limit
+    )
+    attempt = f"{run_key}/{uuid.uuid4().hex[:8]}"
+    try:
+        for batch in planned.batches:
+            deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt=attempt)
+    finally:
+        outcome = finalize(engine, spec, run_id=planned.run_id)
+    return CampaignRun(planned.run_id, outcome)

@@ -1,0 +1,171 @@
+"""Compose: rows become emails, and emails go out through the campaign's transport.
+
+`Composer.email` is the one place a row's render context and message are built: real sends,
+dry runs, test sends and previews all go through it, so what marketing previews and tests is
+what customers get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from lifecycle.core import localtime, policies, render
+from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.config import Settings
+from lifecycle.delivery import Envelope, Message, Transport
+from lifecycle.delivery.outbox import OutboxTransport
+from lifecycle.delivery.sendgrid import SendGridTransport
+from lifecycle.feedback import compliance, unsubscribe
+from lifecycle.run.rows import EmailRow
+from lifecycle.store import coupons
+from lifecycle.store.coupons import CouponInfo
+from lifecycle.store.ledger import Outcome
+from lifecycle.store.states import FailReason, LedgerStatus, SkipReason
+
+
+@dataclass(frozen=True)
+class Email:
+    rendered: render.Rendered  # subject, HTML, text and the locale they are in
+    message: Message  # the same, addressed, with unsubscribe headers and our custom args
+
+
+class Composer:
+    """Renders rows of one campaign as of one moment."""
+
+    def __init__(self, spec: CampaignSpec, settings: Settings, as_of: datetime):
+        self.spec, self.settings, self.as_of = spec, settings, as_of
+        self.renderer = render.get_renderer(settings)
+
+    def email(self, row: EmailRow, coupon: CouponInfo | None) -> Email:
+        """`row`'s email with `coupon` (issued, or a sample). Raises what rendering raises."""
+        spec, settings, stored = self.spec, self.settings, row.context
+        token = unsubscribe.token_for(settings, row.customer_id, spec.id, row.email)
+        url = unsubscribe.unsubscribe_url(settings, token)
+        context = {
+            "customer": {
+                "id": row.customer_id,
+                "first_name": stored.get("first_name"),
+                "last_name": stored.get("last_name"),
+                "email": row.email,
+                "locale": row.locale,
+                "timezone": row.timezone,
+            },
+            "campaign": {"id": spec.id, "occurrence_key": row.occurrence_key},
+            "data": stored.get("data", {}),
+            "coupon": None
+            if coupon is None
+            else {
+                "code": coupon.code,
+                "discount_percent": coupon.discount_percent,
+                "expires_at": coupon.expires_at,
+            },
+            "unsubscribe_url": url,
+            "local_date": self.as_of.astimezone(localtime.zone_or_utc(row.timezone)).date(),
+        }
+        rendered = self.renderer.render(row.template, row.locale, spec.default_locale, context)
+        name = " ".join(p for p in (stored.get("first_name"), stored.get("last_name")) if p)
+        message = Message(
+            send_id=row.send_id,
+            to_email=row.email,
+            to_name=name or None,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            headers=compliance.list_unsubscribe_headers(settings, url, token),
+            custom_args={
+                "send_id": str(row.send_id),
+                "campaign": spec.id,
+                "occurrence_key": row.occurrence_key,
+            },
+        )
+        return Email(rendered, message)
+
+    def compose(self, engine: Engine, rows: list[EmailRow]) -> tuple[list[Message], list[Outcome]]:
+        """Messages for the claimed rows that may still be mailed, coupons issued; outcomes for
+        the others (suppressed since planning, or not renderable)."""
+        blocked = self._suppressed(engine, rows)
+        failures: list[Outcome] = []
+        mailable: list[EmailRow] = []
+        for row in rows:
+            if row.email and row.email.lower() in blocked:
+                failures.append(
+                    Outcome(row.send_id, LedgerStatus.SKIPPED, reason=SkipReason.SUPPRESSED)
+                )
+            else:
+                mailable.append(row)
+        issued = self._coupons(engine, mailable)
+        messages: list[Message] = []
+        for row in mailable:
+            coupon = issued.get((row.customer_id, row.occurrence_key))
+            try:
+                messages.append(self.email(row, coupon).message)
+            # One broken row must not stop the batch; it surely did not leave.
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:1000]
+                failures.append(
+                    Outcome(
+                        row.send_id,
+                        LedgerStatus.FAILED,
+                        error=error,
+                        retryable=False,
+                        reason=FailReason.RENDER_ERROR,
+                    )
+                )
+        return messages, failures
+
+    def _suppressed(self, engine: Engine, rows: list[EmailRow]) -> set[str]:
+        """Addresses suppressed since planning (an unsubscribe while the row waited)."""
+        emails = [row.email.lower() for row in rows if row.email]
+        scopes = policies.suppression_scopes(self.spec)
+        with engine.connect() as conn:
+            return policies.suppressed_emails(conn, emails, scopes)
+
+    def _coupons(self, engine: Engine, rows: list[EmailRow]) -> dict[tuple[int, str], CouponInfo]:
+        terms = self.spec.coupon
+        if terms is None:
+            return {}
+        keys = [(row.customer_id, row.occurrence_key) for row in rows]
+        with engine.begin() as conn:
+            return coupons.ensure_coupons(
+                conn, self.spec.id, keys, terms.discount_percent, terms.valid_days, self.as_of
+            )
+
+
+def sample_coupon(spec: CampaignSpec, as_of: datetime) -> CouponInfo | None:
+    """A coupon with the campaign's terms and a sample code, never stored: what dry runs, test
+    sends and previews show where a real send issues one."""
+    if spec.coupon is None:
+        return None
+    expires_at = as_of + timedelta(days=spec.coupon.valid_days)
+    return CouponInfo("TEST-COUPON", spec.coupon.discount_percent, as_of, expires_at)
+
+
+def envelope_for(spec: CampaignSpec) -> Envelope:
+    return Envelope(
+        sender_email=str(spec.sender.email),
+        sender_name=spec.sender.name,
+        reply_to_email=str(spec.reply_to.email) if spec.reply_to else None,
+        reply_to_name=spec.reply_to.name if spec.reply_to else None,
+        categories=tuple(spec.delivery.categories),
+        asm_group_id=spec.delivery.asm_group_id,
+        sandbox_mode=spec.delivery.sandbox_mode,
+    )
+
+
+def make_transport(
+    settings: Settings, spec: CampaignSpec, outbox_dir: Path | None = None
+) -> Transport:
+    """SendGrid, or .eml files under `outbox_dir` (default: the campaign's outbox folder)."""
+    envelope = envelope_for(spec)
+    if settings.chosen_transport() == "sendgrid":
+        return SendGridTransport(
+            settings.sendgrid_api_key or "",
+            settings.sendgrid_host,
+            envelope,
+            concurrency=spec.delivery.concurrency,
+        )
+    return OutboxTransport(outbox_dir or settings.outbox_dir / spec.id, envelope)
