@@ -125,6 +125,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
 
             context = get_current_context()
             bounds = Batch.from_dict(batch)
+            # map_index_template renders from the context: a key of ours, unknown to its type.
             context["batch_label"] = (  # type: ignore[typeddict-unknown-key]
                 f"rows {bounds.first_id}–{bounds.last_id} ({bounds.size})"
             )

@@ -7,9 +7,9 @@ connections `lifecycle_warehouse` and `sendgrid_default`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -52,29 +52,29 @@ class Settings:
         return "sendgrid" if self.sendgrid_api_key else "outbox"
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from `LIFECYCLE_*` variables (and `SENDGRID_API_KEY`); `overrides` win."""
     home = Path(_env("LIFECYCLE_HOME", str(PROJECT_ROOT / ".local")))
-    values: dict[str, object] = {
-        "home": home,
-        "warehouse_url": _env("LIFECYCLE_WAREHOUSE_URL", f"sqlite:///{home / 'warehouse.db'}"),
-        "templates_dir": Path(_env("LIFECYCLE_TEMPLATES_DIR", str(PROJECT_ROOT / "templates"))),
-        "campaigns_dir": Path(
+    settings = Settings(
+        home=home,
+        warehouse_url=_env("LIFECYCLE_WAREHOUSE_URL", f"sqlite:///{home / 'warehouse.db'}"),
+        templates_dir=Path(_env("LIFECYCLE_TEMPLATES_DIR", str(PROJECT_ROOT / "templates"))),
+        campaigns_dir=Path(
             _env("LIFECYCLE_CAMPAIGNS_DIR", str(PROJECT_ROOT / "include" / "campaigns"))
         ),
-        "sql_dir": Path(_env("LIFECYCLE_SQL_DIR", str(PROJECT_ROOT / "include" / "sql"))),
-        "transport": _env("LIFECYCLE_TRANSPORT"),
-        "sendgrid_host": _env("LIFECYCLE_SENDGRID_HOST", "https://api.sendgrid.com"),
-        "public_url": _env("LIFECYCLE_PUBLIC_URL", "http://127.0.0.1:8080"),
-        "sender_address": _env(
+        sql_dir=Path(_env("LIFECYCLE_SQL_DIR", str(PROJECT_ROOT / "include" / "sql"))),
+        transport=_env("LIFECYCLE_TRANSPORT"),
+        sendgrid_host=_env("LIFECYCLE_SENDGRID_HOST", "https://api.sendgrid.com"),
+        public_url=_env("LIFECYCLE_PUBLIC_URL", "http://127.0.0.1:8080"),
+        sender_address=_env(
             "LIFECYCLE_SENDER_ADDRESS", "Lifecycle Demo Shop, 1 Abovyan St, Yerevan 0001, Armenia"
         ),
-        "sendgrid_webhook_public_key": _env("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"),
-        "webhook_max_age_seconds": int(_env("LIFECYCLE_WEBHOOK_MAX_AGE_SECONDS", "600")),
-        "unsubscribe_mailbox": _env(
+        sendgrid_webhook_public_key=_env("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"),
+        webhook_max_age_seconds=int(_env("LIFECYCLE_WEBHOOK_MAX_AGE_SECONDS", "600")),
+        unsubscribe_mailbox=_env(
             "LIFECYCLE_UNSUBSCRIBE_MAILBOX", "unsubscribe@lifecycle-demo.shop"
         ),
-        "sendgrid_api_key": _env("SENDGRID_API_KEY"),
-        "unsubscribe_secret": _env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+        sendgrid_api_key=_env("SENDGRID_API_KEY"),
+        unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
+    )
+    return replace(settings, **overrides)

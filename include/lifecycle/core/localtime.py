@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from typing import TypeGuard
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Date, Integer, String, select, text
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from lifecycle.store import dialect
@@ -64,7 +65,8 @@ def offset_periods(name: str) -> list[tuple[datetime, int]]:
     zone = ZoneInfo(name)
 
     def offset(instant: datetime) -> int:
-        return int(instant.astimezone(zone).utcoffset().total_seconds())  # type: ignore[union-attr]
+        local = instant.astimezone(zone)
+        return int((local.utcoffset() or timedelta(0)).total_seconds())  # aware: never None
 
     periods = [(EPOCH, offset(COVER_FROM))]
     day, current = COVER_FROM, periods[0][1]
@@ -131,14 +133,14 @@ class local_date(FunctionElement[date]):
 
 
 @compiles(local_date, "sqlite")
-def _local_date_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _local_date_sqlite(element: local_date, compiler: SQLCompiler, **kw: Any) -> str:
     instant, timezone = list(element.clauses)
     offset = compiler.process(offset_at(timezone, instant), **kw)
     return f"date({compiler.process(instant, **kw)}, {offset} || ' seconds')"
 
 
 @compiles(local_date, "postgresql")
-def _local_date_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _local_date_pg(element: local_date, compiler: SQLCompiler, **kw: Any) -> str:
     instant, timezone = (compiler.process(c, **kw) for c in element.clauses)
     return f"CAST(({instant}) AT TIME ZONE ({timezone}) AS DATE)"
 
@@ -151,13 +153,13 @@ class days_between(FunctionElement[int]):
 
 
 @compiles(days_between, "sqlite")
-def _days_between_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _days_between_sqlite(element: days_between, compiler: SQLCompiler, **kw: Any) -> str:
     later, earlier = (compiler.process(c, **kw) for c in element.clauses)
     return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
 
 
 @compiles(days_between, "postgresql")
-def _days_between_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _days_between_pg(element: days_between, compiler: SQLCompiler, **kw: Any) -> str:
     later, earlier = (compiler.process(c, **kw) for c in element.clauses)
     return f"(CAST({later} AS DATE) - CAST({earlier} AS DATE))"
 
@@ -170,12 +172,12 @@ class month_day(FunctionElement[str]):
 
 
 @compiles(month_day, "sqlite")
-def _month_day_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _month_day_sqlite(element: month_day, compiler: SQLCompiler, **kw: Any) -> str:
     return f"strftime('%m-%d', {compiler.process(element.clauses, **kw)})"
 
 
 @compiles(month_day, "postgresql")
-def _month_day_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _month_day_pg(element: month_day, compiler: SQLCompiler, **kw: Any) -> str:
     return f"to_char({compiler.process(element.clauses, **kw)}, 'MM-DD')"
 
 
@@ -185,12 +187,12 @@ class year_of(FunctionElement[int]):
 
 
 @compiles(year_of, "sqlite")
-def _year_of_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _year_of_sqlite(element: year_of, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST(strftime('%Y', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
 
 
 @compiles(year_of, "postgresql")
-def _year_of_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _year_of_pg(element: year_of, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST(EXTRACT(YEAR FROM {compiler.process(element.clauses, **kw)}) AS INTEGER)"
 
 
@@ -202,10 +204,10 @@ class date_from_text(FunctionElement[date]):
 
 
 @compiles(date_from_text, "sqlite")
-def _date_from_text_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _date_from_text_sqlite(element: date_from_text, compiler: SQLCompiler, **kw: Any) -> str:
     return f"date({compiler.process(element.clauses, **kw)})"
 
 
 @compiles(date_from_text, "postgresql")
-def _date_from_text_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+def _date_from_text_pg(element: date_from_text, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS DATE)"
