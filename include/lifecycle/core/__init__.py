@@ -1,0 +1,2 @@
+"""What a campaign is: specs, segments over customer features, policies, rendering, local time
+and settings. Imports nothing but `store`."""
