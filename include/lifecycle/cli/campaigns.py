@@ -7,7 +7,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from lifecycle.cli.common import Commands, engine_from, parse_datetime, settings_from
+from lifecycle.cli.common import (
+    Commands,
+    UsageError,
+    engine_from,
+    known_campaign,
+    parse_datetime,
+    positive_int,
+    settings_from,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -67,6 +75,7 @@ def print_run(campaign: str, as_of: datetime, counts: dict[str, Any], transport:
 def cmd_requeue_unknown(args: argparse.Namespace) -> int:
     from lifecycle.store import ledger
 
+    known_campaign(args, args.campaign)
     with engine_from(args).begin() as conn:
         count = ledger.requeue_unknown(conn, args.campaign, args.ids or None)
     print(f"{count:,} unknown rows of {args.campaign} planned again; the next run sends them")
@@ -90,10 +99,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
             pages = preview.preview_all(settings, out)
             print(f"{len(pages)} previews (template x locale) in {out}: open {out / 'index.html'}")
             return 0
-        spec = load_campaigns(settings.campaigns_dir).get(args.campaign)
+        specs = load_campaigns(settings.campaigns_dir)
+        spec = specs.get(args.campaign)
         if spec is None:
-            print(f"no campaign {args.campaign!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"no campaign {args.campaign!r}; known: {', '.join(sorted(specs))}")
         rendered = preview.preview_customer(
             engine_from(args),
             settings,
@@ -133,7 +142,7 @@ def register(commands: Commands) -> None:
     )
     run.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="send at most N new emails; rows of earlier runs wait for a run without a limit",
@@ -146,7 +155,12 @@ def register(commands: Commands) -> None:
     )
     requeue.add_argument("campaign", metavar="CAMPAIGN")
     requeue.add_argument(
-        "--id", dest="ids", type=int, action="append", metavar="LEDGER_ID", help="only these rows"
+        "--id",
+        dest="ids",
+        type=positive_int,
+        action="append",
+        metavar="LEDGER_ID",
+        help="only these rows",
     )
     requeue.set_defaults(handler=cmd_requeue_unknown)
 

@@ -8,7 +8,17 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from lifecycle.cli.common import Commands, engine_from, parse_datetime, settings_from
+from lifecycle.cli.common import (
+    Commands,
+    engine_from,
+    known_campaign,
+    milliseconds,
+    parse_datetime,
+    port,
+    positive_int,
+    probability,
+    settings_from,
+)
 from lifecycle.devtools import seed
 
 
@@ -64,6 +74,8 @@ def cmd_simulate_events(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.campaign is not None:
+        known_campaign(args, args.campaign, with_runs=True)
     result = simulate.simulate_events(
         engine_from(args),
         as_of=args.as_of or datetime.now(UTC),
@@ -82,7 +94,11 @@ def register(commands: Commands) -> None:
         description="Write a realistic demo population (bulk-loaded). Replaces existing demo rows.",
     )
     seed_cmd.add_argument(
-        "--customers", type=int, default=10_000, metavar="N", help="how many (default 10,000)"
+        "--customers",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
+        help="how many (default 10,000)",
     )
     seed_cmd.add_argument(
         "--seed", type=int, default=42, metavar="S", help="random seed (default 42)"
@@ -101,16 +117,18 @@ def register(commands: Commands) -> None:
         help="local SendGrid-compatible server (mail/send + suppressions) with fault injection",
     )
     sink_cmd.add_argument("--host", default="127.0.0.1")
-    sink_cmd.add_argument("--port", type=int, default=3025)
+    sink_cmd.add_argument("--port", type=port, default=3025)
     sink_cmd.add_argument(
         "--api-key", action="append", default=None, help="accepted key (default: any key)"
     )
-    sink_cmd.add_argument("--latency-ms", type=float, default=0.0, help="added to every send")
-    sink_cmd.add_argument("--rate-429", type=float, default=0.0, metavar="P")
-    sink_cmd.add_argument("--rate-5xx", type=float, default=0.0, metavar="P")
-    sink_cmd.add_argument("--rate-drop", type=float, default=0.0, metavar="P")
-    sink_cmd.add_argument("--rate-slow", type=float, default=0.0, metavar="P")
-    sink_cmd.add_argument("--slow-ms", type=float, default=5000.0)
+    sink_cmd.add_argument(
+        "--latency-ms", type=milliseconds, default=0.0, help="added to every send"
+    )
+    sink_cmd.add_argument("--rate-429", type=probability, default=0.0, metavar="P")
+    sink_cmd.add_argument("--rate-5xx", type=probability, default=0.0, metavar="P")
+    sink_cmd.add_argument("--rate-drop", type=probability, default=0.0, metavar="P")
+    sink_cmd.add_argument("--rate-slow", type=probability, default=0.0, metavar="P")
+    sink_cmd.add_argument("--slow-ms", type=milliseconds, default=5000.0)
     sink_cmd.add_argument("--seed", type=int, default=None, help="fault randomness seed")
     sink_cmd.add_argument(
         "--no-bodies", action="store_true", help="keep only recipients and ids (benchmarks)"

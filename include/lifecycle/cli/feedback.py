@@ -6,7 +6,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from lifecycle.cli.common import Commands, engine_from, settings_from
+from lifecycle.cli.common import Commands, engine_from, port, settings_from
 
 
 def cmd_serve_public(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def register(commands: Commands) -> None:
         description="The public app the Airflow plugin mounts at /lifecycle, served alone.",
     )
     serve_public.add_argument("--host", default="127.0.0.1")
-    serve_public.add_argument("--port", type=int, default=8090)
+    serve_public.add_argument("--port", type=port, default=8090)
     serve_public.set_defaults(handler=cmd_serve_public)
 
     supp = commands.add_parser("suppressions", help="the suppression list and SendGrid")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from lifecycle.cli.common import Commands, engine_from, parse_datetime, settings_from
+from lifecycle.cli.common import (
+    Commands,
+    engine_from,
+    known_campaign,
+    parse_datetime,
+    positive_int,
+    settings_from,
+)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -15,6 +22,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lifecycle.reporting.report import build_report
 
     settings = settings_from(args)
+    if args.campaign is not None:
+        known_campaign(args, args.campaign, with_runs=True)
     report = build_report(
         engine_from(args),
         settings,
@@ -52,9 +61,15 @@ def register(commands: Commands) -> None:
         help="which table --format csv prints (default runs)",
     )
     report.add_argument(
-        "--days", type=int, default=7, metavar="N", help="conversion window after a send (7)"
+        "--days",
+        type=positive_int,
+        default=7,
+        metavar="N",
+        help="conversion window after a send (7)",
     )
-    report.add_argument("--months", type=int, default=12, metavar="N", help="KPI months (12)")
+    report.add_argument(
+        "--months", type=positive_int, default=12, metavar="N", help="KPI months (12)"
+    )
     report.add_argument(
         "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
     )

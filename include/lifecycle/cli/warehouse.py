@@ -6,7 +6,13 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from lifecycle.cli.common import Commands, engine_from, parse_datetime, settings_from
+from lifecycle.cli.common import (
+    Commands,
+    engine_from,
+    non_negative_int,
+    parse_datetime,
+    settings_from,
+)
 from lifecycle.store import warehouse
 
 
@@ -107,6 +113,10 @@ def register(commands: Commands) -> None:
         "--segment", action="append", metavar="NAME", help="only this segment (repeatable)"
     )
     segments_cmd.add_argument(
-        "--sample", type=int, default=3, metavar="N", help="sample rows per segment (default 3)"
+        "--sample",
+        type=non_negative_int,
+        default=3,
+        metavar="N",
+        help="sample rows per segment (default 3)",
     )
     segments_cmd.set_defaults(handler=cmd_segments)

@@ -7,8 +7,10 @@ a file either exists complete or not at all, and a row is never written twice un
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
 
@@ -16,9 +18,45 @@ from lifecycle.delivery import Envelope, Message
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.states import LedgerStatus
 
+# Structured headers made of <URI> lists (RFC 2369): never RFC 2047 encoded-words, which a
+# strict mail client does not decode there. Folded only after a comma, and only if too long.
+URI_LIST_HEADERS = frozenset({"list-unsubscribe"})
+_URI_LIST = re.compile(r"\s*(<[^<>\s]*>)\s*(?:,|$)")
+
+
+class OutboxPolicy(EmailPolicy):
+    """`email.policy.default`, except that URI-list headers are written as they are."""
+
+    def fold(self, name: str, value: str) -> str:
+        return self._fold_uri_list(name, value) or super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        folded = self._fold_uri_list(name, value)
+        return folded.encode("ascii") if folded else super().fold_binary(name, value)
+
+    def _fold_uri_list(self, name: str, value: str) -> str | None:
+        text = str(value)
+        if name.lower() not in URI_LIST_HEADERS or not text.isascii():
+            return None
+        uris = _URI_LIST.findall(text)
+        if not uris or _URI_LIST.sub("", text).strip():
+            return None  # not a plain list of <URI>s: the default folding
+        limit = self.max_line_length or 998
+        lines = [f"{name}: {uris[0]}"]
+        for uri in uris[1:]:
+            if len(lines[-1]) + len(", ") + len(uri) <= limit:
+                lines[-1] += f", {uri}"
+            else:
+                lines[-1] += ","
+                lines.append(f" {uri}")
+        return self.linesep.join(lines) + self.linesep
+
+
+OUTBOX_POLICY = OutboxPolicy()
+
 
 def build_email(message: Message, envelope: Envelope) -> EmailMessage:
-    email = EmailMessage()
+    email = EmailMessage(policy=OUTBOX_POLICY)
     email["From"] = formataddr((envelope.sender_name or "", envelope.sender_email))
     email["To"] = formataddr((message.to_name or "", message.to_email))
     if envelope.reply_to_email:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,7 @@ from lifecycle.core.config import Settings
 from lifecycle.run.clock import utc
 from lifecycle.run.deliver import deliver
 from lifecycle.run.finalize import RunOutcome, finalize
-from lifecycle.run.plan import plan
+from lifecycle.run.plan import abandon, plan
 from lifecycle.run.preflight import preflight
 
 
@@ -38,9 +39,16 @@ def run_campaign(
     as_of = utc(as_of)
     run_key = run_key or f"cli{'_dry' if dry_run else ''}__{as_of:%Y-%m-%dT%H:%M:%S}"
     preflight(engine, spec, settings, as_of=as_of)
-    planned = plan(
-        engine, spec, settings, run_key=run_key, as_of=as_of, dry_run=dry_run, limit=limit
-    )
+    try:
+        planned = plan(
+            engine, spec, settings, run_key=run_key, as_of=as_of, dry_run=dry_run, limit=limit
+        )
+    except BaseException:
+        # The run row is finished as failed, never left `running` (as the DAG's finalize does).
+        # If even that fails (the warehouse is gone), the planning error is the one to report.
+        with contextlib.suppress(Exception):
+            abandon(engine, spec, run_key=run_key)
+        raise
     attempt = f"{run_key}/{uuid.uuid4().hex[:8]}"
     try:
         for batch in planned.batches:
