@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
+import email.parser
 import logging
 import socket
 import time
@@ -197,6 +199,33 @@ def test_outbox_writes_complete_eml_files(tmp_path: Path) -> None:
     assert parsed.get_body(("html",)).get_content().strip() == "<p>html 1</p>"
     assert outcomes[1].message_id == parsed["Message-ID"].strip("<>")
     assert len({o.message_id for o in outcomes}) == 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<https://s.example/u/t>, <mailto:u@s.example>",  # fits on one line: not folded
+        f"<https://shop.example/lifecycle/unsubscribe/{'t' * 300}>, "
+        f"<mailto:unsubscribe@shop.example?subject=unsubscribe%20{'t' * 300}>",
+    ],
+)
+def test_outbox_list_unsubscribe_survives_a_strict_parser(tmp_path: Path, value: str) -> None:
+    """RFC 2369: a list of <URI>s, never RFC 2047 encoded-words; folded only after a comma."""
+    sent = message(7)
+    outbox = OutboxTransport(tmp_path, ENVELOPE)
+    asyncio.run(
+        outbox.send(dataclasses.replace(sent, headers={**sent.headers, "List-Unsubscribe": value}))
+    )
+    raw = (tmp_path / "7.eml").read_bytes()
+    parsed = email.parser.BytesParser(policy=policy.strict).parsebytes(raw)
+    assert parsed["List-Unsubscribe"] == value
+    [written] = [v for name, v in parsed.raw_items() if name == "List-Unsubscribe"]
+    assert "=?" not in written
+    lines = written.splitlines()
+    assert all(line.endswith(",") for line in lines[:-1])  # folded at commas only
+    assert len(lines) == (1 if len(value) < 60 else 2)
+    assert " ".join(line.strip() for line in lines) == value
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
 def test_token_bucket_spaces_acquisitions() -> None:
