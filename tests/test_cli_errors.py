@@ -81,6 +81,7 @@ def test_a_wrong_dialect_is_a_usage_error_with_the_right_scheme(
         f"postgres://postgres:{PASSWORD}@127.0.0.1:5432/warehouse",
         f"mysql://root:{PASSWORD}@127.0.0.1/warehouse",  # no driver installed
         "not a url",
+        f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:port/warehouse",  # unparseable
     ):
         code, err = run_cli(["--warehouse", url, "db", "current"], capsys)
         assert code == 2, url

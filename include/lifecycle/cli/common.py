@@ -125,7 +125,7 @@ def engine_from(args: argparse.Namespace) -> Engine:
     url = settings_from(args).warehouse_url
     try:
         return warehouse.engine_for(url)
-    except (exc.NoSuchModuleError, exc.ArgumentError, ImportError) as error:
+    except (exc.NoSuchModuleError, exc.ArgumentError, ImportError, ValueError) as error:
         raise UsageError(
             f"warehouse URL {safe_url(url)} cannot be used: {first_line(error)}",
             hint=DIALECT_HINT,
