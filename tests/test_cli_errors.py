@@ -161,7 +161,7 @@ def test_every_accepted_instant_survives_a_day_of_arithmetic() -> None:
         (["sink", "--port", "70000"], "argument --port: a TCP port is 1..65535, not 70000"),
         (["sink", "--rate-5xx", "1.5"], "argument --rate-5xx: a probability is 0..1, not 1.5"),
         (["sink", "--slow-ms", "nan"], "argument --slow-ms: milliseconds are 0..3600000"),
-        (["run", "onboarding", "--limit", "ten"], "argument --limit: 'ten' is not a whole number"),
+        (["run", "onboarding", "--limit", "ten"], "argument --limit: invalid int value: 'ten'"),
     ],
 )
 def test_non_positive_counts_are_refused_at_parse_time(

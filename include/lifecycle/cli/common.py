@@ -68,7 +68,7 @@ def _whole_number(value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
 
 
 def positive_int(value: str) -> int:
@@ -98,7 +98,7 @@ def probability(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"a probability is 0..1, not {value}")
     return number
@@ -108,7 +108,7 @@ def milliseconds(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
     if not 0.0 <= number <= 3_600_000:  # NaN fails too
         raise argparse.ArgumentTypeError(f"milliseconds are 0..3600000, not {value}")
     return number
