@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, select
 
 from lifecycle import cli
-from lifecycle.cli import common
+from lifecycle.cli import arguments, common
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 from lifecycle.run.campaign import run_campaign
@@ -140,11 +140,11 @@ def test_out_of_range_instants_are_refused_at_parse_time(
 
 def test_every_accepted_instant_survives_a_day_of_arithmetic() -> None:
     for value in ("1970-01-01T00:00:00Z", "2200-12-31T23:59:59+14:00", "2026-02-28"):
-        instant = common.parse_datetime(value)
+        instant = arguments.parse_datetime(value)
         assert instant - timedelta(days=400) < instant < instant + timedelta(days=400)
     for value in ("1969-12-31T23:59:59Z", "1970-01-01T00:30:00+01:00", "2201-01-01", "0001-01-01"):
         with pytest.raises(argparse.ArgumentTypeError):
-            common.parse_datetime(value)
+            arguments.parse_datetime(value)
 
 
 @pytest.mark.parametrize(

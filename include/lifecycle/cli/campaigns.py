@@ -7,15 +7,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from lifecycle.cli.common import (
-    Commands,
-    UsageError,
-    engine_from,
-    known_campaign,
-    parse_datetime,
-    positive_int,
-    settings_from,
-)
+from lifecycle.cli.arguments import parse_datetime, positive_int
+from lifecycle.cli.common import Commands, UsageError, engine_from, known_campaign, settings_from
 
 
 def cmd_run(args: argparse.Namespace) -> int:

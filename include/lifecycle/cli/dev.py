@@ -8,17 +8,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from lifecycle.cli.common import (
-    Commands,
-    engine_from,
-    known_campaign,
-    milliseconds,
-    parse_datetime,
-    port,
-    positive_int,
-    probability,
-    settings_from,
-)
+from lifecycle.cli.arguments import milliseconds, parse_datetime, port, positive_int, probability
+from lifecycle.cli.common import Commands, engine_from, known_campaign, settings_from
 from lifecycle.devtools import seed
 
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from lifecycle.cli.common import Commands, engine_from, port, settings_from
+from lifecycle.cli.arguments import port
+from lifecycle.cli.common import Commands, engine_from, settings_from
 
 
 def cmd_serve_public(args: argparse.Namespace) -> int:

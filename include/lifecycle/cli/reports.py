@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from lifecycle.cli.common import (
-    Commands,
-    engine_from,
-    known_campaign,
-    parse_datetime,
-    positive_int,
-    settings_from,
-)
+from lifecycle.cli.arguments import parse_datetime, positive_int
+from lifecycle.cli.common import Commands, engine_from, known_campaign, settings_from
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -6,13 +6,8 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from lifecycle.cli.common import (
-    Commands,
-    engine_from,
-    non_negative_int,
-    parse_datetime,
-    settings_from,
-)
+from lifecycle.cli.arguments import non_negative_int, parse_datetime
+from lifecycle.cli.common import Commands, engine_from, settings_from
 from lifecycle.store import warehouse
 
 
