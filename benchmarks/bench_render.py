@@ -74,7 +74,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = load_settings()
-    spec = load_campaigns(settings.campaigns_dir)["birthday"]
+    spec = load_campaigns(settings.campaigns_dir).specs["birthday"]
 
     started = time.perf_counter()
     renderer = Renderer(settings)

@@ -29,7 +29,9 @@ def write(directory: Path, spec: dict | str, name: str = "winback") -> Path:
 
 
 def test_the_five_campaigns_ship_and_are_valid() -> None:
-    specs = load_campaigns(SHIPPED)
+    campaigns = load_campaigns(SHIPPED)
+    assert campaigns.errors == {}
+    specs = campaigns.specs
     assert {"onboarding", "reengagement", "birthday", "feedback", "loyalty"} <= set(specs)
     for spec in specs.values():
         assert spec.schedule.cron or spec.schedule.after_features, spec.id
@@ -37,7 +39,7 @@ def test_the_five_campaigns_ship_and_are_valid() -> None:
 
 
 def test_onboarding_template_follows_its_occurrence_key() -> None:
-    spec = load_campaigns(SHIPPED)["onboarding"]
+    spec = load_campaigns(SHIPPED).specs["onboarding"]
     assert [spec.template_for(step) for step in ("day0", "day3", "day7")] == [
         "onboarding/day0",
         "onboarding/day3",
@@ -134,12 +136,21 @@ def test_unreadable_yaml_names_the_file(tmp_path: Path, text: str, hint: str) ->
     assert str(path) in str(caught.value)
 
 
-def test_one_broken_spec_in_a_folder_is_named(tmp_path: Path) -> None:
+def test_a_broken_spec_disables_its_own_campaign_only(tmp_path: Path) -> None:
     write(tmp_path, VALID)
     broken = write(
         tmp_path, {**VALID, "id": "birthday", "delivery": {"rate_per_second": 0}}, name="birthday"
     )
+    campaigns = load_campaigns(tmp_path)
+    assert set(campaigns.specs) == {"winback"}
+    assert campaigns.ids == ["birthday", "winback"]
+    with pytest.raises(SpecError) as alone:
+        load_spec(broken)
+    error = str(alone.value)
+    assert error.startswith(f"{broken}: field 'delivery.rate_per_second': ")
+    assert campaigns.errors == {broken: error}
+    assert campaigns.spec("winback") == campaigns.specs["winback"]
+    assert campaigns.spec("nosuchcampaign") is None
     with pytest.raises(SpecError) as caught:
-        load_campaigns(tmp_path)
-    assert str(broken) in str(caught.value)
-    assert "delivery.rate_per_second" in str(caught.value)
+        campaigns.spec("birthday")
+    assert str(caught.value) == error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_zero_is_accepted_where_it_means_none() -> None:
 def test_unknown_campaign_ids_are_usage_errors_everywhere(
     warehouse_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    known = ", ".join(sorted(load_campaigns(load_settings().campaigns_dir)))
+    known = ", ".join(load_campaigns(load_settings().campaigns_dir).ids)
     expected = f"no campaign 'nosuchcampaign'; known: {known}"
     for command in (
         ["run", "nosuchcampaign"],
@@ -194,6 +195,35 @@ def test_unknown_campaign_ids_are_usage_errors_everywhere(
     ):
         code, err = run_cli(["--warehouse", warehouse_url, *command], capsys)
         assert (code, err) == (2, [expected]), command
+
+
+def test_a_broken_spec_stops_its_own_campaign_only(
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    campaigns = tmp_path / "campaigns"
+    shutil.copytree(load_settings().campaigns_dir, campaigns)
+    broken = campaigns / "birthday.yaml"
+    broken.write_text(broken.read_text().replace("schedule:", "schedul:", 1))
+    monkeypatch.setenv("LIFECYCLE_CAMPAIGNS_DIR", str(campaigns))
+    warning = f"warning: {broken} is invalid; campaign birthday cannot run"
+    code, err = run_cli(
+        ["--warehouse", sqlite_url, "run", "onboarding", "--dry-run", "--as-of", AS_OF], capsys
+    )
+    assert (code, err) == (0, [warning])
+    error = (
+        f"invalid campaign spec: {broken}: field 'schedul': unknown field "
+        "(did you mean 'schedule'?)"
+    )
+    out = str(tmp_path / "p.html")
+    for command in (
+        ["run", "birthday", "--as-of", AS_OF],
+        ["preview", "birthday", "--customer", "1", "--out", out],
+    ):
+        code, err = run_cli(["--warehouse", sqlite_url, *command], capsys)
+        assert (code, err) == (2, [error]), command
 
 
 def test_report_knows_campaigns_by_their_runs_too(
@@ -239,7 +269,7 @@ def test_a_run_whose_planning_fails_is_marked_failed(
     """`lifecycle run` finishes the run row as failed when plan raises (the DAG's finalize
     does the same through `abandon`)."""
     settings = load_settings(warehouse_url=warehouse_url)
-    spec = load_campaigns(settings.campaigns_dir)["onboarding"]
+    spec = load_campaigns(settings.campaigns_dir).specs["onboarding"]
     schema.source.drop_all(engine)
     with pytest.raises(sa.exc.DBAPIError):
         run_campaign(engine, spec, settings, as_of=datetime(2026, 11, 24, 12, tzinfo=UTC))

@@ -33,7 +33,7 @@ def test_preview_for_a_real_customer(engine, settings):
     with engine.connect() as conn:
         last = conn.execute(select(orders).order_by(orders.c.placed_at.desc()).limit(1)).one()
         customer = conn.execute(select(customers).where(customers.c.id == last.customer_id)).one()
-    spec = load_campaigns(settings.campaigns_dir)["feedback"]
+    spec = load_campaigns(settings.campaigns_dir).specs["feedback"]
 
     rendered = preview.preview_customer(engine, settings, spec, customer.id, as_of=AS_OF)
     locale = get_renderer(settings).resolve_locale("feedback", customer.locale, "en")

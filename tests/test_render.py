@@ -29,7 +29,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def specs(settings: Settings) -> dict[str, CampaignSpec]:
-    return load_campaigns(settings.campaigns_dir)
+    return load_campaigns(settings.campaigns_dir).specs
 
 
 @pytest.fixture

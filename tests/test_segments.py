@@ -368,7 +368,7 @@ def test_segment_for_checks_the_spec_fields() -> None:
 
 
 def test_shipped_campaign_specs_fit_their_segments() -> None:
-    specs = load_campaigns(load_settings().campaigns_dir)
+    specs = load_campaigns(load_settings().campaigns_dir).specs
     for spec in specs.values():
         segments.segment_for(spec)
 

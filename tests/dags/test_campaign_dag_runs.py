@@ -27,7 +27,7 @@ from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 from lifecycle.store import schema, warehouse
 
 AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 11:00 UTC: inside most local send windows
-SPECS = load_campaigns(load_settings().campaigns_dir)
+SPECS = load_campaigns(load_settings().campaigns_dir).specs
 API_KEY = "SG.dag-test-key"
 
 

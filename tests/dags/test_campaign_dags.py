@@ -26,7 +26,7 @@ from lifecycle.airflow.schedules import FEATURES_ASSET
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 
-SPECS = load_campaigns(load_settings().campaigns_dir)
+SPECS = load_campaigns(load_settings().campaigns_dir).specs
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))

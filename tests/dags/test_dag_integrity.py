@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, load_settings
 
 DAGS = PROJECT_ROOT / "dags"
-SPECS = load_campaigns(load_settings().campaigns_dir)
+SPECS = load_campaigns(load_settings().campaigns_dir).specs
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +100,52 @@ def test_every_dag_file_mentions_airflow_and_dag() -> None:
         assert "airflow" in text and "dag" in text, path
 
 
-def test_a_broken_spec_is_an_import_error_naming_file_and_field(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import shutil
-
+@pytest.fixture
+def broken_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped specs in a temporary folder, birthday.yaml with a misspelt field."""
     campaigns = tmp_path / "campaigns"
     shutil.copytree(load_settings().campaigns_dir, campaigns)
     broken = campaigns / "birthday.yaml"
     broken.write_text(broken.read_text().replace("schedule:", "schedul:", 1))
     monkeypatch.setenv("LIFECYCLE_CAMPAIGNS_DIR", str(campaigns))
-    bag = DagBag(dag_folder=str(DAGS / "campaigns.py"))
-    (error,) = bag.import_errors.values()
-    assert f"{broken}: field 'schedul': unknown field (did you mean 'schedule'?)" in error
+    return broken
+
+
+def test_a_broken_spec_is_one_import_error_and_the_other_campaigns_keep_their_dags(
+    parsed: tuple[DagBag, list[str], float], broken_spec: Path
+) -> None:
+    intact, _, _ = parsed
+    bag = DagBag(dag_folder=str(DAGS))
+    assert list(bag.import_errors) == [str(DAGS / "campaign_specs.py")]
+    error = bag.import_errors[str(DAGS / "campaign_specs.py")].rstrip()
+    assert error.endswith(
+        f"\n{broken_spec}: field 'schedul': unknown field (did you mean 'schedule'?)"
+    )
+    assert set(bag.dag_ids) == set(intact.dag_ids) - {"campaign_birthday"}
+    for dag_id in bag.dag_ids:
+        assert bag.dags[dag_id].timetable == intact.dags[dag_id].timetable
+
+
+def test_the_other_campaigns_stay_schedulable_in_airflows_database(
+    airflow_db: Path, broken_spec: Path
+) -> None:
+    """The scheduler creates no run for a DAG whose file has an import error (it is marked
+    `has_import_errors` and stale): the broken spec's error must not be that of their file."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import sync_bag_to_db
+    from airflow.models.dag import DagModel
+    from airflow.models.errors import ParseImportError
+    from airflow.utils.session import create_session
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=str(DAGS), bundle_path=DAGS, bundle_name="dags-folder")
+    sync_bag_to_db(bag, "dags-folder", None)
+    valid = {spec.dag_id for spec in SPECS.values()} - {"campaign_birthday"}
+    with create_session() as session:
+        errors = session.scalars(sa.select(ParseImportError.filename)).all()
+        flags = {
+            model.dag_id: (model.has_import_errors, model.is_stale)
+            for model in session.scalars(sa.select(DagModel).where(DagModel.dag_id.in_(valid)))
+        }
+    assert errors == ["campaign_specs.py"]
+    assert flags == dict.fromkeys(valid, (False, False))

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
@@ -20,9 +21,24 @@ from lifecycle.airflow.docs import campaign_doc_md
 from lifecycle.airflow.notifier import CampaignFailureNotifier
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
-from lifecycle.core.campaigns import CampaignSpec
+from lifecycle.core.campaigns import CampaignSpec, SpecError, load_campaigns
 
 log = logging.getLogger(__name__)
+
+
+def check_campaign_specs(directory: Path) -> None:
+    """Raise one `SpecError` naming every invalid spec in `directory`, a line each: the import
+    error of `dags/campaign_specs.py`, a file without DAGs.
+
+    Not an import error of `dags/campaigns.py`: Airflow marks every DAG of a file with an import
+    error as stale with import errors (`_update_import_errors` in
+    airflow/dag_processing/collection.py), and the scheduler creates no runs for those
+    (`DagModel.dags_needing_dagruns`), so one broken spec would stop every campaign.
+    """
+    errors = load_campaigns(directory).errors
+    if errors:
+        header = "these campaigns have no DAG until their spec is fixed; the others run:"
+        raise SpecError("\n".join([header, *errors.values()]))
 
 
 def build_campaign_dag(spec: CampaignSpec) -> DAG:

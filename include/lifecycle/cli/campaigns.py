@@ -12,22 +12,19 @@ from lifecycle.cli.common import Commands, UsageError, engine_from, known_campai
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lifecycle.core.campaigns import SpecError, load_campaigns
+    from lifecycle.core.campaigns import load_campaigns
     from lifecycle.delivery import DeliveryStopped
     from lifecycle.run.campaign import run_campaign
     from lifecycle.run.preflight import PreflightError
     from lifecycle.store.states import RunStatus
 
     settings = settings_from(args)
-    try:
-        specs = load_campaigns(settings.campaigns_dir)
-    except SpecError as exc:
-        print(f"invalid campaign spec: {exc}", file=sys.stderr)
-        return 2
-    spec = specs.get(args.campaign)
+    campaigns = load_campaigns(settings.campaigns_dir)
+    spec = campaigns.spec(args.campaign)  # its own file's SpecError if that file is invalid
     if spec is None:
-        print(f"no campaign {args.campaign!r}; known: {', '.join(sorted(specs))}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no campaign {args.campaign!r}; known: {', '.join(campaigns.ids)}")
+    for path in campaigns.errors:  # another campaign's: it does not stop this one
+        print(f"warning: {path} is invalid; campaign {path.stem} cannot run", file=sys.stderr)
     as_of = args.as_of or datetime.now(UTC)
     try:
         outcome = run_campaign(
@@ -78,7 +75,7 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lifecycle.core.campaigns import SpecError, load_campaigns
+    from lifecycle.core.campaigns import load_campaigns
     from lifecycle.core.templates import TemplateProblem
     from lifecycle.devtools import preview
 
@@ -92,10 +89,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
             pages = preview.preview_all(settings, out)
             print(f"{len(pages)} previews (template x locale) in {out}: open {out / 'index.html'}")
             return 0
-        specs = load_campaigns(settings.campaigns_dir)
-        spec = specs.get(args.campaign)
+        campaigns = load_campaigns(settings.campaigns_dir)
+        spec = campaigns.spec(args.campaign)
         if spec is None:
-            raise UsageError(f"no campaign {args.campaign!r}; known: {', '.join(sorted(specs))}")
+            raise UsageError(f"no campaign {args.campaign!r}; known: {', '.join(campaigns.ids)}")
         rendered = preview.preview_customer(
             engine_from(args),
             settings,
@@ -105,7 +102,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
             locale=args.locale,
             occurrence_key=args.occurrence_key,
         )
-    except (SpecError, TemplateProblem, preview.PreviewError) as exc:
+    except (TemplateProblem, preview.PreviewError) as exc:
         print(exc, file=sys.stderr)
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)

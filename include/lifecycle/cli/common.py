@@ -61,10 +61,11 @@ def engine_from(args: argparse.Namespace) -> Engine:
 
 
 def known_campaign(args: argparse.Namespace, campaign_id: str, *, with_runs: bool = False) -> None:
-    """Refuse a campaign id that no spec has (nor, `with_runs`, any run in the warehouse)."""
+    """Refuse a campaign id that no spec file has, valid or not (nor, `with_runs`, any run in
+    the warehouse)."""
     from lifecycle.core.campaigns import load_campaigns
 
-    known = set(load_campaigns(settings_from(args).campaigns_dir))
+    known = set(load_campaigns(settings_from(args).campaigns_dir).ids)
     if with_runs and campaign_id not in known:
         from lifecycle.reporting.queries import campaign_ids
 

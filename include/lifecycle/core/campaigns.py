@@ -2,13 +2,15 @@
 
 A spec is data. It names the audience (a segment), the template, what counts as "the same
 email" (the occurrence key) and the policies and delivery settings. `load_campaigns()` validates
-every file and raises `SpecError` naming the file and the field at fault.
+every file: the valid specs, and for each invalid file a `SpecError` text naming the file and the
+field at fault, so one broken file disables its own campaign only.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -247,7 +249,36 @@ def load_spec(path: Path) -> CampaignSpec:
     return spec
 
 
-def load_campaigns(directory: Path) -> dict[str, CampaignSpec]:
-    """Every `*.yaml` spec in `directory`, by id. Any invalid spec raises `SpecError`."""
-    specs = [load_spec(path) for path in sorted(directory.glob("*.yaml"))]
-    return {spec.id: spec for spec in specs}
+@dataclass(frozen=True)
+class Campaigns:
+    """A folder of specs: the valid ones by id, and each invalid file's error by its path."""
+
+    specs: dict[str, CampaignSpec]
+    errors: dict[Path, str]
+
+    @property
+    def ids(self) -> list[str]:
+        """Every campaign a file stands for, valid or not (a file's name is its campaign's id)."""
+        return sorted({*self.specs, *(path.stem for path in self.errors)})
+
+    def spec(self, campaign_id: str) -> CampaignSpec | None:
+        """The campaign's spec, or None if no file stands for it; raises `SpecError` with its
+        file's error if that file is invalid."""
+        for path, error in self.errors.items():
+            if path.stem == campaign_id:
+                raise SpecError(error)
+        return self.specs.get(campaign_id)
+
+
+def load_campaigns(directory: Path) -> Campaigns:
+    """Every `*.yaml` spec in `directory`: an invalid file never hides the valid ones."""
+    specs: dict[str, CampaignSpec] = {}
+    errors: dict[Path, str] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            errors[path] = str(exc)
+        else:
+            specs[spec.id] = spec
+    return Campaigns(specs, errors)

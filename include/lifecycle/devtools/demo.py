@@ -113,7 +113,7 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     engine = warehouse.engine_for(settings.warehouse_url)
     logs = settings.home / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    specs = load_campaigns(settings.campaigns_dir)
+    campaigns = load_campaigns(settings.campaigns_dir)
     env = airflow_env(settings, airflow_home)
 
     step("1/5", f"warehouse {settings.warehouse_url}: migrate")
@@ -135,8 +135,12 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     dags_test("customer_features", conf, env, logs)
 
     step("5/5", "every campaign, run by Airflow (airflow dags test):")
+    for error in campaigns.errors.values():
+        print(f"      skipped, invalid spec: {error}")
     already_sent = sent_before(engine)
-    outcomes = [run_campaign(engine, spec, settings, conf, env, logs) for spec in specs.values()]
+    outcomes = [
+        run_campaign(engine, spec, settings, conf, env, logs) for spec in campaigns.specs.values()
+    ]
     print()
     print(table(outcomes))
     report(outcomes, already_sent, settings, logs)

@@ -124,7 +124,7 @@ def preview_all(settings: Settings, out_dir: Path) -> list[Page]:
     """Every template x locale with sample data into `out_dir/<template>/<locale>.html|.txt`,
     plus `out_dir/index.html`. Templates a campaign uses get that campaign's fields."""
     renderer = get_renderer(settings)
-    specs = load_campaigns(settings.campaigns_dir)
+    specs = load_campaigns(settings.campaigns_dir).specs
     users: dict[str, tuple[CampaignSpec | None, str]] = {}
     for spec in specs.values():
         for key in renderer.occurrence_keys(spec):
