@@ -384,6 +384,108 @@ def test_malformed_batch_gets_400_and_stores_nothing(
     assert count(engine, engagement_events) == count(engine, suppressions) == 0
 
 
+# --- well-signed but malformed fields: 400 naming the event and field, nothing stored ------
+def batch_ending_with(bad: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two valid events that would store events and suppressions, then `bad` as event 2."""
+    return [event("bounce", 1, type="bounce"), event("group_unsubscribe", 2, asm_group_id=42), bad]
+
+
+def bad_event(field: str, value: Any) -> dict[str, Any]:
+    return {**event("group_unsubscribe", 3, asm_group_id=7), field: value}
+
+
+def assert_refused(response: httpx.Response, engine: Engine, detail: str = "") -> None:
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith(detail)
+    assert count(engine, engagement_events) == count(engine, suppressions) == 0
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        # PostgreSQL text holds neither a NUL nor a lone surrogate (not UTF-8)
+        pytest.param("email", "lone\ud800@example.com", id="email-surrogate"),
+        pytest.param("email", "nul\x00@example.com", id="email-nul"),
+        pytest.param("url", "https://shop.example/\udfff", id="url-surrogate"),
+        pytest.param("sg_message_id", "msg\x00.filter", id="message-id-nul"),
+        pytest.param("note", {"nested": ["fine", "\ud800"]}, id="extra-field-surrogate"),
+        pytest.param("tags", ["nul\x00"], id="extra-field-nul"),
+        pytest.param("\ud800", "value", id="field-name-surrogate"),
+        # integers past their column's range
+        pytest.param("asm_group_id", 10**30, id="group-id-past-scope-column"),
+        pytest.param("asm_group_id", 2**31, id="group-id-past-32-bit"),
+        pytest.param("asm_group_id", -1, id="group-id-negative"),
+        pytest.param("timestamp", 32_503_680_000, id="timestamp-year-3000"),
+        pytest.param("timestamp", 10**20, id="timestamp-past-datetime"),
+        pytest.param("timestamp", -1, id="timestamp-before-1970"),
+        # wrong JSON types
+        pytest.param("email", {"address": "a@example.com"}, id="email-object"),
+        pytest.param("email", ["a@example.com"], id="email-list"),
+        pytest.param("email", 42, id="email-number"),
+        pytest.param("event", ["open"], id="event-list"),
+        pytest.param("reason", True, id="reason-bool"),
+        pytest.param("timestamp", True, id="timestamp-bool"),
+        pytest.param("timestamp", "1790000000", id="timestamp-string"),
+        pytest.param("asm_group_id", True, id="group-id-bool"),
+        pytest.param("asm_group_id", "42", id="group-id-string"),
+        pytest.param("send_id", True, id="send-id-bool"),
+        pytest.param("send_id", {"id": 1}, id="send-id-object"),
+        pytest.param("campaign", ["birthday"], id="campaign-list"),
+        # longer than the column
+        pytest.param("email", "a" * 309 + "@example.com", id="email-321"),
+        pytest.param("event", "x" * 33, id="event-33"),
+        pytest.param("sg_event_id", "x" * 129, id="sg-event-id-129"),
+        pytest.param("sg_message_id", "x" * 1001, id="message-id-1001"),
+    ],
+)
+def test_malformed_field_gets_400_naming_it_and_stores_nothing(
+    post_events: Callable[[Any], httpx.Response], engine: Engine, field: str, value: Any
+) -> None:
+    response = post_events(batch_ending_with(bad_event(field, value)))
+    assert_refused(response, engine, f"event 2: {field!a} ")
+
+
+@pytest.mark.parametrize(
+    "raw, detail",
+    [
+        (b"1e999", "event 2: 'score' holds an infinite number"),
+        (b"1" * 5000, "body is not JSON"),
+        (b"[" * 100 + b"]" * 100, "event 2: 'score' is nested deeper than"),
+    ],
+    ids=["infinite-float", "int-past-4300-digits", "nested-100-deep"],
+)
+def test_value_the_warehouse_cannot_hold_gets_400_and_stores_nothing(
+    post_events: Callable[[Any], httpx.Response], engine: Engine, raw: bytes, detail: str
+) -> None:
+    body = json.dumps(batch_ending_with(bad_event("score", 0))).encode()
+    response = post_events(body.replace(b'"score": 0', b'"score": ' + raw))
+    assert_refused(response, engine, detail)
+
+
+def test_body_not_utf8_gets_400_and_stores_nothing(
+    post_events: Callable[[Any], httpx.Response], engine: Engine
+) -> None:
+    body = json.dumps(batch_ending_with(event("open", 3))).encode("utf-16")
+    assert_refused(post_events(body), engine, "body is not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("send_id", "²"), ("send_id", "١٢"), ("send_id", "-5"), ("send_id", "1" * 19),
+     ("send_id", 10**30), ("campaign", "x" * 65)],
+    ids=["superscript", "arabic-indic", "negative", "past-bigint", "int-past-bigint", "long"],
+)  # fmt: skip
+def test_custom_args_not_ours_are_stored_unlinked(
+    post_events: Callable[[Any], httpx.Response], engine: Engine, field: str, value: Any
+) -> None:
+    response = post_events([{**event("open", 1), field: value}])
+    assert response.status_code == 200, response.text
+    with engine.connect() as conn:
+        stored = conn.execute(select(engagement_events)).one()
+    expected = (None, "birthday") if field == "send_id" else (1, None)
+    assert (stored.send_id, stored.campaign_id) == expected
+
+
 def test_oversized_batch_gets_413_and_stores_nothing(
     post_events: Callable[[Any], httpx.Response], engine: Engine
 ) -> None:

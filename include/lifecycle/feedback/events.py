@@ -15,6 +15,8 @@ import base64
 import binascii
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +95,16 @@ def verify_signature(
 
 
 # --- validation ---------------------------------------------------------------------------
+# Every field is checked before anything is stored, against what the warehouse can hold on
+# both backends: PostgreSQL text refuses NUL and lone surrogates (not UTF-8), JSON refuses
+# infinities, each column has its length or range, and the payload is stored whole.
+FIRST_YEAR, LAST_YEAR = 1970, 2200  # event times a campaign can mean (as `--as-of`)
+LATEST_TIMESTAMP = datetime(LAST_YEAR + 1, 1, 1, tzinfo=UTC).timestamp()
+MAX_DEPTH = 32  # JSON nesting within one field (SendGrid's are flat or lists of strings)
+MAX_GROUP_ID = 2**31 - 1  # SendGrid's ASM group ids are 32-bit; scope "group:<id>" fits 32
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
 def natural_key(event: dict[str, Any]) -> str:
     """Identity of an event without sg_event_id: sha256 of message, event, time, email, url."""
     parts = (
@@ -106,52 +118,104 @@ def natural_key(event: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _plain(value: Any, limit: int) -> bool:
-    """A string a text column of `limit` chars can hold (PostgreSQL: no NUL, valid UTF-8)."""
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-        return False
-    return value.isascii() or not any("\ud800" <= char <= "\udfff" for char in value)
+def _invalid(index: int, field: str, problem: str) -> WebhookRejected:
+    """400 naming the event and the field (a hostile field name is cut and escaped)."""
+    return WebhookRejected(400, f"event {index}: {field[:40]!a} {problem}")
 
 
-def _text(event: dict[str, Any], name: str, limit: int, index: int) -> str | None:
-    value = event.get(name)
+def _problem(value: Any) -> str | None:
+    """What the warehouse could not hold in a JSON value (keys too), if anything. Iterative,
+    and depth-limited: a value nested as deep as the parser allows would exhaust the stack
+    of the serializer that stores it."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return f"is nested deeper than {MAX_DEPTH} levels"
+        if isinstance(item, str) and _UNSTORABLE.search(item):
+            return "holds a NUL or a lone surrogate"
+        if isinstance(item, float) and not math.isfinite(item):
+            return "holds an infinite number"
+        if isinstance(item, dict):
+            pending += [(part, depth + 1) for part in (*item.keys(), *item.values())]
+        elif isinstance(item, list):
+            pending += [(part, depth + 1) for part in item]
+    return None
+
+
+def _check_storable(event: dict[str, Any], index: int) -> None:
+    for field, value in event.items():
+        problem = _problem(field) or _problem(value)
+        if problem:
+            raise _invalid(index, field, problem)
+
+
+def _text(event: dict[str, Any], field: str, limit: int, index: int) -> str | None:
+    value = event.get(field)
     if value is None:
         return None
-    if not _plain(value, limit):
-        raise WebhookRejected(400, f"event {index}: {name!r} must be a string of <= {limit} chars")
+    if not isinstance(value, str):
+        raise _invalid(index, field, "must be a string")
+    if len(value) > limit:
+        raise _invalid(index, field, f"is longer than {limit} characters")
     return value
 
 
-def _send_id(value: Any) -> int | None:
-    """Our custom arg comes back as a string; anything but digits is not ours."""
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    return int(text) if text.isdigit() and len(text) < 19 else None
+def _occurred_at(event: dict[str, Any], index: int) -> datetime:
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        raise _invalid(index, "timestamp", "must be a unix time")
+    if not 0 <= timestamp < LATEST_TIMESTAMP:
+        raise _invalid(index, "timestamp", f"is outside the years {FIRST_YEAR}..{LAST_YEAR}")
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _send_id(event: dict[str, Any], index: int) -> int | None:
+    """Our custom arg comes back as a string; anything but ASCII digits that fit a ledger id
+    is not ours (another sender's), but a value no custom arg can be is malformed."""
+    value = event.get("send_id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _invalid(index, "send_id", "must be a string")
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+
+
+def _campaign(event: dict[str, Any], index: int) -> str | None:
+    """Our custom arg `campaign` (or `campaign_id`); one longer than our ids is not ours."""
+    for field in ("campaign", "campaign_id"):
+        if event.get(field) is not None and not isinstance(event[field], str):
+            raise _invalid(index, field, "must be a string")
+    campaign = event.get("campaign") or event.get("campaign_id")
+    return campaign if campaign and len(campaign) <= 64 else None
+
+
+def _check_group_id(event: dict[str, Any], index: int) -> None:
+    value = event.get("asm_group_id")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GROUP_ID:
+        raise _invalid(index, "asm_group_id", f"must be a whole number 1..{MAX_GROUP_ID}")
 
 
 def to_row(event: Any, index: int, received_at: datetime) -> dict[str, Any]:
     """One validated engagement_events row from a raw webhook event."""
     if not isinstance(event, dict):
         raise WebhookRejected(400, f"event {index}: not a JSON object")
+    _check_storable(event, index)
     name = _text(event, "event", 32, index)
     if not name:
-        raise WebhookRejected(400, f"event {index}: 'event' is missing")
-    timestamp = event.get("timestamp")
-    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool) or timestamp < 0:
-        raise WebhookRejected(400, f"event {index}: 'timestamp' must be a unix time")
-    try:
-        occurred_at = datetime.fromtimestamp(timestamp, UTC)
-    except (OverflowError, ValueError, OSError):
-        raise WebhookRejected(400, f"event {index}: 'timestamp' out of range") from None
+        raise _invalid(index, "event", "is missing")
+    _check_group_id(event, index)
     message = _text(event, "sg_message_id", 1000, index)
-    campaign = event.get("campaign") or event.get("campaign_id")
     return {
         "sg_event_id": _text(event, "sg_event_id", 128, index),
-        "natural_key": natural_key(event),
         "event": name,
         "email": _text(event, "email", 320, index),
-        "occurred_at": occurred_at,
-        "send_id": _send_id(event.get("send_id")),
-        "campaign_id": campaign if _plain(campaign, 64) else None,
+        "occurred_at": _occurred_at(event, index),
+        "send_id": _send_id(event, index),
+        "campaign_id": _campaign(event, index),
         # sg_message_id = X-Message-Id (what the ledger stores) + "." + SendGrid's suffix
         "message_id": message.split(".", 1)[0][:128] if message else None,
         "url": _text(event, "url", 100_000, index),
@@ -159,6 +223,7 @@ def to_row(event: Any, index: int, received_at: datetime) -> dict[str, Any]:
         "simulated": False,
         "payload": event,
         "received_at": received_at,
+        "natural_key": natural_key(event),  # last: once the fields it hashes are checked
     }
 
 
@@ -171,11 +236,13 @@ def parse_batch(body: bytes, received_at: datetime) -> list[dict[str, Any]]:
     if len(body) > MAX_BODY_BYTES:
         raise WebhookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
-        events = json.loads(body, parse_constant=_no_constants)
+        events = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise WebhookRejected(400, "body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise WebhookRejected(400, f"body is not JSON: {exc.msg} at {exc.pos}") from None
+    except ValueError:  # an integer past Python's 4300-digit conversion limit
+        raise WebhookRejected(400, "body is not JSON: a number has too many digits") from None
     except RecursionError:
         raise WebhookRejected(400, "body is nested too deeply") from None
     if not isinstance(events, list):
