@@ -58,21 +58,22 @@ def port(value: str) -> int:
     return number
 
 
-def probability(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
+
+
+def probability(value: str) -> float:
+    number = _number(value)
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"a probability is 0..1, not {value}")
     return number
 
 
 def milliseconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {value!r}") from None
+    number = _number(value)
     if not 0.0 <= number <= 3_600_000:  # NaN fails too
         raise argparse.ArgumentTypeError(f"milliseconds are 0..3600000, not {value}")
     return number
