@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from lifecycle.store import ledger, runs
+from lifecycle.store import ledger, runs, unknown
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.schema import send_ledger
 
@@ -197,8 +197,8 @@ def test_requeue_unknown(engine: Engine, only_some: bool) -> None:
     with engine.begin() as conn:
         ledger.insert_rows(conn, [row(i, run_id, status="unknown") for i in (1, 2, 3)])
         ids = sorted(conn.execute(select(send_ledger.c.id)).scalars())
-        chosen = ids[:1] if only_some else None
-        assert ledger.requeue_unknown(conn, "welcome", chosen) == (1 if only_some else 3)
+        chosen = ids[:1] if only_some else ids
+        assert unknown.requeue(conn, "welcome", chosen) == (1 if only_some else 3)
     expected = (
         {1: "planned", 2: "unknown", 3: "unknown"}
         if only_some

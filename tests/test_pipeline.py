@@ -34,7 +34,7 @@ from lifecycle.run.finalize import finalize
 from lifecycle.run.plan import Batch, PlanResult, abandon, plan
 from lifecycle.run.preflight import PreflightError, preflight
 from lifecycle.run.test_sends import send_tests
-from lifecycle.store import ledger, runs, warehouse
+from lifecycle.store import runs, unknown, warehouse
 from lifecycle.store.schema import (
     campaign_runs,
     coupons,
@@ -414,7 +414,8 @@ def test_dropped_connections_are_reported_then_requeued_by_a_human(
     assert run(engine, make_spec(), settings, as_of=later)["sent"] == 0
     # The operator checked SendGrid's activity feed: they never arrived.
     with engine.begin() as conn:
-        assert ledger.requeue_unknown(conn, "onboarding") == 3
+        ids = unknown.unresolved_ids(conn, "onboarding", attempted_before=None)
+        assert unknown.requeue(conn, "onboarding", ids) == 3
     run(engine, make_spec(), settings, as_of=later + timedelta(minutes=30))
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
