@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
 
 from lifecycle import cli
 from lifecycle.core import segments
@@ -476,6 +477,79 @@ def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
     assert sent <= set(received)  # every recorded send arrived
     assert set(received) <= sent | unknown  # only unknown rows may have arrived unrecorded
     assert sent | unknown == set(rows.index)  # everyone else was sent by the rerun
+
+
+CRASH_SCRIPT = DELIVER_SCRIPT.replace('attempt="doomed"', "attempt=sys.argv[4]")
+
+
+def sending_rows(engine: Engine, attempt: str) -> int:
+    query = select(func.count()).where(
+        send_ledger.c.status == "sending", send_ledger.c.claimed_by == attempt
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()
+
+
+@pytest.mark.slow
+def test_a_killed_delivery_leaves_at_most_the_documented_bound_unknown_and_nobody_twice(
+    engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the delivering process at random points, and once at its fullest (as many
+    claimed rows without an outcome as it gets): never more than 500 + 3 x concurrency rows
+    become unknown (the README's bound), and nobody is mailed twice."""
+    ids = add_customers(engine, 3000)
+    spec = make_spec(delivery={"batch_size": 5000, "concurrency": 4})
+    bound = 500 + 3 * spec.delivery.concurrency
+    planned = plan(engine, spec, settings, run_key="crashes", as_of=AS_OF)
+    (batch,) = planned.batches
+    sink.state.faults.update({"latency_ms": 2})
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(tmp_path),
+        "LIFECYCLE_WAREHOUSE_URL": warehouse_url,
+        "LIFECYCLE_TRANSPORT": "sendgrid",
+        "SENDGRID_API_KEY": KEY,
+        "LIFECYCLE_SENDGRID_HOST": sink.url,
+        "LIFECYCLE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret or "",
+    }
+    args = [spec.model_dump_json(), str(planned.run_id), json.dumps(batch.to_dict())]
+    rng = random.Random(15)
+    left_unknown = []
+    fullest = 0
+    for kill, at_fullest in enumerate([False, False, False, True]):
+        attempt = f"doomed-{kill}"
+        received_before = len(sink.state.snapshot())
+        after = rng.randrange(20, 400)
+        child = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, *args, attempt], env=env)
+        deadline = time.monotonic() + 120
+        while child.poll() is None:
+            assert time.monotonic() < deadline, "the delivery subprocess made no progress"
+            sent_here = len(sink.state.snapshot()) - received_before
+            held = sending_rows(engine, attempt)  # what a kill now would leave unknown
+            fullest = max(fullest, held)
+            if at_fullest:  # past the bound, or long enough to have filled up many times
+                if held > bound or sent_here >= 1500:
+                    break
+            elif sent_here >= after:
+                break
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        left_unknown.append(sending_rows(engine, attempt))
+    assert all(0 < n <= bound for n in left_unknown), (left_unknown, bound)
+    assert fullest <= bound, (fullest, bound)
+
+    deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="rescue")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
+    time.sleep(0.2)  # requests in flight at a kill land at the sink
+    received = {int(k): n for k, n in sink.state.send_ids().items()}
+    assert set(received.values()) == {1}  # nobody twice
+    rows = ledger_rows(engine).set_index("id")
+    sent = set(rows.index[rows["status"] == "sent"])
+    unknown_ids = set(rows.index[rows["status"] == "unknown"])
+    assert counts["unknown"] == len(unknown_ids) == sum(left_unknown)
+    assert sent <= set(received) <= sent | unknown_ids
+    assert sent | unknown_ids == set(rows.index) and len(rows) == len(ids)
 
 
 def test_bad_key_stops_the_run_and_leaves_rows_planned(
