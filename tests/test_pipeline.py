@@ -28,6 +28,8 @@ from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
+from lifecycle.feedback import events
+from lifecycle.feedback import suppressions as feedback_suppressions
 from lifecycle.run.campaign import run_campaign
 from lifecycle.run.compose import make_transport
 from lifecycle.run.deliver import deliver
@@ -283,6 +285,57 @@ def test_an_address_suppressed_after_planning_is_not_mailed(
     assert received_by_customer(sink) == {i: 1 for i in ids if i != 7}
     with engine.connect() as conn:
         assert 7 not in set(conn.execute(select(coupons.c.customer_id)).scalars())
+
+
+def test_a_mixed_case_address_unsubscribed_after_planning_is_not_mailed(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 6)
+    add_customers(engine, 1, start=7, email="Customer7@Example.AM")
+    add_customers(engine, 3, start=8)
+    spec = make_spec()
+    planned = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    with engine.begin() as conn:  # the unsubscribe page stores the address as typed
+        feedback_suppressions.add(
+            conn,
+            [
+                feedback_suppressions.row(
+                    "CUSTOMER7@example.am", "global", "unsubscribe", "link", AS_OF
+                )
+            ],
+        )
+    for batch in planned.batches:
+        deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="t1")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
+    assert (counts["sent"], counts["skipped"]) == (9, {"suppressed": 1})
+    assert "customer7@example.am" not in sink.state.recipients()
+
+
+def test_a_504_is_unknown_never_retried_and_resolved_by_sendgrids_event(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 5)
+    sink.state.faults.update({"fail_next": ["504"]})  # kept by the sink, then answered 504
+    counts = run(engine, make_spec(), settings)
+    assert (counts["sent"], counts["unknown"], counts["failed"]) == (4, 1, 0)
+    assert set(sink.state.send_ids().values()) == {1} and len(sink.state.send_ids()) == 5
+    rows = ledger_rows(engine)
+    row = rows[rows["status"] == "unknown"].iloc[0]
+    assert (row["http_status"], row["reason"], row["retryable"]) == (504, "gateway_timeout", None)
+    with engine.connect() as conn:
+        assert runs.get_run(conn, int(row["run_id"])).status == "failed"
+    # SendGrid had accepted it: its processed event makes the row sent.
+    event = {
+        "event": "processed",
+        "email": row["email"],
+        "timestamp": int(AS_OF.timestamp()) + 5,
+        "sg_event_id": "processed-504",
+        "send_id": str(row["id"]),
+        "campaign": "onboarding",
+    }
+    result = events.ingest_body(engine, json.dumps([event]).encode(), AS_OF)
+    assert result.resolved_unknown == 1
+    assert ledger_rows(engine).set_index("id").loc[row["id"], "status"] == "sent"
 
 
 def advisory_lock_waiters(engine: Engine) -> int:
