@@ -70,12 +70,6 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
     known_campaign(args, args.campaign)
     settings = settings_from(args)
     quiet = settings.requeue_quiet_period()
-    if quiet is None and not args.ids:
-        raise UsageError(
-            "no event webhook is configured (LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY), so nothing "
-            "shows which unknown emails never reached SendGrid: check SendGrid's Email Activity "
-            f"and requeue those with `lifecycle requeue-unknown {args.campaign} --id LEDGER_ID`"
-        )
     # Rows attempted after the cutoff may still get their events; None: no cutoff applies.
     cutoff = now() - quiet if quiet is not None and not args.include_recent else None
     engine = engine_from(args)
@@ -85,6 +79,15 @@ def cmd_requeue_unknown(args: argparse.Namespace) -> int:
             conn, campaign_id=args.campaign, requeueable_before=now() - quiet if quiet else None
         )
         eligible = unknown.unresolved_ids(conn, args.campaign, attempted_before=cutoff)
+    if quiet is None and not args.ids:
+        raise UsageError(
+            f"{found.unresolved:,} unknown emails of {args.campaign}, and no event webhook is "
+            "configured (LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY) to show which never reached "
+            "SendGrid: nothing requeued",
+            hint="check SendGrid's Email Activity (custom arg send_id), then "
+            f"`lifecycle requeue-unknown {args.campaign} --id LEDGER_ID` for those that never "
+            "arrived",
+        )
     chosen = sorted(set(args.ids) & set(eligible)) if args.ids else eligible
     print(_requeue_plan(args, found, quiet, len(chosen)))
     for line in _id_lines(chosen):
