@@ -468,8 +468,8 @@ def test_dropped_connections_are_reported_then_requeued_by_a_human(
     assert run(engine, make_spec(), settings, as_of=later)["sent"] == 0
     # The operator checked SendGrid's activity feed: they never arrived.
     with engine.begin() as conn:
-        ids = unknown.unresolved_ids(conn, "onboarding", attempted_before=None)
-        assert unknown.requeue(conn, "onboarding", ids) == 3
+        unresolved = unknown.unresolved_ids(conn, "onboarding", attempted_before=None)
+        assert unknown.requeue(conn, "onboarding", unresolved) == 3
     run(engine, make_spec(), settings, as_of=later + timedelta(minutes=30))
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 

@@ -154,6 +154,7 @@ async def _deliver(
     def finished(task: asyncio.Task[Outcome], send_id: int) -> None:
         in_flight.discard(task)
         slots.release()
+        progress.set()  # wakes a waiting claim once this callback has run
         if task.cancelled():
             outcomes.append(
                 Outcome(
@@ -174,7 +175,6 @@ async def _deliver(
             )
         else:
             outcomes.append(task.result())
-        progress.set()
 
     async def flush() -> None:
         nonlocal held
