@@ -550,7 +550,7 @@ def test_a_killed_delivery_leaves_at_most_the_documented_bound_unknown_and_nobod
     """SIGKILL the delivering process at random points, and once at its fullest (as many
     claimed rows without an outcome as it gets): never more than 500 + 3 x concurrency rows
     become unknown (the README's bound), and nobody is mailed twice."""
-    ids = add_customers(engine, 3000)
+    ids = add_customers(engine, 4000)  # more than the four attempts can take
     spec = make_spec(delivery={"batch_size": 5000, "concurrency": 4})
     bound = 500 + 3 * spec.delivery.concurrency
     planned = plan(engine, spec, settings, run_key="crashes", as_of=AS_OF)
@@ -581,11 +581,12 @@ def test_a_killed_delivery_leaves_at_most_the_documented_bound_unknown_and_nobod
             held = sending_rows(engine, attempt)  # what a kill now would leave unknown
             fullest = max(fullest, held)
             if at_fullest:  # past the bound, or long enough to have filled up many times
-                if held > bound or sent_here >= 1500:
+                if held > bound or sent_here >= 1000:
                     break
             elif sent_here >= after:
                 break
             time.sleep(0.005)
+        assert child.poll() is None, "the attempt ended before it could be killed"
         child.send_signal(signal.SIGKILL)
         child.wait()
         left_unknown.append(sending_rows(engine, attempt))
