@@ -90,3 +90,14 @@ def test_tampered_tokens_are_rejected(settings, tmp_path):
         with pytest.raises(unsubscribe.InvalidToken) as caught:
             unsubscribe.verify(settings, bad)
         assert SECRET not in str(caught.value)
+
+
+def test_a_token_with_an_empty_signature_is_rejected(settings):
+    """A valid token cut after its separator (signature empty) must not verify: a comparison
+    that only looks at the bytes present would accept it."""
+    token = unsubscribe.token_for(settings, 42, "birthday", "ani@example.com")
+    head, separator, _ = token.rpartition(".")
+    assert separator, "the token's signature follows its last '.'"
+    for bad in (head + ".", head + ".="):
+        with pytest.raises(unsubscribe.InvalidToken):
+            unsubscribe.verify(settings, bad)

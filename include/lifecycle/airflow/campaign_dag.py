@@ -178,7 +178,9 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
                 abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
                 raise AirflowFailException("an earlier task failed (see preflight or plan)")
-            outcome = phase.finalize(warehouse_engine(settings), spec, run_id=run_id)
+            outcome = phase.finalize(
+                warehouse_engine(settings), spec, run_id=run_id, settings=settings
+            )
             if outcome.status != RunStatus.SUCCESS:
                 raise AirflowFailException(_run_problem(spec.id, outcome.counts))
             counts = outcome.counts
@@ -219,6 +221,8 @@ def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
 
 def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
     """What went wrong with a finalized run, and what a person should do about it."""
+    from lifecycle.run.finalize import unknown_hint
+
     if counts.get("dry_run"):
         return _render_problem(
             counts["render_errors"], counts["planned"], counts["render_error_examples"]
@@ -236,11 +240,7 @@ def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
             "or clear the failed deliver tasks and finalize right away"
         )
     if counts["unknown"]:
-        problems.append(
-            f"{counts['unknown']:,} emails may or may not have reached SendGrid and are not "
-            "resent automatically: check SendGrid's activity, then `lifecycle requeue-unknown "
-            f"{campaign_id}` for the ones that never arrived"
-        )
+        problems.append(unknown_hint(campaign_id, dict(counts)))
     if counts["failed"] and not counts["sent"]:
         problems.append(f"all {counts['failed']:,} emails failed (see the ledger's errors)")
     return "; ".join(problems)

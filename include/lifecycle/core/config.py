@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, overload
 
@@ -41,10 +42,19 @@ class Settings:
     unsubscribe_mailbox: str = "unsubscribe@lifecycle-demo.shop"
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
+    # An `unknown` row with no SendGrid event this long after its attempt may be requeued.
+    unknown_quiet_hours: float = 24.0
 
     @property
     def outbox_dir(self) -> Path:
         return self.home / "outbox"
+
+    def requeue_quiet_period(self) -> timedelta | None:
+        """How long an `unknown` row waits for SendGrid's events before it may be requeued;
+        None without a signed event webhook (no event will ever come to resolve it)."""
+        if not self.sendgrid_webhook_public_key:
+            return None
+        return timedelta(hours=self.unknown_quiet_hours)
 
     def chosen_transport(self) -> str:
         if self.transport:
@@ -76,5 +86,6 @@ def load_settings(**overrides: Any) -> Settings:
         ),
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
+        unknown_quiet_hours=float(_env("LIFECYCLE_UNKNOWN_QUIET_HOURS", "24")),
     )
     return replace(settings, **overrides)

@@ -11,7 +11,7 @@ Revenue adds up order amounts as stored: orders in several currencies are refuse
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote
 
@@ -22,7 +22,9 @@ from lifecycle.core.config import Settings
 from lifecycle.reporting import queries
 from lifecycle.reporting.kpis import CohortValue, MonthKpis, cohort_values, monthly_kpis
 from lifecycle.reporting.performance import Performance, conversions_by_run, run_performance
+from lifecycle.store import unknown
 from lifecycle.store.states import RunStatus
+from lifecycle.store.unknown import UnknownStates
 
 CLI_RUN_PREFIX = "cli__"  # run keys of real runs that `lifecycle run` makes
 
@@ -57,6 +59,8 @@ class CampaignReport:
     runs: int
     last_run_at: datetime | None
     performance: Performance
+    # sends once `unknown`: resolved from SendGrid's events, awaiting them, requeue-able
+    unknown: UnknownStates = field(default_factory=lambda: UnknownStates(0, 0, 0))
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -64,6 +68,7 @@ class CampaignReport:
             "runs": self.runs,
             "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
             **self.performance.to_dict(),
+            "unknown_states": self.unknown.to_dict(),
         }
 
 
@@ -138,6 +143,13 @@ def build_report(
         signups = queries.signups(conn, settings, as_of)
         simulated = queries.simulated_events(conn, campaign_id)
         activity = _daily_activity(conn, as_of, days, campaign_id)
+        quiet = settings.requeue_quiet_period()
+        unknown_states = {
+            cid: unknown.states(
+                conn, campaign_id=cid, requeueable_before=as_of - quiet if quiet else None
+            )
+            for cid in {run.campaign_id for run in runs}
+        }
     run_reports = [
         RunReport(
             run_id=run.id,
@@ -155,7 +167,7 @@ def build_report(
         as_of=as_of,
         conversion_days=conversion_days,
         active_days=active_days,
-        campaigns=_by_campaign(run_reports),
+        campaigns=_by_campaign(run_reports, unknown_states),
         runs=run_reports,
         months=monthly_kpis(orders, as_of, months, active_days),
         cohorts=cohort_values(signups, orders),
@@ -212,7 +224,9 @@ def _daily_activity(
     ]
 
 
-def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
+def _by_campaign(
+    runs: list[RunReport], unknown_states: dict[str, UnknownStates]
+) -> list[CampaignReport]:
     grouped: dict[str, list[RunReport]] = defaultdict(list)
     for run in runs:
         grouped[run.campaign_id].append(run)
@@ -222,5 +236,9 @@ def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
         for run in campaign_runs:
             total.add(run.performance)
         last = max(run.started_at for run in campaign_runs)
-        reports.append(CampaignReport(campaign_id, len(campaign_runs), last, total))
+        reports.append(
+            CampaignReport(
+                campaign_id, len(campaign_runs), last, total, unknown_states[campaign_id]
+            )
+        )
     return reports

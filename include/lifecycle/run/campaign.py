@@ -54,5 +54,5 @@ def run_campaign(
         for batch in planned.batches:
             deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt=attempt)
     finally:
-        outcome = finalize(engine, spec, run_id=planned.run_id)
+        outcome = finalize(engine, spec, run_id=planned.run_id, settings=settings)
     return CampaignRun(planned.run_id, outcome)

@@ -372,20 +372,3 @@ def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]
         counts[k] for k in ("sent", "failed", "unknown", "sending", "pending", "waiting")
     )
     return counts
-
-
-def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | None = None) -> int:
-    """A human decided these `unknown` rows never arrived: they go back to `planned`."""
-    where = [L.c.campaign_id == campaign_id, L.c.status == LedgerStatus.UNKNOWN]
-    if ids is None:
-        return conn.execute(
-            update(L).where(*where).values(status=LedgerStatus.PLANNED, reason=None)
-        ).rowcount
-    total = 0
-    for part in chunked(list(ids)):
-        total += conn.execute(
-            update(L)
-            .where(*where, is_in(conn, L.c.id, part))
-            .values(status=LedgerStatus.PLANNED, reason=None)
-        ).rowcount
-    return total

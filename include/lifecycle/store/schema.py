@@ -137,6 +137,11 @@ send_ledger = Table(
     Column("http_status", Integer),
     Column("error", Text),
     Column("retryable", Boolean),
+    # An `unknown` row that SendGrid's events showed it accepted (now `sent`): the proving
+    # engagement_events row, its event name and when it occurred (migration 0005).
+    Column("resolved_event_id", BigInteger),
+    Column("resolved_by", String(32)),
+    Column("resolved_at", UtcDateTime),
     UniqueConstraint("campaign_id", "occurrence_key", "customer_id"),
     _one_of("status", LedgerStatus),
     _one_of("reason", [*SkipReason, *FailReason], nullable=True),

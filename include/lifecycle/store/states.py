@@ -8,7 +8,8 @@ A ledger row moves like this (one row per campaign, occurrence key and customer)
 
     planned ──claim──► sending ──202──► sent
        ▲                  │ ├──4xx/5xx──► failed ──(retryable, next run)──► planned
-       │                  │ └──timeout / crash──► unknown ──(a human: requeue-unknown)──► planned
+       │                  │ └──timeout / crash──► unknown ──SendGrid's event──► sent
+       │                  │                              └──(no event: requeue-unknown)──► planned
        └── waiting for the customer's send window (send_after in the future)
     skipped (reason): never sent — policy at planning, suppressed or expired later
 """
