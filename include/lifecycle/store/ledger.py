@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    String,
     and_,
     any_,
     bindparam,
@@ -112,6 +113,24 @@ def existing_keys(
         )
         found.update((int(c), str(k)) for c, k in conn.execute(query))
     return found
+
+
+def inbox_holders(
+    conn: Connection, campaign_id: str, inboxes: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """(occurrence key, inbox) → the customer whose email of `campaign_id` to that inbox is
+    sent, on its way or planned. `inboxes` are trimmed and lower-cased (`core.addresses.inbox`).
+    """
+    inbox = func.lower(func.trim(L.c.email), type_=String)
+    holders: dict[tuple[str, str], int] = {}
+    for part in chunked(sorted(set(inboxes))):
+        query = (
+            select(L.c.occurrence_key, inbox, func.min(L.c.customer_id))
+            .where(L.c.campaign_id == campaign_id, L.c.status.in_(TAKEN), is_in(conn, inbox, part))
+            .group_by(L.c.occurrence_key, inbox)
+        )
+        holders.update({(str(k), str(i)): int(c) for k, i, c in conn.execute(query)})
+    return holders
 
 
 def requeue_retryable(

@@ -1,0 +1,60 @@
+"""Skip reasons duplicate_address and erased on the send ledger
+
+Revision ID: 0007_inbox_and_privacy_reasons
+Revises: 0003_state_checks
+
+One email per inbox skips the second customer of an inbox as `duplicate_address`; a privacy
+erasure skips the erased person's rows as `erased`. ck_send_ledger_reason is replaced with the
+full list of values (`lifecycle.store.states` when this revision was written).
+"""
+
+from alembic import op
+
+revision = "0007_inbox_and_privacy_reasons"
+down_revision = "0003_state_checks"
+branch_labels = None
+depends_on = None
+
+SKIP_REASONS = (
+    "missing_email",
+    "invalid_email",
+    "no_consent",
+    "suppressed",
+    "holdout",
+    "frequency_cap",
+    "expired",
+    "sandbox",
+)
+NEW_SKIP_REASONS = ("duplicate_address", "erased")
+FAIL_REASONS = (
+    "rejected",
+    "rate_limited",
+    "render_error",
+    "not_attempted",
+    "gateway_timeout",
+    "connection",
+    "timeout",
+    "disconnected",
+    "interrupted",
+    "transport_error",
+)
+
+
+def _replace_reason_check(values: tuple[str, ...]) -> None:
+    listed = ", ".join(f"'{value}'" for value in values)
+    with op.batch_alter_table("send_ledger", schema=None) as batch_op:
+        batch_op.drop_constraint(op.f("ck_send_ledger_reason"), type_="check")
+        batch_op.create_check_constraint(
+            op.f("ck_send_ledger_reason"), f"reason IS NULL OR reason IN ({listed})"
+        )
+
+
+def upgrade() -> None:
+    _replace_reason_check((*SKIP_REASONS, *NEW_SKIP_REASONS, *FAIL_REASONS))
+
+
+def downgrade() -> None:
+    # Rows with the new reasons stay skipped; the reason says less than it did.
+    listed = ", ".join(f"'{value}'" for value in NEW_SKIP_REASONS)
+    op.execute(f"UPDATE send_ledger SET reason = 'suppressed' WHERE reason IN ({listed})")
+    _replace_reason_check((*SKIP_REASONS, *FAIL_REASONS))
