@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Connection, Engine, func, select, update
 
+from lifecycle.core import addresses, policies
 from lifecycle.core.config import Settings
 from lifecycle.store import dialect
 from lifecycle.store.schema import suppressions
@@ -46,6 +47,10 @@ def row(email: str, scope: str, reason: str, source: str, at: datetime) -> dict[
 def add(conn: Connection, rows: list[dict[str, Any]]) -> int:
     """Insert suppressions; existing (email, scope) pairs are kept. Returns how many are new."""
     valid = [r for r in rows if r["email"] and len(r["email"]) <= 320]
+    # An erased person's address comes back from SendGrid's lists and events: their hashed
+    # suppression covers it, and the plaintext is not stored again.
+    erased = policies.erased_inboxes(conn, [r["email"] for r in valid])
+    valid = [r for r in valid if addresses.inbox(r["email"]) not in erased]
     if not valid:
         return 0
     statement = (
