@@ -168,6 +168,7 @@ def test_after_an_erasure_no_marketing_table_holds_the_address(
         "send_ledger": 1,
         "engagement_events": 1,
         "suppressions": 2,
+        "resubscribes": 0,
         "coupons": 1,
         "test_sends": 1,
     }

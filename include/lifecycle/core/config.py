@@ -41,6 +41,8 @@ class Settings:
     unsubscribe_mailbox: str = "unsubscribe@lifecycle-demo.shop"
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
+    # the preference centre's topics and their SendGrid unsubscribe groups
+    preferences_file: Path = PROJECT_ROOT / "include" / "preferences.yaml"
 
     @property
     def outbox_dir(self) -> Path:
@@ -76,5 +78,8 @@ def load_settings(**overrides: Any) -> Settings:
         ),
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
+        preferences_file=Path(
+            _env("LIFECYCLE_PREFERENCES_FILE", str(PROJECT_ROOT / "include" / "preferences.yaml"))
+        ),
     )
     return replace(settings, **overrides)

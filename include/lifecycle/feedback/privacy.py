@@ -48,6 +48,7 @@ TABLES = {
     "send_ledger": "pseudonymise",
     "engagement_events": "pseudonymise",
     "suppressions": "delete",
+    "resubscribes": "delete",
     "coupons": "delete",
     "test_sends": "delete",
     "survey_responses": "delete",
@@ -94,6 +95,8 @@ def _tables() -> dict[str, Table]:
 def _rows_of(table: Table, person: Person) -> ColumnElement[bool]:
     """Which rows of `table` are the person's."""
     c = table.c
+    if table.name == "resubscribes":
+        return _inbox_of(c.email) == person.email
     if table.name == "suppressions":
         return or_(_inbox_of(c.email) == person.email, c.email == addresses.hashed(person.email))
     if table.name == "engagement_events":

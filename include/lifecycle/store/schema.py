@@ -199,6 +199,18 @@ suppressions = Table(
     UniqueConstraint("email", "scope"),
 )
 
+# Topics chosen again on the preference page whose SendGrid group suppression is still to be
+# lifted: the suppression sync deletes it at SendGrid, then the row (issue 14).
+resubscribes = Table(
+    "resubscribes",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False),  # lower-cased
+    Column("scope", String(32), nullable=False),  # "group:<asm id>"
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("email", "scope"),
+)
+
 coupons = Table(
     "coupons",
     marketing,

@@ -1,4 +1,4 @@
-"""Skip reasons duplicate_address and erased on the send ledger
+"""Skip reasons duplicate_address and erased on the send ledger; resubscribes
 
 Revision ID: 0007_inbox_and_privacy_reasons
 Revises: 0003_state_checks
@@ -6,9 +6,13 @@ Revises: 0003_state_checks
 One email per inbox skips the second customer of an inbox as `duplicate_address`; a privacy
 erasure skips the erased person's rows as `erased`. ck_send_ledger_reason is replaced with the
 full list of values (`lifecycle.store.states` when this revision was written).
+`resubscribes` holds the preference centre's topics chosen again, until SendGrid lifts them.
 """
 
+import sqlalchemy as sa
 from alembic import op
+
+from lifecycle.store.sqltypes import UtcDateTime
 
 revision = "0007_inbox_and_privacy_reasons"
 down_revision = "0003_state_checks"
@@ -51,9 +55,19 @@ def _replace_reason_check(values: tuple[str, ...]) -> None:
 
 def upgrade() -> None:
     _replace_reason_check((*SKIP_REASONS, *NEW_SKIP_REASONS, *FAIL_REASONS))
+    op.create_table(
+        "resubscribes",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("scope", sa.String(length=32), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_resubscribes")),
+        sa.UniqueConstraint("email", "scope", name=op.f("uq_resubscribes_email_scope")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("resubscribes")
     # Rows with the new reasons stay skipped; the reason says less than it did.
     listed = ", ".join(f"'{value}'" for value in NEW_SKIP_REASONS)
     op.execute(f"UPDATE send_ledger SET reason = 'suppressed' WHERE reason IN ({listed})")
