@@ -5,6 +5,10 @@ choices, and the two-way sync with SendGrid's groups against the sink."""
 from __future__ import annotations
 
 import functools
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +20,11 @@ from sqlalchemy import Engine, insert, select
 
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
+from lifecycle.core.preferences import Topics, load_topics
 from lifecycle.devtools.sink.suppressions import SuppressionStore, register
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
+from lifecycle.feedback import preferences, unsubscribe
 from lifecycle.feedback import suppressions as suppression_list
-from lifecycle.feedback import unsubscribe
 from lifecycle.run.campaign import run_campaign
 from lifecycle.store.schema import customers, resubscribes, send_ledger, suppressions
 from lifecycle.web.public import standalone_app
@@ -208,3 +213,31 @@ def test_choices_sync_both_ways_with_sendgrids_groups(
     assert held(engine) == [("ani@example.am", "group:104", "link")]
     third = suppression_list.sync_with_settings(engine, settings, AS_OF)
     assert (third.group_pushed, third.lifted, third.added) == (0, 0, 0)
+
+
+def test_the_readme_sync_command_pushes_a_choice_to_sendgrid(
+    settings: Settings, engine: Engine, store: SuppressionStore, warehouse_url: str, tmp_path: Path
+) -> None:
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Preference centre\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    assert commands == ["lifecycle suppressions sync\n"]
+    example = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)[0]
+    shipped = load_topics(settings.preferences_file).topics[0]
+    assert Topics.model_validate(yaml.safe_load(example)).topics[0].group_id == shipped.group_id
+    topics = load_topics(settings.preferences_file)
+    preferences.save(engine, topics, EMAIL, {"birthday", "feedback", "loyalty"}, AS_OF)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "LIFECYCLE_HOME": str(tmp_path / "home"),
+        "LIFECYCLE_WAREHOUSE_URL": warehouse_url,
+        "SENDGRID_API_KEY": KEY,
+        "LIFECYCLE_SENDGRID_HOST": settings.sendgrid_host,
+    }
+    done = subprocess.run(
+        ["bash", "-c", commands[0]], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 topic unsubscribes" in done.stdout
+    assert store.groups[OFFERS] == ["ani@example.am"]
