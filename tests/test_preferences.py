@@ -26,6 +26,8 @@ from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 from lifecycle.feedback import preferences, unsubscribe
 from lifecycle.feedback import suppressions as suppression_list
 from lifecycle.run.campaign import run_campaign
+from lifecycle.run.deliver import deliver
+from lifecycle.run.plan import plan
 from lifecycle.store.schema import customers, resubscribes, send_ledger, suppressions
 from lifecycle.web.public import standalone_app
 from lifecycle.web.server import serve_in_thread
@@ -241,3 +243,17 @@ def test_the_readme_sync_command_pushes_a_choice_to_sendgrid(
     assert done.returncode == 0, done.stderr
     assert "1 topic unsubscribes" in done.stdout
     assert store.groups[OFFERS] == ["ani@example.am"]
+
+
+def test_a_topic_unticked_after_planning_is_not_sent(
+    settings: Settings, engine: Engine, sink: SinkHandle
+) -> None:
+    add_customer(engine, 7, EMAIL)
+    add_customer(engine, 8, "bob@example.am")
+    spec = load_campaigns(settings.campaigns_dir).specs["welcome"]
+    planned = plan(engine, spec, settings, run_key="r1", as_of=AS_OF)
+    topics = load_topics(settings.preferences_file)
+    preferences.save(engine, topics, EMAIL, {"birthday"}, AS_OF)  # while delivery waits
+    for batch in planned.batches:
+        deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="a")
+    assert set(sink.state.recipients()) == {"bob@example.am"}
