@@ -151,7 +151,7 @@ def _pseudonymise(conn: Connection, table: Table, where: ColumnElement[bool]) ->
             .where(where, table.c.status == LedgerStatus.PLANNED)
             .values(status=LedgerStatus.SKIPPED, reason=SkipReason.ERASED, send_after=None)
         )
-        personal: dict[str, Any] = {"email": None, "context": {}, "error": None}
+        personal: dict[str, Any] = {"email": None, "inbox": None, "context": {}, "error": None}
     else:
         personal = EVENT_PERSONAL_FIELDS
     return conn.execute(update(table).where(where).values(**personal)).rowcount

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from lifecycle.core import policies, segments
+from lifecycle.core import addresses, policies, segments
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.run.clock import now, utc
@@ -199,6 +199,9 @@ def _ledger_rows(
                 "reason": None if sending else reason,
                 "template": spec.template_for(key),
                 "email": record["email"].strip() if isinstance(record["email"], str) else None,
+                "inbox": addresses.inbox(record["email"])
+                if isinstance(record["email"], str)
+                else None,
                 "locale": record["locale"] if isinstance(record["locale"], str) else None,
                 "timezone": record["timezone"],
                 "context": {} if reason == SkipReason.ERASED else stored_context(record, spec),

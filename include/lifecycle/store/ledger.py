@@ -17,7 +17,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
-    String,
     and_,
     any_,
     bindparam,
@@ -121,13 +120,16 @@ def inbox_holders(
     """(occurrence key, inbox) → the customer whose email of `campaign_id` to that inbox is
     sent, on its way or planned. `inboxes` are trimmed and lower-cased (`core.addresses.inbox`).
     """
-    inbox = func.lower(func.trim(L.c.email), type_=String)
     holders: dict[tuple[str, str], int] = {}
     for part in chunked(sorted(set(inboxes))):
         query = (
-            select(L.c.occurrence_key, inbox, func.min(L.c.customer_id))
-            .where(L.c.campaign_id == campaign_id, L.c.status.in_(TAKEN), is_in(conn, inbox, part))
-            .group_by(L.c.occurrence_key, inbox)
+            select(L.c.occurrence_key, L.c.inbox, func.min(L.c.customer_id))
+            .where(
+                L.c.campaign_id == campaign_id,
+                is_in(conn, L.c.inbox, part),
+                L.c.status.in_(TAKEN),
+            )
+            .group_by(L.c.occurrence_key, L.c.inbox)
         )
         holders.update({(str(k), str(i)): int(c) for k, i, c in conn.execute(query)})
     return holders
