@@ -1,4 +1,4 @@
-"""Unsubscribe pages over real HTTP: confirm (GET), perform (POST), one-click, bad tokens;
+"""Unsubscribe pages over real HTTP: preferences (GET), perform (POST), one-click, bad tokens;
 and (slow) both public endpoints served by our plugin on a real `airflow standalone`."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def path_of(settings: Settings, token: str) -> str:
 
 
 def strings(settings: Settings, locale: str) -> dict[str, str]:
-    path = settings.templates_dir / "_pages" / "unsubscribe" / f"{locale}.yaml"
+    path = settings.templates_dir / "_pages" / "preferences" / f"{locale}.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -88,8 +88,8 @@ def test_get_shows_confirmation_and_changes_nothing(
     response = client.get(path_of(settings, token))
 
     assert response.status_code == 200
-    assert strings(settings, "en")["confirm_heading"] in response.text
-    assert '<form method="post">' in response.text
+    assert strings(settings, "en")["heading"] in response.text
+    assert f'<form method="post" action="../preferences/{token}">' in response.text
     assert EMAIL.lower() not in response.text  # masked: a forwarded link reveals little
     assert rows(engine) == []
 
@@ -99,7 +99,7 @@ def test_post_unsubscribes_once(client: httpx.Client, settings: Settings, engine
     first, second = client.post(path), client.post(path)
 
     assert first.status_code == second.status_code == 200
-    assert strings(settings, "en")["done_heading"] in first.text
+    assert strings(settings, "en")["done_all"] in first.text
     assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
 
 
@@ -126,8 +126,8 @@ def test_page_speaks_the_customers_language(
 
     page, done = client.get(path), client.post(path)
     assert f'<html lang="{language}">' in page.text
-    assert strings(settings, language)["confirm_heading"] in page.text
-    assert strings(settings, language)["done_heading"] in done.text
+    assert strings(settings, language)["heading"] in page.text
+    assert strings(settings, language)["done_all"] in done.text
 
 
 def test_unknown_locale_falls_back_to_english(

@@ -44,6 +44,8 @@ class Settings:
     unsubscribe_secret: str | None = field(default=None, repr=False)
     # An `unknown` row with no SendGrid event this long after its attempt may be requeued.
     unknown_quiet_hours: float = 24.0
+    # the preference centre's topics and their SendGrid unsubscribe groups
+    preferences_file: Path = PROJECT_ROOT / "include" / "preferences.yaml"
 
     @property
     def outbox_dir(self) -> Path:
@@ -87,5 +89,8 @@ def load_settings(**overrides: Any) -> Settings:
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
         unknown_quiet_hours=float(_env("LIFECYCLE_UNKNOWN_QUIET_HOURS", "24")),
+        preferences_file=Path(
+            _env("LIFECYCLE_PREFERENCES_FILE", str(PROJECT_ROOT / "include" / "preferences.yaml"))
+        ),
     )
     return replace(settings, **overrides)

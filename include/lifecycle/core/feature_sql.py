@@ -213,8 +213,12 @@ def _local_today(
 
 
 def _email_columns(email: ColumnElement[str]) -> dict[str, ColumnElement[Any]]:
-    # Portable LIKE patterns: something@something.something, one @, no spaces.
-    well_formed = and_(email.like("%_@_%._%"), not_(email.like("%@%@%")), not_(email.like("% %")))
+    # Portable LIKE patterns: something@something.something, one @, no spaces inside (padding
+    # around the address is trimmed where it is sent: run.plan stores it stripped).
+    address = func.trim(email)
+    well_formed = and_(
+        address.like("%_@_%._%"), not_(address.like("%@%@%")), not_(address.like("% %"))
+    )
     reason = case(
         (or_(email.is_(None), func.trim(email) == ""), literal("missing_email")),
         (not_(well_formed), literal("malformed_email")),

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy import Engine
 
-from lifecycle.feedback import suppressions
+from lifecycle.feedback import privacy, suppressions
 from lifecycle.store import dialect, unknown
 from lifecycle.store.schema import engagement_events
 
@@ -297,6 +297,7 @@ def ingest(engine: Engine, rows: list[dict[str, Any]]) -> IngestResult:
     implied = [s for s in map(suppression_for, unique) if s is not None]
     with engine.begin() as conn:
         stored = 0
+        unique = privacy.forget_erased_events(conn, unique)
         if unique:
             statement = (
                 dialect.insert(conn, engagement_events)

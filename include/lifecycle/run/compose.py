@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from lifecycle.core import localtime, policies, render
+from lifecycle.core import addresses, localtime, policies, render
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.delivery import Envelope, Message, Transport
@@ -91,7 +91,7 @@ class Composer:
         failures: list[Outcome] = []
         mailable: list[EmailRow] = []
         for row in rows:
-            if row.email and row.email.lower() in blocked:
+            if row.email and addresses.inbox(row.email) in blocked:
                 failures.append(
                     Outcome(row.send_id, LedgerStatus.SKIPPED, reason=SkipReason.SUPPRESSED)
                 )
@@ -119,7 +119,7 @@ class Composer:
 
     def _suppressed(self, engine: Engine, rows: list[EmailRow]) -> set[str]:
         """Addresses suppressed since planning (an unsubscribe while the row waited)."""
-        emails = [row.email.lower() for row in rows if row.email]
+        emails = [row.email for row in rows if row.email]
         scopes = policies.suppression_scopes(self.spec)
         with engine.connect() as conn:
             return policies.suppressed_emails(conn, emails, scopes)

@@ -114,6 +114,27 @@ def existing_keys(
     return found
 
 
+def inbox_holders(
+    conn: Connection, campaign_id: str, inboxes: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """(occurrence key, inbox) → the customer whose email of `campaign_id` to that inbox is
+    sent, on its way or planned. `inboxes` are trimmed and lower-cased (`core.addresses.inbox`).
+    """
+    holders: dict[tuple[str, str], int] = {}
+    for part in chunked(sorted(set(inboxes))):
+        query = (
+            select(L.c.occurrence_key, L.c.inbox, func.min(L.c.customer_id))
+            .where(
+                L.c.campaign_id == campaign_id,
+                is_in(conn, L.c.inbox, part),
+                L.c.status.in_(TAKEN),
+            )
+            .group_by(L.c.occurrence_key, L.c.inbox)
+        )
+        holders.update({(str(k), str(i)): int(c) for k, i, c in conn.execute(query)})
+    return holders
+
+
 def requeue_retryable(
     conn: Connection, campaign_id: str, as_of: datetime, max_attempts: int
 ) -> int:

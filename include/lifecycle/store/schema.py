@@ -123,6 +123,8 @@ send_ledger = Table(
     Column("reason", String(64)),  # why skipped, failed or unknown
     Column("template", String(128), nullable=False),
     Column("email", String(320)),
+    # the email's inbox: trimmed, lower-cased (one email per inbox, issue 14)
+    Column("inbox", String(320)),
     Column("locale", String(16)),
     Column("timezone", String(64)),
     Column("context", JSON),  # per-recipient template variables (first name, order id, tier...)
@@ -149,6 +151,7 @@ send_ledger = Table(
     Index("ix_send_ledger_customer_sent", "customer_id", "sent_at"),
     Index("ix_send_ledger_message_id", "message_id"),
     Index("ix_send_ledger_run_id", "run_id", "status"),
+    Index("ix_send_ledger_campaign_inbox", "campaign_id", "inbox"),
 )
 
 # Emails rendered for a real customer but delivered only to internal test recipients.
@@ -201,6 +204,18 @@ suppressions = Table(
     Column("source", String(32), nullable=False),  # link, webhook, sync, manual
     Column("created_at", UtcDateTime, nullable=False),
     Column("pushed_at", UtcDateTime),  # when our own unsubscribe reached SendGrid
+    UniqueConstraint("email", "scope"),
+)
+
+# Topics chosen again on the preference page whose SendGrid group suppression is still to be
+# lifted: the suppression sync deletes it at SendGrid, then the row (issue 14).
+resubscribes = Table(
+    "resubscribes",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False),  # lower-cased
+    Column("scope", String(32), nullable=False),  # "group:<asm id>"
+    Column("created_at", UtcDateTime, nullable=False),
     UniqueConstraint("email", "scope"),
 )
 

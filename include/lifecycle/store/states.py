@@ -43,6 +43,8 @@ class SkipReason(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     EXPIRED = "expired"  # its send window closed before a run could send it
     SANDBOX = "sandbox"  # validated by SendGrid's sandbox mode, not delivered
+    DUPLICATE = "duplicate_address"  # another customer's email of this occurrence, same inbox
+    ERASED = "erased"  # the person was erased; only the address's hash is kept
 
 
 class FailReason(StrEnum):
