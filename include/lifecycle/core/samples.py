@@ -66,5 +66,6 @@ def sample_context(
         if with_coupon
         else None,
         "unsubscribe_url": "https://example.com/lifecycle/unsubscribe/sample-token",
+        "rating_url": lambda score: f"https://example.com/lifecycle/feedback/sample-{score}",
         "local_date": as_of.astimezone(zone_or_utc(timezone)).date(),
     }

@@ -144,7 +144,8 @@ def create_app(settings: SettingsSource, *, clock: Callable[[], float] = time.ti
 
     def verified(token: str) -> unsubscribe.Unsubscribe | None:
         try:
-            return unsubscribe.verify(context.settings, token)
+            today = datetime.fromtimestamp(context.clock(), UTC).date()
+            return unsubscribe.verify(context.settings, context.engine, token, today)
         except unsubscribe.InvalidToken as exc:
             log.info("unsubscribe refused: %s", exc)
             return None
