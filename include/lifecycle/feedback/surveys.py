@@ -61,7 +61,8 @@ def verify(settings: Settings, token: str) -> Answer:
 def record(
     engine: Engine, surveyed: Recipient, score: int, comment: str | None, at: datetime
 ) -> None:
-    """Store `score` (and `comment`, unless None) as the answer to the email `surveyed`."""
+    """Store `score` as the answer to the email `surveyed`; `comment` replaces the stored one
+    (an empty one removes it) unless it is None."""
     if score not in SCORES:
         raise ValueError(f"a survey score is 0 to 10, got {score!r}")
     if comment is not None and len(comment) > MAX_COMMENT_CHARS:
@@ -72,13 +73,13 @@ def record(
         "occurrence_key": surveyed.occurrence_key,
         "customer_id": surveyed.customer_id,
         "score": score,
-        "comment": comment,
+        "comment": comment or None,
         "answered_at": at,
         "updated_at": at,
     }
     changes = {"score": score, "updated_at": at}
     if comment is not None:
-        changes["comment"] = comment
+        changes["comment"] = comment or None
     statement = dialect.insert(engine, survey_responses).values(values)
     with engine.begin() as conn:
         conn.execute(statement.on_conflict_do_update(index_elements=["send_id"], set_=changes))

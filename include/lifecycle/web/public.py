@@ -1,4 +1,5 @@
-"""The public web app: SendGrid's event webhook and the unsubscribe pages.
+"""The public web app: SendGrid's event webhook, the unsubscribe pages and the feedback page
+(`survey_page`).
 
 No login protects these routes; each is protected by its own proof instead (the webhook by
 SendGrid's ECDSA signature, an unsubscribe by its HMAC token). The Airflow plugin mounts
@@ -27,6 +28,7 @@ from lifecycle.core.config import Settings, load_settings
 from lifecycle.feedback import events, suppressions, unsubscribe
 from lifecycle.store import warehouse
 from lifecycle.store.schema import send_ledger
+from lifecycle.web import survey_page
 from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,7 @@ def create_app(settings: SettingsSource, *, clock: Callable[[], float] = time.ti
         locale = customer_locale(context.engine, who.customer_id)
         return page("done", locale, email=_mask(who.email))
 
+    app.include_router(survey_page.router(context))
     return app
 
 
