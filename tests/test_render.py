@@ -48,7 +48,7 @@ def spec_for(specs: dict[str, CampaignSpec], template: str) -> CampaignSpec:
 def test_every_template_and_locale_renders_complete(settings, specs):
     renderer = Renderer(settings)
     templates = renderer.templates()
-    assert len(templates) == 7
+    assert len(templates) == 8
     for template in templates:
         spec = spec_for(specs, template)
         assert renderer.available[template] == set(LOCALES), template
