@@ -157,3 +157,19 @@ def test_dashboard_shows_nps(filled: Engine, warehouse_url: str) -> None:
 def test_no_answers_no_nps() -> None:
     empty = SurveyMonth("feedback", NOVEMBER.date(), sent=5, distribution=(0,) * 11)
     assert empty.nps is None and empty.nps_interval is None and empty.response_rate == 0.0
+
+
+def test_cli_prints_the_surveys_table(
+    filled: Engine, warehouse_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle import cli
+
+    base = ["--warehouse", warehouse_url, "report", "--as-of", AS_OF.isoformat()]
+    assert cli.main([*base, "--format", "csv", "--table", "surveys"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["campaign_id"], r["month"], r["responses"]) for r in rows] == [
+        ("feedback", "2026-11-01", "6"),
+        ("feedback", "2026-12-01", "1"),
+    ]
+    assert cli.main(base) == 0
+    assert "NPS 95% CI" in capsys.readouterr().out

@@ -344,9 +344,7 @@ def _latest_answers(as_of: datetime) -> FromClause:
         .label("rank")
     )
     ranked = (
-        select(
-            r.id, r.customer_id, r.campaign_id, r.occurrence_key, r.score, r.updated_at, rank
-        )
+        select(r.id, r.customer_id, r.campaign_id, r.occurrence_key, r.score, r.updated_at, rank)
         .where(r.updated_at <= as_of)
         .subquery("ranked_answers")
     )
