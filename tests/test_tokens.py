@@ -142,8 +142,8 @@ def test_tampered_foreign_and_misused_tokens_are_refused(settings: Settings) -> 
         f"{other.split('.')[0]}.{token.split('.')[1]}",  # our signature on another payload
         surveys.token_for(with_secrets(settings, "someone-else"), 7, 9),
         unsubscribe.token_for(settings, 7),  # an unsubscribe token is no survey answer
-        tokens.sign(settings, surveys.PURPOSE, {"send_id": 7}),  # signed, wrong shape
-        tokens.sign(settings, surveys.PURPOSE, [7, 11]),  # signed, no such score
+        tokens.sign(settings, surveys.PURPOSE, 7),  # signed, a field short
+        tokens.sign(settings, surveys.PURPOSE, 7, 11),  # signed, no such score
         "",
         "a.b.c",
         "%%%.%%%",

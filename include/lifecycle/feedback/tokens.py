@@ -1,9 +1,9 @@
 """Signed, opaque link tokens: what unsubscribe and survey links carry.
 
-A token is an itsdangerous signature (HMAC-SHA256) over a small JSON payload that names a ledger
-row by its id (`send_id`), never the customer: no email address, name or customer id is in the
-URL. The page that receives a token looks the row up (`recipient`). Each kind of link signs
-with its own salt, so a survey token is no unsubscribe token.
+A token is a small payload and its itsdangerous signature (HMAC-SHA256): the ledger row's id
+(`send_id`), and for a rating link the score, never the customer: no email address, name or
+customer id is in the URL. The page that receives a token looks the row up (`recipient`).
+Each kind of link signs with its own salt, so a survey token is no unsubscribe token.
 
 Secrets rotate: `Settings.configured_secrets` lists them newest first; the first signs, every
 one verifies. Without any configured secret (the embedded default) one is generated once under
@@ -12,13 +12,13 @@ one verifies. Without any configured secret (the embedded default) one is genera
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
-from itsdangerous import BadData, URLSafeSerializer
+from itsdangerous import BadData, Signer
 from sqlalchemy import Engine, select
 
 from lifecycle.core.config import Settings
@@ -57,24 +57,33 @@ def secrets_for(settings: Settings) -> list[bytes]:
     return [path.read_text().strip().encode("utf-8")]
 
 
-def _serializer(settings: Settings, purpose: str) -> URLSafeSerializer:
+@functools.lru_cache(maxsize=32)
+def _signer(keys: tuple[bytes, ...], purpose: str) -> Signer:
     # itsdangerous signs with the LAST key of its list and tries them all.
-    keys = list(reversed(secrets_for(settings)))
-    return URLSafeSerializer(
-        keys, salt=f"lifecycle.{purpose}", signer_kwargs={"digest_method": hashlib.sha256}
+    return Signer(
+        list(reversed(keys)),
+        salt=f"lifecycle.{purpose}",
+        digest_method=hashlib.sha256,
+        key_derivation="hmac",
     )
 
 
-def sign(settings: Settings, purpose: str, payload: Any) -> str:
-    return str(_serializer(settings, purpose).dumps(payload))
+def sign(settings: Settings, purpose: str, *fields: int) -> str:
+    """`fields` (ids, a score) and their signature, e.g. '1234_9.<43 characters>'."""
+    payload = "_".join(str(field) for field in fields)
+    return _signer(tuple(secrets_for(settings)), purpose).sign(payload).decode("ascii")
 
 
-def load(settings: Settings, purpose: str, token: str) -> Any:
-    """The payload of a token signed for `purpose` by one of the secrets; else InvalidToken."""
+def load(settings: Settings, purpose: str, token: str, count: int) -> tuple[int, ...]:
+    """The `count` fields of a token signed for `purpose` by one of the secrets."""
     try:
-        return _serializer(settings, purpose).loads(token)
-    except BadData:
+        payload = _signer(tuple(secrets_for(settings)), purpose).unsign(token).decode("ascii")
+        fields = tuple(int(field) for field in payload.split("_"))
+    except (BadData, ValueError):
         raise InvalidToken(f"{purpose} token is malformed or not signed by us") from None
+    if len(fields) != count:
+        raise InvalidToken(f"{purpose} token does not hold {count} fields")
+    return fields
 
 
 def recipient(engine: Engine, send_id: int) -> Recipient | None:

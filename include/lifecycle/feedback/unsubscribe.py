@@ -44,11 +44,9 @@ def unsubscribe_url(settings: Settings, token: str) -> str:
 def verify(settings: Settings, engine: Engine, token: str, today: date) -> Unsubscribe:
     """Who a token unsubscribes; InvalidToken if it is not ours or names no email we sent."""
     try:
-        send_id = tokens.load(settings, PURPOSE, token)
+        (send_id,) = tokens.load(settings, PURPOSE, token, 1)
     except InvalidToken:
         return _legacy(settings, token, today)
-    if not isinstance(send_id, int):
-        raise InvalidToken("unsubscribe token does not name an email")
     found = tokens.recipient(engine, send_id)
     if found is None or not found.email:
         raise InvalidToken("unsubscribe token names no email we sent")
