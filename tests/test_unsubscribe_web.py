@@ -1,5 +1,5 @@
 """Unsubscribe pages over real HTTP: confirm (GET), perform (POST), one-click, bad tokens;
-and (slow) both public endpoints served by our plugin on a real `airflow standalone`."""
+and (slow) the public endpoints served by our plugin on a real `airflow standalone`."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from sqlalchemy import Engine, func, insert, select
 
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.devtools.standalone import start_standalone
-from lifecycle.feedback import events, unsubscribe
+from lifecycle.feedback import events, surveys, unsubscribe
 from lifecycle.store import warehouse
-from lifecycle.store.schema import engagement_events, send_ledger, suppressions
+from lifecycle.store.schema import engagement_events, send_ledger, suppressions, survey_responses
 from lifecycle.web.public import standalone_app
 from lifecycle.web.server import serve_in_thread
 
@@ -215,7 +215,9 @@ def test_public_endpoints_in_airflow_need_no_login_and_use_the_connection(
                         "timestamp": 1_790_000_000, "sg_event_id": "e2e-1"}]).encode()  # fmt: skip
     stamp = str(int(time.time()))
     signature = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256())))
-    token = unsubscribe.token_for(settings, add_ledger_row(engine, 3))
+    send_id = add_ledger_row(engine, 3)
+    token = unsubscribe.token_for(settings, send_id)
+    rating = httpx.URL(surveys.survey_url(settings, send_id, 9)).path
 
     with start_standalone(tmp_path / "airflow", port, env) as airflow:
         airflow.wait_healthy(300)
@@ -230,12 +232,15 @@ def test_public_endpoints_in_airflow_need_no_login_and_use_the_connection(
             page = http.get(path_of(settings, token))
             done = http.post(path_of(settings, token))
             tampered_post = http.post(path_of(settings, tampered(token)))
+            rating_page, rated = http.get(rating), http.post(rating)
 
     assert posted.status_code == 200, posted.text
     assert unsigned.status_code == 401
     assert (page.status_code, done.status_code, tampered_post.status_code) == (200, 200, 400)
+    assert (rating_page.status_code, rated.status_code) == (200, 200)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(engagement_events)).scalar_one() == 1
+        assert conn.execute(select(survey_responses.c.score)).scalars().all() == [9]
     assert sorted(rows(engine)) == [
         ("angry@example.com", "global", "spamreport", "webhook"),
         (EMAIL.lower(), "global", "unsubscribe", "link"),
