@@ -80,13 +80,29 @@ def client(settings: Settings) -> Iterator[httpx.Client]:
         yield http
 
 
-def path_of(settings: Settings, customer_id: int, campaign_id: str = "welcome") -> str:
-    token = unsubscribe.token_for(settings, customer_id, campaign_id, EMAIL)
+def path_of(settings: Settings, engine: Engine, customer_id: int, campaign: str = "welcome") -> str:
+    """The unsubscribe link of an email sent to EMAIL (a token names its ledger row)."""
+    mine = (
+        (send_ledger.c.campaign_id == campaign)
+        & (send_ledger.c.customer_id == customer_id)
+        & (send_ledger.c.occurrence_key == "link")
+    )
+    with engine.begin() as conn:
+        send_id = conn.execute(select(send_ledger.c.id).where(mine)).scalar()
+        if send_id is None:
+            row = dict(campaign_id=campaign, occurrence_key="link", customer_id=customer_id)
+            send_id = conn.execute(
+                insert(send_ledger)
+                .values(**row, run_id=1, status="sent", template=campaign, email=EMAIL)
+                .values(locale="en", planned_at=datetime.now(UTC))
+                .returning(send_ledger.c.id)
+            ).scalar_one()
+    token = unsubscribe.token_for(settings, send_id)
     return httpx.URL(unsubscribe.unsubscribe_url(settings, token)).path
 
 
-def save_path(settings: Settings, customer_id: int) -> str:
-    return path_of(settings, customer_id).replace("/unsubscribe/", "/preferences/")
+def save_path(settings: Settings, engine: Engine, customer_id: int) -> str:
+    return path_of(settings, engine, customer_id).replace("/unsubscribe/", "/preferences/")
 
 
 def held(engine: Engine) -> list[tuple[str, str, str]]:
@@ -105,25 +121,27 @@ def pending_lifts(engine: Engine) -> list[tuple[str, str]]:
 def test_the_page_shows_the_topics_and_saves_choices_as_group_suppressions(
     client: httpx.Client, settings: Settings, engine: Engine
 ) -> None:
-    page = client.get(path_of(settings, 7))
+    page = client.get(path_of(settings, engine, 7))
     assert page.status_code == 200
     assert page.text.count('type="checkbox"') == 4 and page.text.count("checked") == 4
     assert "Offers and discounts" in page.text and "Loyalty programme news" in page.text
 
     form = {"topic": ["birthday", "feedback", "loyalty", "no-such-topic"], "action": "save"}
-    saved = client.post(save_path(settings, 7), data=form)
+    saved = client.post(save_path(settings, engine, 7), data=form)
     assert saved.status_code == 200 and "Your choices are saved." in saved.text
     assert saved.text.count("checked") == 3
     assert held(engine) == [("ani@example.am", f"group:{OFFERS}", "link")]
 
-    client.post(save_path(settings, 7), data={"topic": ["offers", "birthday"], "action": "save"})
+    client.post(
+        save_path(settings, engine, 7), data={"topic": ["offers", "birthday"], "action": "save"}
+    )
     assert held(engine) == [
         ("ani@example.am", "group:103", "link"),
         ("ani@example.am", "group:104", "link"),
     ]
     assert pending_lifts(engine) == [("ani@example.am", f"group:{OFFERS}")]
 
-    everything = client.post(save_path(settings, 7), data={"action": "all"})
+    everything = client.post(save_path(settings, engine, 7), data={"action": "all"})
     assert "You will no longer receive any email from us." in everything.text
     assert 'type="checkbox"' not in everything.text
     assert ("ani@example.am", "global", "link") in held(engine)
@@ -133,7 +151,7 @@ def test_one_click_unsubscribes_from_the_emails_own_topic_only(
     client: httpx.Client, settings: Settings, engine: Engine
 ) -> None:
     response = client.post(
-        path_of(settings, 7),
+        path_of(settings, engine, 7),
         content=b"List-Unsubscribe=One-Click",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
@@ -145,7 +163,7 @@ def test_one_click_unsubscribes_from_the_emails_own_topic_only(
 def test_a_tampered_token_changes_no_preference(
     client: httpx.Client, settings: Settings, engine: Engine
 ) -> None:
-    bad = save_path(settings, 7)[:-3] + "AAA"
+    bad = save_path(settings, engine, 7)[:-3] + "AAA"
     assert client.post(bad, data={"action": "all"}).status_code == 400
     assert client.post(bad, data={"action": "save"}).status_code == 400
     assert held(engine) == []
@@ -172,11 +190,11 @@ def test_the_next_run_honours_the_choices(
     add_customer(engine, 7, EMAIL)
     add_customer(engine, 8, "bob@example.am")
     specs = load_campaigns(settings.campaigns_dir).specs
-    client.post(save_path(settings, 7), data={"topic": ["birthday"], "action": "save"})
+    client.post(save_path(settings, engine, 7), data={"topic": ["birthday"], "action": "save"})
     run_campaign(engine, specs["welcome"], settings, as_of=AS_OF)
     assert set(sink.state.recipients()) == {"bob@example.am"}
 
-    client.post(save_path(settings, 7), data={"topic": ["offers"], "action": "save"})
+    client.post(save_path(settings, engine, 7), data={"topic": ["offers"], "action": "save"})
     run_campaign(engine, specs["welcome_again"], settings, as_of=AS_OF)
     assert sink.state.recipients() == {"bob@example.am": 2, EMAIL.lower(): 1}
     with engine.connect() as conn:
@@ -196,7 +214,9 @@ def test_choices_sync_both_ways_with_sendgrids_groups(
 ) -> None:
     store.groups[BIRTHDAY].append("Someone@Example.com")
     store.groups[104].append("ani@example.am")
-    client.post(save_path(settings, 7), data={"topic": ["birthday", "feedback"], "action": "save"})
+    client.post(
+        save_path(settings, engine, 7), data={"topic": ["birthday", "feedback"], "action": "save"}
+    )
     first = suppression_list.sync_with_settings(engine, settings, AS_OF)
 
     assert store.groups[OFFERS] == ["ani@example.am"]  # our choice reached SendGrid
@@ -205,7 +225,8 @@ def test_choices_sync_both_ways_with_sendgrids_groups(
 
     # She ticks offers again here; Someone resubscribes to birthday on SendGrid's own page.
     client.post(
-        save_path(settings, 7), data={"topic": ["offers", "birthday", "feedback"], "action": "save"}
+        save_path(settings, engine, 7),
+        data={"topic": ["offers", "birthday", "feedback"], "action": "save"},
     )
     store.groups[BIRTHDAY].remove("Someone@Example.com")
     second = suppression_list.sync_with_settings(engine, settings, AS_OF)

@@ -35,10 +35,12 @@ def server(settings: Settings) -> Iterator[ServerHandle]:
         yield handle
 
 
-def customer(engine: Engine, customer_id: int, email: str, locale: str) -> None:
+def customer(engine: Engine, customer_id: int, email: str, locale: str) -> int:
+    """A sent email; returns its send_id (what its unsubscribe token names)."""
     with engine.begin() as conn:
-        conn.execute(
-            insert(send_ledger).values(
+        return conn.execute(
+            insert(send_ledger)
+            .values(
                 campaign_id="birthday",
                 occurrence_key="2026",
                 customer_id=customer_id,
@@ -49,7 +51,8 @@ def customer(engine: Engine, customer_id: int, email: str, locale: str) -> None:
                 locale=locale,
                 planned_at=datetime.now(UTC),
             )
-        )
+            .returning(send_ledger.c.id)
+        ).scalar_one()
 
 
 @pytest.mark.parametrize("locale", ["en", "hy", "ka"])
@@ -61,8 +64,7 @@ def test_preferences_in_the_browser(
 ) -> None:
     engine = warehouse.make_engine(settings.warehouse_url)
     email = f"{locale}-reader@example.am"
-    customer(engine, 31, email, locale)
-    token = unsubscribe.token_for(settings, 31, "birthday", email)
+    token = unsubscribe.token_for(settings, customer(engine, 31, email, locale))
     url = unsubscribe.unsubscribe_url(settings, token).replace(settings.public_url, server.url)
     path = settings.templates_dir / "_pages" / "preferences" / f"{locale}.yaml"
     t = yaml.safe_load(path.read_text(encoding="utf-8"))

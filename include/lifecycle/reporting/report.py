@@ -22,6 +22,7 @@ from lifecycle.core.config import Settings
 from lifecycle.reporting import queries
 from lifecycle.reporting.kpis import CohortValue, MonthKpis, cohort_values, monthly_kpis
 from lifecycle.reporting.performance import Performance, conversions_by_run, run_performance
+from lifecycle.reporting.surveys import SurveyMonth, survey_months
 from lifecycle.store import unknown
 from lifecycle.store.states import RunStatus
 from lifecycle.store.unknown import UnknownStates
@@ -95,6 +96,7 @@ class Report:
     days: list[DayActivity]  # the last `days` UTC days, oldest first
     simulated_events: int  # engagement events generated for the demo, not real
     currency: str | None  # of every amount (None without orders)
+    surveys: list[SurveyMonth]  # NPS per surveyed campaign and month of sending, oldest first
 
     @property
     def total(self) -> Performance:
@@ -116,6 +118,7 @@ class Report:
             "months": [m.to_dict() for m in self.months],
             "cohorts": [c.to_dict() for c in self.cohorts],
             "days": [d.to_dict() for d in self.days],
+            "surveys": [s.to_dict() for s in self.surveys],
         }
 
 
@@ -150,6 +153,7 @@ def build_report(
             )
             for cid in {run.campaign_id for run in runs}
         }
+        surveyed = survey_months(conn, _months_back(as_of, months), as_of, campaign_id)
     run_reports = [
         RunReport(
             run_id=run.id,
@@ -174,7 +178,14 @@ def build_report(
         days=activity,
         simulated_events=simulated,
         currency=orders["currency"].iloc[0] if len(orders) else None,
+        surveys=sorted(surveyed, key=lambda s: (s.month, s.campaign_id)),
     )
+
+
+def _months_back(as_of: datetime, months: int) -> datetime:
+    """The start (UTC) of the calendar month `months - 1` months before as_of's."""
+    index = as_of.year * 12 + as_of.month - 1 - (months - 1)
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
 
 
 def dag_run_path(campaign_id: str, run_key: str) -> str | None:

@@ -234,6 +234,24 @@ coupons = Table(
     UniqueConstraint("campaign_id", "customer_id", "occurrence_key"),
 )
 
+# One answer per surveyed email (ledger row): a second answer changes the score, never adds a row.
+survey_responses = Table(
+    "survey_responses",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("send_id", BigInteger, nullable=False, unique=True),  # send_ledger.id surveyed
+    Column("campaign_id", String(64), nullable=False),
+    Column("occurrence_key", String(128), nullable=False),  # e.g. the order id
+    Column("customer_id", BigInteger, nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("comment", Text),  # the customer's own words: personal data
+    Column("answered_at", UtcDateTime, nullable=False),  # first answer
+    Column("updated_at", UtcDateTime, nullable=False),  # latest change of score or comment
+    CheckConstraint("score BETWEEN 0 AND 10", name="score"),
+    Index("ix_survey_responses_customer", "customer_id", "updated_at"),
+    Index("ix_survey_responses_campaign", "campaign_id", "answered_at"),
+)
+
 # --- customer features (issue 3) ----------------------------------------------------------
 # The latest snapshot of every customer's features, replaced by each `features.materialize`.
 customer_features = Table(

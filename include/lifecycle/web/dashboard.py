@@ -41,6 +41,7 @@ EXPORTS: dict[str, Callable[[Report], str]] = {
     "runs": export.runs_csv,
     "retention": export.retention_csv,
     "cohorts": export.cohorts_csv,
+    "surveys": export.surveys_csv,
 }
 STEP_LABELS = {
     "audience": "Audience",

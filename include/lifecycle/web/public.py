@@ -1,4 +1,5 @@
-"""The public web app: SendGrid's event webhook and the unsubscribe pages.
+"""The public web app: SendGrid's event webhook, the unsubscribe pages and the feedback page
+(`survey_page`).
 
 No login protects these routes; each is protected by its own proof instead (the webhook by
 SendGrid's ECDSA signature, an unsubscribe by its HMAC token). The Airflow plugin mounts
@@ -26,7 +27,7 @@ from lifecycle.core.config import Settings, load_settings
 from lifecycle.feedback import events, unsubscribe
 from lifecycle.store import warehouse
 from lifecycle.store.schema import send_ledger
-from lifecycle.web import preferences
+from lifecycle.web import preferences, survey_page
 from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,15 @@ def create_app(settings: SettingsSource, *, clock: Callable[[], float] = time.ti
 
     def verified(token: str) -> unsubscribe.Unsubscribe | None:
         try:
-            return unsubscribe.verify(context.settings, token)
+            today = datetime.fromtimestamp(context.clock(), UTC).date()
+            return unsubscribe.verify(context.settings, context.engine, token, today)
         except unsubscribe.InvalidToken as exc:
             log.info("unsubscribe refused: %s", exc)
             return None
 
     preferences.register(app, context, verified, customer_locale, _mask)
 
+    app.include_router(survey_page.router(context))
     return app
 
 
