@@ -22,7 +22,7 @@ from lifecycle.core import addresses, features
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
-from lifecycle.feedback import events, privacy
+from lifecycle.feedback import events, privacy, surveys, tokens
 from lifecycle.feedback import suppressions as suppression_list
 from lifecycle.run.campaign import run_campaign
 from lifecycle.run.test_sends import send_tests
@@ -86,7 +86,7 @@ def bounce(send_id: int, email: str, n: int) -> dict[str, Any]:
 @pytest.fixture
 def filled(engine: Engine, settings: Settings, sink: SinkHandle) -> Engine:
     """Ann (as customer 1, " Ann@Example.AM"), Bob and Cy: mailed, bounced, suppressed,
-    features, coupons, a test send."""
+    features, coupons, a test send, a survey answer."""
     emails = {1: " Ann@Example.AM", 2: OTHERS[0], 3: OTHERS[1]}
     with engine.begin() as conn:
         conn.execute(
@@ -122,6 +122,9 @@ def filled(engine: Engine, settings: Settings, sink: SinkHandle) -> Engine:
         suppression_list.add(
             conn, [suppression_list.row(PERSON, "group:7", "group_unsubscribe", "link", AS_OF)]
         )
+    answered = tokens.recipient(engine, send_ids[1])
+    assert answered is not None
+    surveys.record(engine, answered, 3, f"write to me at {PERSON}", AS_OF)
     return engine
 
 
@@ -150,6 +153,7 @@ def test_the_export_holds_the_persons_rows_and_nobody_elses(filled: Engine, sett
     assert [(r["customer_id"], r["status"]) for r in held["send_ledger"]] == [(1, "sent")]
     assert [row["customer_id"] for row in held["coupons"]] == [1]
     assert [row["customer_id"] for row in held["test_sends"]] == [1]
+    assert [row["score"] for row in held["survey_responses"]] == [3]
     assert [row["event"] for row in held["engagement_events"]] == ["bounce"]
     assert sorted(row["scope"] for row in held["suppressions"]) == ["global", "group:7"]
     assert not any(other in json.dumps(held) for other in OTHERS)
@@ -171,6 +175,7 @@ def test_after_an_erasure_no_marketing_table_holds_the_address(
         "resubscribes": 0,
         "coupons": 1,
         "test_sends": 1,
+        "survey_responses": 1,
     }
     assert all(holding(filled, other) for other in OTHERS)  # nobody else was touched
     with filled.connect() as conn:

@@ -42,7 +42,7 @@ from lifecycle.store.states import LedgerStatus, SkipReason
 
 # Marketing tables with no personal data: runs, feature snapshot summaries, timezone offsets.
 NOT_PERSONAL = ("campaign_runs", "feature_snapshots", "tz_offsets")
-# What `erase` does to the person's rows of each table ("survey_responses" once it exists).
+# What `erase` does to the person's rows of each table.
 TABLES = {
     "customer_features": "delete",
     "send_ledger": "pseudonymise",
@@ -87,9 +87,7 @@ def find(conn: Connection, settings: Settings, email: str) -> Person:
 
 
 def _tables() -> dict[str, Table]:
-    """The tables of `TABLES` that the schema declares (survey_responses may not exist yet)."""
-    declared = schema.marketing.tables
-    return {name: declared[name] for name in TABLES if name in declared}
+    return {name: schema.marketing.tables[name] for name in TABLES}
 
 
 def _rows_of(table: Table, person: Person) -> ColumnElement[bool]:

@@ -1,7 +1,7 @@
 """survey_responses: answers to the feedback email's 0-10 rating links
 
 Revision ID: 0006_survey_responses
-Revises: 0003_state_checks
+Revises: 0005_unknown_resolution
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import lifecycle.store.sqltypes
 
 revision = "0006_survey_responses"
-down_revision = "0003_state_checks"
+down_revision = "0005_unknown_resolution"
 branch_labels = None
 depends_on = None
 

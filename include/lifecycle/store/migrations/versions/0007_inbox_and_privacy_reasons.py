@@ -1,7 +1,7 @@
 """Skip reasons duplicate_address and erased on the send ledger, its inbox column; resubscribes
 
 Revision ID: 0007_inbox_and_privacy_reasons
-Revises: 0003_state_checks
+Revises: 0006_survey_responses
 
 One email per inbox skips the second customer of an inbox as `duplicate_address`; a privacy
 erasure skips the erased person's rows as `erased`. ck_send_ledger_reason is replaced with the
@@ -17,7 +17,7 @@ from alembic import op
 from lifecycle.store.sqltypes import UtcDateTime
 
 revision = "0007_inbox_and_privacy_reasons"
-down_revision = "0003_state_checks"
+down_revision = "0006_survey_responses"
 branch_labels = None
 depends_on = None
 
