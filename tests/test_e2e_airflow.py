@@ -106,7 +106,7 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
                 # A sqlite:////absolute/path URI: lifecycle.airflow.connections makes it a URL.
                 "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": sqlite_url,
                 "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
-                    {"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}
+                    {"conn_type": "generic", "password": API_KEY, "host": sink.url}
                 ),
             },
         )

@@ -15,6 +15,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifecycle.core.campaigns import load_campaigns
     from lifecycle.delivery import DeliveryStopped
     from lifecycle.run.campaign import run_campaign
+    from lifecycle.run.draft import DraftCampaign
     from lifecycle.run.preflight import PreflightError
     from lifecycle.store.states import RunStatus
 
@@ -30,6 +31,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = run_campaign(
             engine_from(args), spec, settings, as_of=as_of, dry_run=args.dry_run, limit=args.limit
         ).outcome
+    except DraftCampaign as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except (PreflightError, DeliveryStopped) as exc:
         print(f"{spec.id}: {exc}", file=sys.stderr)
         return 1
@@ -119,7 +123,9 @@ def register(commands: Commands) -> None:
         help="run one campaign now: plan, deliver, finalize (what the DAG runs)",
         description="The campaign DAG's code path in this process. Prints planned, skipped by "
         "reason, sent, failed and unknown. Exit 1 unless the run succeeded: some emails' fate "
-        "is unknown, every email failed, or a dry run found emails that do not render.",
+        "is unknown, every email failed, or a dry run found emails that do not render. A draft "
+        "campaign (no `status: live` in its spec) only takes --dry-run: a real run of it stops "
+        "before planning.",
     )
     run.add_argument("campaign", metavar="CAMPAIGN", help="campaign id (include/campaigns/*.yaml)")
     run.add_argument(
@@ -128,7 +134,7 @@ def register(commands: Commands) -> None:
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="count and render every email; write and send nothing",
+        help="count and render every email; write and send nothing (works on a draft)",
     )
     run.add_argument(
         "--limit",

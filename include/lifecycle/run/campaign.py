@@ -13,6 +13,7 @@ from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.run.clock import utc
 from lifecycle.run.deliver import deliver
+from lifecycle.run.draft import refuse_draft
 from lifecycle.run.finalize import RunOutcome, finalize
 from lifecycle.run.plan import abandon, plan
 from lifecycle.run.preflight import preflight
@@ -35,7 +36,9 @@ def run_campaign(
     limit: int | None = None,
 ) -> CampaignRun:
     """preflight → plan → deliver every batch → finalize. The run key defaults to one per
-    moment, so running the same moment again finishes that run instead of starting another."""
+    moment, so running the same moment again finishes that run instead of starting another.
+    A real run of a draft campaign raises `DraftCampaign` before anything else."""
+    refuse_draft(spec, dry_run=dry_run)
     as_of = utc(as_of)
     run_key = run_key or f"cli{'_dry' if dry_run else ''}__{as_of:%Y-%m-%dT%H:%M:%S}"
     preflight(engine, spec, settings, as_of=as_of)
