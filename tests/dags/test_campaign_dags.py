@@ -165,7 +165,7 @@ def test_no_trigger_option_is_marked_required_in_the_form(spec_and_dag) -> None:
     # Airflow's form marks a field required when its schema has a type without "null"
     # (isParamRequired.tsx in the 3.3 UI): every option here is optional.
     _, dag = spec_and_dag
-    for name, param in dag.params.items():
+    for name in dag.params:
         schema_type = dag.params.get_param(name).schema["type"]
         assert isinstance(schema_type, list) and "null" in schema_type, name
     conf = {name: None for name in TRIGGER_OPTIONS}  # an empty form is a valid, normal run

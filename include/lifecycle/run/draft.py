@@ -27,4 +27,3 @@ def refuse_draft(spec: CampaignSpec, *, dry_run: bool) -> None:
     """Raise `DraftCampaign` for a real (not dry) run of a draft."""
     if not dry_run and not spec.live:
         raise DraftCampaign(refusal(spec))
-
