@@ -174,6 +174,7 @@ def test_funnel_counts_distinct_sends_per_step_and_skips_dry_runs(report: Report
         "audience": 8,
         "skipped": 3,
         "planned": 5,
+        "waiting": 0,
         "sent": 3,
         "failed": 1,
         "unknown": 1,
