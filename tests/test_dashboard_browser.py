@@ -11,21 +11,22 @@ import asyncio
 import base64
 import itertools
 import json
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import pytest
-from campaign_results import expected_figures, fill_campaign_results
+from campaign_results import expected_figures
 
-from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.core.config import PROJECT_ROOT, load_settings
+from lifecycle.devtools import demo
 from lifecycle.devtools.standalone import Standalone, start_standalone
 from lifecycle.store import warehouse
 
@@ -137,12 +138,11 @@ def chromium(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def airflow(tmp_path: Path) -> Iterator[tuple[Standalone, str]]:
-    """Airflow standalone with this repo's plugin, on a SQLite warehouse with known results."""
+    """Airflow standalone with this repo's plugin, on the warehouse `make demo` makes (a
+    smaller population): every campaign run by Airflow, simulated engagement and orders."""
     url = f"sqlite:///{tmp_path / 'warehouse.db'}"
-    engine = warehouse.make_engine(url)
-    warehouse.upgrade(engine)
-    fill_campaign_results(engine, datetime.now(UTC).replace(microsecond=0), customers=2_000)
-    engine.dispose()
+    settings = load_settings(warehouse_url=url, home=tmp_path / "lifecycle", transport="outbox")
+    assert demo.run_demo(settings, tmp_path / "airflow-demo", customers=3_000) == 0
     env = {
         "LIFECYCLE_HOME": str(tmp_path / "lifecycle"),
         "LIFECYCLE_WAREHOUSE_URL": url,
@@ -169,8 +169,20 @@ def test_dashboard_in_airflow_shows_the_warehouse_figures(
     shown = asyncio.run(_log_in_and_read_campaigns(standalone, chromium))
     for key, value in expected.items():
         assert shown.get(key) == f"{value:,}", key
-    assert int(shown["simulated_events"].replace(",", "")) > 0
+    assert number(shown["simulated_events"]) > 0
+    # The retention story: simulated orders after the emails, more among the emailed than in
+    # the holdout groups, and emails waiting for their customers' send window.
+    assert number(shown["simulated_orders"]) > 0
+    assert number(shown["conversions"]) > 0
+    assert shown["revenue"] not in ("$0.00", "—")
+    assert re.fullmatch(r"\+\d+\.\d pts", shown["uplift"]), shown["uplift"]
+    assert re.fullmatch(r"\+\d+\.\d pts", shown["reengagement.uplift"])
+    assert expected["waiting"] > 0 and shown["waiting"] == f"{expected['waiting']:,}"
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
 
 
 async def _log_in_and_read_campaigns(standalone: Standalone, ws_url: str) -> dict[str, str]:

@@ -208,7 +208,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         # TaskFlow passes XComArgs where the functions take their values (Airflow resolves them
         # at run time), which mypy cannot see: hence the ignores on the wiring below.
         as_of = preflight()
-        check_status() >> as_of  # type: ignore[operator]
+        check_status() >> as_of
         batches = plan(as_of)  # type: ignore[arg-type]
         run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)

@@ -9,6 +9,7 @@ from typing import Any
 
 from lifecycle.cli.arguments import parse_datetime, positive_int
 from lifecycle.cli.common import Commands, UsageError, engine_from, known_campaign, settings_from
+from lifecycle.cli.progress import steps
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -28,9 +29,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {path} is invalid; campaign {path.stem} cannot run", file=sys.stderr)
     as_of = args.as_of or datetime.now(UTC)
     try:
-        outcome = run_campaign(
-            engine_from(args), spec, settings, as_of=as_of, dry_run=args.dry_run, limit=args.limit
-        ).outcome
+        with steps(f"{spec.id}: delivering batches") as advance:
+            outcome = run_campaign(
+                engine_from(args),
+                spec,
+                settings,
+                as_of=as_of,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                on_batch=advance,
+            ).outcome
     except DraftCampaign as exc:
         print(exc, file=sys.stderr)
         return 1

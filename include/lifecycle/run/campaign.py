@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,6 +35,7 @@ def run_campaign(
     run_key: str | None = None,
     dry_run: bool = False,
     limit: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> CampaignRun:
     """preflight → plan → deliver every batch → finalize. The run key defaults to one per
     moment, so running the same moment again finishes that run instead of starting another.
@@ -54,8 +56,10 @@ def run_campaign(
         raise
     attempt = f"{run_key}/{uuid.uuid4().hex[:8]}"
     try:
-        for batch in planned.batches:
+        for done, batch in enumerate(planned.batches, start=1):
             deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt=attempt)
+            if on_batch is not None:  # progress: batches delivered, of how many
+                on_batch(done, len(planned.batches))
     finally:
         outcome = finalize(engine, spec, run_id=planned.run_id)
     return CampaignRun(planned.run_id, outcome)
