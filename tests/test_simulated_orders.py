@@ -3,13 +3,14 @@ never in the future, told apart by their ids, idempotent; and the report counts 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from campaign_results import fill_campaign_results
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, text
 
-from lifecycle.core.config import load_settings
+from lifecycle.core.config import PROJECT_ROOT, load_settings
 from lifecycle.devtools.orders import simulate_orders
 from lifecycle.reporting.queries import SIMULATED_ORDER_IDS
 from lifecycle.reporting.report import build_report
@@ -50,3 +51,16 @@ def test_simulated_orders_follow_the_emails_with_an_uplift(engine: Engine) -> No
     assert report.simulated_orders == len(simulated)
     assert report.total.conversions > 0
     assert report.total.uplift.difference is not None and report.total.uplift.difference > 0
+
+
+def test_the_readme_statement_removes_the_simulated_orders_only(engine: Engine) -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    (statement,) = re.findall(r"`(DELETE FROM orders WHERE id >= \d+)`", readme)
+    fill_campaign_results(engine, NOW, customers=500)
+    with engine.connect() as conn:
+        real = conn.execute(select(func.count()).select_from(schema.orders)).scalar_one()
+    assert simulate_orders(engine, now=NOW).emailed > 0
+    with engine.begin() as conn:
+        conn.execute(text(statement))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.orders)).scalar_one() == real
