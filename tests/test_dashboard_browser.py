@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,12 @@ import httpx
 import pytest
 from campaign_results import expected_figures
 
+from lifecycle.core import features
+from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, load_settings
-from lifecycle.devtools import demo
+from lifecycle.devtools import demo, seed
 from lifecycle.devtools.standalone import Standalone, start_standalone
+from lifecycle.run.campaign import run_campaign
 from lifecycle.store import warehouse
 
 pytestmark = pytest.mark.slow
@@ -138,11 +142,20 @@ def chromium(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def airflow(tmp_path: Path) -> Iterator[tuple[Standalone, str]]:
-    """Airflow standalone with this repo's plugin, on the warehouse `make demo` makes (a
-    smaller population): every campaign run by Airflow, simulated engagement and orders."""
+    """Airflow standalone with this repo's plugin, on demo data: a seeded warehouse, every
+    shipped campaign run (`lifecycle run`'s code path, as `airflow dags test` would), and
+    what `make demo` adds after the emails (simulated engagement and orders)."""
     url = f"sqlite:///{tmp_path / 'warehouse.db'}"
     settings = load_settings(warehouse_url=url, home=tmp_path / "lifecycle", transport="outbox")
-    assert demo.run_demo(settings, tmp_path / "airflow-demo", customers=3_000) == 0
+    engine = warehouse.make_engine(url)
+    warehouse.upgrade(engine)
+    as_of = seed.seed(engine, 3_000, seed=5, as_of=datetime(2026, 11, 24, 11, tzinfo=UTC)).as_of
+    features.materialize(engine, as_of, settings)
+    specs = load_campaigns(settings.campaigns_dir).specs
+    for spec in specs.values():
+        run_campaign(engine, spec, settings, as_of=as_of, run_key=f"scheduled__{spec.id}")
+    demo.after_the_emails(engine, specs, datetime.now(UTC))
+    engine.dispose()
     env = {
         "LIFECYCLE_HOME": str(tmp_path / "lifecycle"),
         "LIFECYCLE_WAREHOUSE_URL": url,
@@ -158,6 +171,7 @@ def airflow(tmp_path: Path) -> Iterator[tuple[Standalone, str]]:
         standalone.stop()
 
 
+@pytest.mark.timeout(1200)  # the machine may be shared: Airflow and Chromium start slowly
 def test_dashboard_in_airflow_shows_the_warehouse_figures(
     airflow: tuple[Standalone, str], chromium: str
 ) -> None:

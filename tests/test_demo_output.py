@@ -53,7 +53,7 @@ def test_waiting_emails_say_when_the_next_run_sends_them(
     demo.tell_waiting(waiting, SPECS, now=datetime(2026, 12, 3, 13, 30, tzinfo=UTC))
     out = " ".join(capsys.readouterr().out.split())
     assert "43 emails are still waiting" in out
-    assert "the first opens 2026-12-03 17:00 UTC" in out
+    assert "the earliest opening: 2026-12-03 17:00 UTC" in out
     assert "birthday 14, next run 2026-12-03 17:05 UTC" in out  # cron "5 * * * *"
     assert "feedback 29, next run after the 2026-12-03 18:00 UTC features snapshot" in out
 

@@ -153,8 +153,15 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     print()
     OUT.print(table(outcomes))
     report(outcomes, already_sent, settings, logs)
-    now = datetime.now(UTC)
-    tell_waiting(waiting_emails(engine), campaigns.specs, now)
+    after_the_emails(engine, campaigns.specs, datetime.now(UTC))
+    print("See it in Airflow: `make airflow`, then http://127.0.0.1:8080 (Campaigns in the nav).")
+    return 0
+
+
+def after_the_emails(engine: Engine, specs: dict[str, CampaignSpec], now: datetime) -> None:
+    """What the demo tells once the campaigns ran: the emails still waiting, and (simulated)
+    what customers did next."""
+    tell_waiting(waiting_emails(engine), specs, now)
     # The outbox reports no deliveries, opens or clicks, and demo customers order nothing
     # because of an email: simulate both (labelled simulated) so the dashboard tells the
     # story. They happen after the sends, i.e. up to now.
@@ -169,8 +176,6 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
             f"{bought.held_out:,} by the holdout groups (${bought.revenue:,.2f}), so the "
             "dashboard shows conversions, revenue and uplift. The dashboard labels them."
         )
-    print("See it in Airflow: `make airflow`, then http://127.0.0.1:8080 (Campaigns in the nav).")
-    return 0
 
 
 @dataclass(frozen=True)
@@ -215,9 +220,9 @@ def tell_waiting(waiting: list[Waiting], specs: dict[str, CampaignSpec], now: da
         if (spec := specs.get(w.campaign_id)) is not None
     )
     say(
-        f"{total:,} emails are still waiting for their customers' local send window (the first "
-        f"opens {first:%Y-%m-%d %H:%M} UTC). With the campaigns unpaused in Airflow, the first run "
-        f"inside each window sends them: {runs}."
+        f"{total:,} emails are still waiting for their customers' local send window (the "
+        f"earliest opening: {first:%Y-%m-%d %H:%M} UTC). With the campaigns unpaused in Airflow, "
+        f"the first run inside each window sends them: {runs}."
     )
 
 
@@ -275,7 +280,7 @@ def report(
     sent_now = sum(int(o.counts.get("sent", 0)) for o in outcomes)
     print()
     if sent_now == 0 and already_sent:
-        print(
+        say(
             f"Nothing new was sent: the {already_sent:,} emails of these audiences were already "
             "sent by an earlier run. The send ledger holds one row per campaign, occurrence and "
             "customer, so running again never sends the same email twice."
