@@ -151,7 +151,7 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             },
         )
         try:
-            airflow.wait_healthy(timeout=240)
+            airflow.wait_healthy(timeout=400)
             api = httpx.Client(
                 base_url=f"{airflow.url}/api/v2",
                 headers={"Authorization": f"Bearer {airflow.api_token()}"},

@@ -236,6 +236,7 @@ def test_a_dry_run_with_emails_that_do_not_render_fails_the_dag_run(
     run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dry_run": True})
     assert state == "failed"
     assert task_states("campaign_loyalty", run_id) | {"deliver": []} == {
+        "check_status": ["success"],
         "preflight": ["success"],
         "plan": ["failed"],
         "deliver": [],
