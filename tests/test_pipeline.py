@@ -72,6 +72,7 @@ def settings(warehouse_url: str, sink: SinkHandle, tmp_path: Path) -> Settings:
 def make_spec(**changes: Any) -> CampaignSpec:
     raw: dict[str, Any] = {
         "id": "onboarding",
+        "status": "live",
         "description": "welcome series",
         "segment": "onboarding",
         "template": "onboarding/{occurrence_key}",

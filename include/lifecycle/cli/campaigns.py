@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lifecycle.cli.arguments import parse_datetime, positive_int
 from lifecycle.cli.common import Commands, UsageError, engine_from, known_campaign, settings_from
+from lifecycle.cli.progress import steps
 
 if TYPE_CHECKING:
     from lifecycle.store.unknown import UnknownStates
@@ -18,6 +19,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifecycle.core.campaigns import load_campaigns
     from lifecycle.delivery import DeliveryStopped
     from lifecycle.run.campaign import run_campaign
+    from lifecycle.run.draft import DraftCampaign
     from lifecycle.run.preflight import PreflightError
     from lifecycle.store.states import RunStatus
 
@@ -30,9 +32,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {path} is invalid; campaign {path.stem} cannot run", file=sys.stderr)
     as_of = args.as_of or datetime.now(UTC)
     try:
-        outcome = run_campaign(
-            engine_from(args), spec, settings, as_of=as_of, dry_run=args.dry_run, limit=args.limit
-        ).outcome
+        with steps(f"{spec.id}: delivering batches") as advance:
+            outcome = run_campaign(
+                engine_from(args),
+                spec,
+                settings,
+                as_of=as_of,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                on_batch=advance,
+            ).outcome
+    except DraftCampaign as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except (PreflightError, DeliveryStopped) as exc:
         print(f"{spec.id}: {exc}", file=sys.stderr)
         return 1
@@ -184,7 +196,9 @@ def register(commands: Commands) -> None:
         help="run one campaign now: plan, deliver, finalize (what the DAG runs)",
         description="The campaign DAG's code path in this process. Prints planned, skipped by "
         "reason, sent, failed and unknown. Exit 1 unless the run succeeded: some emails' fate "
-        "is unknown, every email failed, or a dry run found emails that do not render.",
+        "is unknown, every email failed, or a dry run found emails that do not render. A draft "
+        "campaign (no `status: live` in its spec) only takes --dry-run: a real run of it stops "
+        "before planning.",
     )
     run.add_argument("campaign", metavar="CAMPAIGN", help="campaign id (include/campaigns/*.yaml)")
     run.add_argument(
@@ -193,7 +207,7 @@ def register(commands: Commands) -> None:
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="count and render every email; write and send nothing",
+        help="count and render every email; write and send nothing (works on a draft)",
     )
     run.add_argument(
         "--limit",

@@ -166,6 +166,8 @@ def format_table(report: Report) -> str:
         lines.append(
             f"NOTE: {report.simulated_events:,} engagement events are SIMULATED (demo data)."
         )
+    if report.simulated_orders:
+        lines.append(f"NOTE: {report.simulated_orders:,} orders are SIMULATED (demo data).")
     header = (
         f"{'campaign':<18}{'runs':>5}{'sent':>8}{'deliv':>8}{'opened':>8}{'clicked':>8}"
         f"{'bounce':>7}{'unsub':>6}{'spam':>5}{'conv':>6}{'revenue':>11}  uplift (95% CI)"

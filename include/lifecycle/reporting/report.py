@@ -97,6 +97,7 @@ class Report:
     simulated_events: int  # engagement events generated for the demo, not real
     currency: str | None  # of every amount (None without orders)
     surveys: list[SurveyMonth]  # NPS per surveyed campaign and month of sending, oldest first
+    simulated_orders: int = 0  # orders the demo simulated after its emails, not real
 
     @property
     def total(self) -> Performance:
@@ -111,6 +112,7 @@ class Report:
             "conversion_days": self.conversion_days,
             "active_days": self.active_days,
             "simulated_events": self.simulated_events,
+            "simulated_orders": self.simulated_orders,
             "currency": self.currency,
             "total": self.total.to_dict(),
             "campaigns": [c.to_dict() for c in self.campaigns],
@@ -145,6 +147,7 @@ def build_report(
         performance = _performance(conn, [run.id for run in runs], orders, as_of, conversion_days)
         signups = queries.signups(conn, settings, as_of)
         simulated = queries.simulated_events(conn, campaign_id)
+        simulated_orders = queries.simulated_orders(conn, as_of) if simulated else 0
         activity = _daily_activity(conn, as_of, days, campaign_id)
         quiet = settings.requeue_quiet_period()
         unknown_states = {
@@ -177,6 +180,7 @@ def build_report(
         cohorts=cohort_values(signups, orders),
         days=activity,
         simulated_events=simulated,
+        simulated_orders=simulated_orders,
         currency=orders["currency"].iloc[0] if len(orders) else None,
         surveys=sorted(surveyed, key=lambda s: (s.month, s.campaign_id)),
     )

@@ -46,6 +46,7 @@ EXPORTS: dict[str, Callable[[Report], str]] = {
 STEP_LABELS = {
     "audience": "Audience",
     "planned": "Passed the policies",
+    "waiting": "Waiting for the send window",
     "sent": "Sent",
     "delivered": "Delivered",
     "opened": "Opened",
