@@ -108,6 +108,8 @@ def test_service_recovery_campaign_mails_each_detractor_once(
     engine: Engine, settings: Settings, answered: dict[int, int]
 ) -> None:
     spec = load_campaigns(settings.campaigns_dir).specs["service_recovery"]
+    assert spec.status == "draft"  # shipped as a draft: a person decides to make it live
+    spec = spec.model_copy(update={"status": "live"})
     first = run_campaign(engine, spec, settings, as_of=AS_OF).outcome.counts
     again = run_campaign(engine, spec, settings, as_of=AS_OF + timedelta(hours=1)).outcome.counts
     assert first["sent"] == 3

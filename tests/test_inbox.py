@@ -47,6 +47,7 @@ def make_spec() -> CampaignSpec:
     return CampaignSpec.model_validate(
         {
             "id": "onboarding",
+            "status": "live",
             "description": "welcome series",
             "segment": "onboarding",
             "template": "onboarding/{occurrence_key}",

@@ -57,6 +57,7 @@ def make_spec(campaign_id: str = "onboarding") -> CampaignSpec:
     return CampaignSpec.model_validate(
         {
             "id": campaign_id,
+            "status": "live",
             "description": "welcome series",
             "segment": "onboarding",
             "template": "onboarding/{occurrence_key}",

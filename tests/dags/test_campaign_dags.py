@@ -174,10 +174,11 @@ def test_no_trigger_option_is_marked_required_in_the_form(spec_and_dag) -> None:
 
 
 def test_the_form_says_what_unpause_does(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
-    _, dag = spec_and_dag
+    spec, dag = spec_and_dag
     text = dag.params.get_param("dry_run").schema["description_md"]
     assert "**Unpause**" in text and "makes the schedule live" in text
-    assert "This campaign is **live**" in text
+    shown = "This campaign is **live**" if spec.live else "This campaign is a **draft**"
+    assert shown in text
 
 
 def test_unknown_trigger_option_is_refused_not_ignored() -> None:
