@@ -11,7 +11,7 @@ its planned rows released (`lifecycle.run.approval.close`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.configuration import conf
@@ -19,7 +19,9 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.core.campaigns import CampaignSpec
-from lifecycle.run.approval import ApprovalSummary
+
+if TYPE_CHECKING:  # the run room loads pandas: tasks import it, parsing does not
+    from lifecycle.run.approval import ApprovalSummary
 
 TASK_ID = "approve"
 PREVIEW_PATH = "/campaigns/runs/{run_id}/preview"  # the dashboard app, behind Airflow's login
