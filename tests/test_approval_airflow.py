@@ -1,6 +1,7 @@
 """Approval end to end in a real `airflow standalone`: three campaigns that need approval wait
 between plan and deliver; one is approved, one rejected, one left to time out, all answered
-through the REST API, as the Airflow UI's "Required actions" page does."""
+through the REST API, as the Airflow UI's "Required actions" page does. The one left waiting
+also misses its deadline: both its alerts reach a local SMTP server and a chat webhook."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import psutil
 import pytest
 import sqlalchemy as sa
 import yaml
+from alert_receivers import alert_receivers
 from processes import still_running
 from test_e2e_airflow import AS_OF, family, free_port
 
 from lifecycle.core import features
-from lifecycle.core.config import PROJECT_ROOT, load_settings
+from lifecycle.core.config import DEFAULT_POOL_SLOTS, PROJECT_ROOT, SENDGRID_POOL, load_settings
 from lifecycle.devtools import seed
 from lifecycle.devtools.sink.thread import run_sink_in_thread
 from lifecycle.devtools.standalone import Standalone, start_standalone
@@ -40,6 +42,8 @@ def write_specs(directory: Path) -> None:
             "id": name,
             "approval": {"approvers": ["admin"], "expires_after_hours": hours},
         }
+        if name == "expired":
+            spec["deadline_hours"] = 0.005  # 18 s after it was queued: it is still waiting then
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec))
 
 
@@ -87,7 +91,7 @@ def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite
     features.materialize(engine, AS_OF, load_settings(warehouse_url=sqlite_url))
     write_specs(tmp_path / "campaigns")
     seen: set[psutil.Process] = set()
-    with run_sink_in_thread(api_keys=[API_KEY]) as sink:
+    with run_sink_in_thread(api_keys=[API_KEY]) as sink, alert_receivers() as (alerts, conns):
         airflow = start_standalone(
             tmp_path / "airflow",
             free_port(),
@@ -99,6 +103,7 @@ def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite
                 "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
                     {"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}
                 ),
+                **conns,
             },
         )
         try:
@@ -139,6 +144,10 @@ def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite
             pid = airflow.process.pid
             states = {n: wait_for_state(api, f"campaign_{n}", runs[n], seen, pid) for n in ANSWERS}
             assert states == {"approved": "success", "rejected": "success", "expired": "failed"}
+            assert api.get(f"/pools/{SENDGRID_POOL}").json()["slots"] == DEFAULT_POOL_SLOTS
+            deadline = time.monotonic() + 90  # the triggerer sends the deadline alert
+            while len(alerts.emails) + len(alerts.posts) < 4 and time.monotonic() < deadline:
+                time.sleep(1)
         finally:
             airflow.stop()
     outcome = campaign_runs(engine)
@@ -158,5 +167,16 @@ def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite
     for name in ("rejected", "expired"):  # released: nothing planned, nothing sent
         assert (name, "planned") not in statuses and (name, "sent") not in statuses
         assert outcome[name][1]["released"] > 0
+    # Two alerts, each by email and webhook, all about the run left waiting.
+    subjects = sorted(str(m["Subject"]) for m in alerts.emails)
+    assert subjects == [
+        "Campaign expired: run failed (finalize)",
+        "Campaign expired: run missed its deadline",
+    ]
+    assert len(alerts.posts) == 2
+    texts = alerts.texts()
+    assert sum("nobody approved the run in time" in t for t in texts) == 2
+    assert sum("answer a waiting approval" in t for t in texts) == 2
+    assert all(runs["expired"] in t for t in texts)
     assert still_running(seen) == []
     assert airflow.processes() == set()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetOrTimeSchedule, Connection, CronTriggerTimetable, TriggerRule
+from airflow.sdk.definitions.deadline import DeadlineReference
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
@@ -271,3 +272,13 @@ def test_deliver_runs_in_the_sendgrid_pool_and_every_task_has_a_timeout(spec_and
     # A full batch at the task's rate fits twice into its timeout.
     seconds = spec.delivery.batch_size / task_rate(spec, load_settings())
     assert dag.task_dict["deliver"].execution_timeout.total_seconds() >= 2 * seconds
+
+
+def test_a_deadline_in_the_spec_is_an_airflow_deadline_alert_with_our_notifier() -> None:
+    assert build_campaign_dag(SPECS["loyalty"]).deadline is None  # none unless the spec asks
+    dag = build_campaign_dag(SPECS["loyalty"].model_copy(update={"deadline_hours": 3}))
+    (alert,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT
+    assert alert.interval == timedelta(hours=3)
+    assert alert.callback.path == "lifecycle.airflow.notifier.CampaignDeadlineNotifier"
+    assert alert.callback.kwargs == {"campaign_id": "loyalty"}

@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from lifecycle.airflow.approval import CampaignApproval
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
-from lifecycle.airflow.notifier import CampaignFailureNotifier
+from lifecycle.airflow.notifier import (
+    CampaignDeadlineNotifier,
+    CampaignFailureNotifier,
+    ReportedUpstream,
+)
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
 from lifecycle.core.campaigns import CampaignSpec, SpecError, load_campaigns
@@ -71,6 +77,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         tags=["lifecycle", "campaign", *spec.tags],
         params=trigger_params(spec),
         default_args=default_args,
+        deadline=_deadline(spec),
     )
     def campaign() -> None:
         @task(execution_timeout=PREFLIGHT_TIMEOUT)
@@ -188,7 +195,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
                 abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
-                raise AirflowFailException("an earlier task failed (see preflight or plan)")
+                raise ReportedUpstream("an earlier task failed (see preflight or plan)")
             outcome = phase.finalize(warehouse_engine(settings), spec, run_id=run_id)
             if outcome.status == RunStatus.REJECTED:
                 raise AirflowSkipException(
@@ -220,6 +227,17 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         delivered >> finalize(as_of)  # type: ignore[arg-type]
 
     return campaign()
+
+
+def _deadline(spec: CampaignSpec) -> DeadlineAlert | None:
+    """An alert (run by the triggerer) when a run is not finished in time, if the spec sets one."""
+    if spec.deadline_hours is None:
+        return None
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=spec.deadline_hours),
+        callback=AsyncCallback(CampaignDeadlineNotifier, kwargs={"campaign_id": spec.id}),
+    )
 
 
 @contextmanager

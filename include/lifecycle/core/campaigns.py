@@ -169,6 +169,9 @@ class CampaignSpec(_Model):
     delivery: Delivery = Delivery()
     coupon: Coupon | None = None
     approval: Approval | None = None
+    deadline_hours: float | None = Field(
+        None, gt=0, description="alert when a run is not finished this long after it was queued"
+    )
     source_path: Path | None = Field(None, exclude=True)
 
     @field_validator("segment", mode="before")
