@@ -60,6 +60,19 @@ def wait_for(api: httpx.Client, path: str, airflow: Standalone, seen: set) -> di
     return response.json()
 
 
+def wait_awaiting_input(
+    api: httpx.Client, dag_id: str, run_id: str, airflow: Standalone, seen: set
+) -> None:
+    """An answer racing the task's switch to awaiting input can make Airflow run the task again
+    (which asks again); the UI only offers the answer once the task waits."""
+    path, state = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve", None
+    deadline = time.monotonic() + 480
+    while (state := api.get(path).json().get("state")) != "awaiting_input":
+        assert time.monotonic() < deadline, (state, airflow.log_tail())
+        seen |= family(airflow.process.pid)
+        time.sleep(1)
+
+
 def respond(api: httpx.Client, path: str, answer: str) -> None:
     """Answer as the UI does. Airflow's SQLite metadata DB, busy with the scheduler and the
     triggerer, may answer 500 (database locked): the write was rolled back, so ask again; a 409
@@ -120,7 +133,7 @@ def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite
             },
         )
         try:
-            airflow.wait_healthy(timeout=240)
+            airflow.wait_healthy(timeout=600)
             api = httpx.Client(
                 base_url=f"{airflow.url}/api/v2",
                 headers={"Authorization": f"Bearer {airflow.api_token()}"},
@@ -142,7 +155,8 @@ def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite
                 assert "Coupons to be issued: none" in body
                 assert detail["assigned_users"] == [{"id": "admin", "name": "admin"}]
                 assert sink.state.snapshot() == []  # nothing leaves before the answer
-                if answer is not None:
+                if answer is not None:  # once the task waits, as a person would see it
+                    wait_awaiting_input(api, f"campaign_{name}", runs[name], airflow, seen)
                     respond(api, hitl_path(f"campaign_{name}", runs[name]), answer)
 
             # The approver's link: the run's first emails, rendered, behind Airflow's login.
