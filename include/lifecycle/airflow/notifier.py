@@ -105,7 +105,7 @@ def failure_alert(campaign_id: str, *, task: str, run_id: str, tries: int, error
     return Alert(
         subject=f"Campaign {campaign_id}: run failed ({task})",
         text=(
-            f"Campaign {campaign_id}, run {run_id}: task {task} failed for good after {tries} "
+            f"Campaign {campaign_id}: task {task} failed for good in run {run_id} after {tries} "
             f"tries.\n\nWhat happened: {error}\n\n"
             "What to do: emails already sent stay sent and are never re-sent automatically. "
             "Fix the cause named above, then trigger a new run: it takes over the emails left, "
