@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import yaml
 
 from lifecycle.airflow.connections import SENDGRID_CONN_TYPE
-from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.core.config import PROJECT_ROOT, SENDGRID_POOL
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -269,3 +269,16 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image() -> None:
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for entry in (".env", ".venv", ".local", ".git"):
         assert entry in ignored
+
+
+def test_init_creates_the_sendgrid_pool_sized_from_the_setting(
+    dotenv: dict[str, str],
+) -> None:
+    for slots, expected in ((None, "4"), ("7", "7")):
+        env = dotenv if slots is None else {**dotenv, "LIFECYCLE_SENDGRID_POOL_SLOTS": slots}
+        services = compose(env)["services"]
+        script = services["airflow-init"]["command"][-1]
+        assert f'airflow pools set {SENDGRID_POOL} "${{LIFECYCLE_SENDGRID_POOL_SLOTS}}"' in script
+        for name in AIRFLOW_SERVICES:  # every component reads the same size and rate
+            assert env_of(services[name])["LIFECYCLE_SENDGRID_POOL_SLOTS"] == expected, name
+            assert "LIFECYCLE_SENDGRID_RATE_PER_SECOND" in env_of(services[name])

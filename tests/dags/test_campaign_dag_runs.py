@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alert_receivers import ALERT_TO, alert_receivers
 from sqlalchemy import Engine
 
 from lifecycle.airflow.campaign_dag import build_campaign_dag
@@ -313,6 +314,35 @@ def test_an_invalid_value_is_refused_before_a_run_exists(sqlite_world: World) ->
 
     with pytest.raises(ParamValidationError, match="limit"):
         run_dag("campaign_loyalty", {"limit": 0})
+
+
+@pytest.mark.parametrize("trouble", ["refused key", "unknown rows"])
+def test_a_stopped_run_or_unknown_rows_alert_by_email_and_webhook_once_saying_what_to_do(
+    sqlite_world: World, monkeypatch: pytest.MonkeyPatch, trouble: str
+) -> None:
+    spec = SPECS["loyalty"]
+    if trouble == "refused key":
+        wrong = {"conn_type": "sendgrid", "password": "SG.revoked", "host": sqlite_world.sink.url}
+        monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps(wrong))
+    else:  # connections dropped after the request was sent: the emails' fate is unknown
+        sqlite_world.sink.state.faults.update({"rate_drop": 0.5})
+    with alert_receivers() as (received, connections):
+        for name, value in connections.items():
+            monkeypatch.setenv(name, value)
+        run = build_campaign_dag(spec).test(run_conf={"as_of": AS_OF.isoformat()})
+
+    assert str(run.state) == "failed"
+    assert len(received.emails) == len(received.posts) == 1  # finalize's, not each deliver's
+    email = received.emails[0]
+    assert email["To"] == ALERT_TO and email["From"] == "lifecycle@shop.example"
+    assert email["Subject"] == "Campaign loyalty: run failed (finalize)"
+    for text in received.texts():
+        assert run.run_id in text and "What to do" in text
+        if trouble == "refused key":
+            assert "run stopped" in text and "check the API key" in text
+        else:
+            assert "may or may not have reached SendGrid" in text
+            assert "lifecycle requeue-unknown loyalty" in text
 
 
 # --- a draft campaign never mails its audience ----------------------------------------------

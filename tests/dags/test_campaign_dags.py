@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetOrTimeSchedule, Connection, CronTriggerTimetable, TriggerRule
+from airflow.sdk.definitions.deadline import DeadlineReference
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
@@ -23,8 +25,9 @@ from lifecycle.airflow.params import (
     trigger_options,
 )
 from lifecycle.airflow.schedules import FEATURES_ASSET
-from lifecycle.core.campaigns import load_campaigns
-from lifecycle.core.config import load_settings
+from lifecycle.core.campaigns import Approval, load_campaigns
+from lifecycle.core.config import SENDGRID_POOL, load_settings
+from lifecycle.run.rates import task_rate
 
 SPECS = load_campaigns(load_settings().campaigns_dir).specs
 
@@ -298,3 +301,38 @@ def test_runtime_settings_fall_back_to_the_environment(monkeypatch: pytest.Monke
     monkeypatch.delenv("AIRFLOW_CONN_SENDGRID_DEFAULT", raising=False)
     monkeypatch.setenv("LIFECYCLE_WAREHOUSE_URL", "sqlite:////elsewhere/wh.db")
     assert runtime_settings().warehouse_url == "sqlite:////elsewhere/wh.db"
+
+
+def test_a_campaign_that_needs_approval_asks_between_plan_and_deliver() -> None:
+    spec = SPECS["loyalty"].model_copy(
+        update={"approval": Approval(approvers=["ops-lead"], expires_after_hours=6)}
+    )
+    dag = build_campaign_dag(spec)
+    approve = dag.task_dict["approve"]
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.upstream_task_ids == {"plan"}
+    assert dag.task_dict["deliver"].upstream_task_ids == {"plan", "approve"}
+    assert approve.assigned_users == [{"id": "ops-lead", "name": "ops-lead"}]
+    assert approve.response_timeout == timedelta(hours=6)
+    assert approve.defaults is None  # no answer is not an approval
+    assert dag.task_dict["finalize"].trigger_rule == TriggerRule.ALL_DONE
+
+
+def test_deliver_runs_in_the_sendgrid_pool_and_every_task_has_a_timeout(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    assert dag.task_dict["deliver"].pool == SENDGRID_POOL
+    for task in dag.tasks:
+        assert task.execution_timeout is not None, task.task_id
+    # A full batch at the task's rate fits twice into its timeout.
+    seconds = spec.delivery.batch_size / task_rate(spec, load_settings())
+    assert dag.task_dict["deliver"].execution_timeout.total_seconds() >= 2 * seconds
+
+
+def test_a_deadline_in_the_spec_is_an_airflow_deadline_alert_with_our_notifier() -> None:
+    assert build_campaign_dag(SPECS["loyalty"]).deadline is None  # none unless the spec asks
+    dag = build_campaign_dag(SPECS["loyalty"].model_copy(update={"deadline_hours": 3}))
+    (alert,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT
+    assert alert.interval == timedelta(hours=3)
+    assert alert.callback.path == "lifecycle.airflow.notifier.CampaignDeadlineNotifier"
+    assert alert.callback.kwargs == {"campaign_id": "loyalty"}

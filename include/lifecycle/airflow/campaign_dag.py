@@ -1,5 +1,5 @@
-"""`campaign_<id>`: one DAG per campaign spec, check_status → preflight → plan → deliver →
-finalize. `check_status` ends a real run of a draft campaign before anything is planned.
+"""`campaign_<id>`: one DAG per campaign spec, check_status → preflight → plan → [approve] →
+deliver → finalize. `check_status` ends a real run of a draft campaign before anything is planned.
 
 The tasks are thin: each reads its settings from the Airflow connections and calls one step
 of the engine's pipeline (imported inside the task, so parsing only reads the YAML specs).
@@ -15,16 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from lifecycle.airflow.approval import CampaignApproval
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
-from lifecycle.airflow.notifier import CampaignFailureNotifier
+from lifecycle.airflow.notifier import (
+    CampaignDeadlineNotifier,
+    CampaignFailureNotifier,
+    ReportedUpstream,
+)
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
 from lifecycle.core.campaigns import CampaignSpec, SpecError, load_campaigns
+from lifecycle.core.config import SENDGRID_POOL, load_settings
+from lifecycle.run.rates import deliver_timeout
 
 log = logging.getLogger(__name__)
+PREFLIGHT_TIMEOUT = timedelta(minutes=10)
+PLAN_TIMEOUT = timedelta(hours=2)  # a large audience through every policy
+FINALIZE_TIMEOUT = timedelta(minutes=10)
 
 
 def check_campaign_specs(directory: Path) -> None:
@@ -43,7 +55,8 @@ def check_campaign_specs(directory: Path) -> None:
 
 
 def build_campaign_dag(spec: CampaignSpec) -> DAG:
-    """`campaign_<id>`: preflight → plan → deliver (mapped over ledger batches) → finalize."""
+    """`campaign_<id>`: preflight → plan → deliver (mapped over ledger batches) → finalize,
+    with an approval step (`approval.CampaignApproval`) before deliver if the spec asks for one."""
     asset = campaign_asset(spec.id)
     default_args = {
         "owner": spec.owner,
@@ -66,15 +79,16 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         tags=["lifecycle", "campaign", spec.status, *spec.tags],
         params=trigger_params(spec),
         default_args=default_args,
+        deadline=_deadline(spec),
     )
     def campaign() -> None:
-        @task
+        @task(execution_timeout=PREFLIGHT_TIMEOUT)
         def check_status() -> None:
             """A draft campaign only rehearses: a real run of it ends here, before planning."""
             if refused := draft_refusal(spec, get_current_context()):
                 raise AirflowSkipException(refused)  # everything but finalize is skipped
 
-        @task
+        @task(execution_timeout=PREFLIGHT_TIMEOUT)
         def preflight() -> str:
             """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
             from lifecycle.run import preflight as phase
@@ -87,7 +101,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 phase.preflight(warehouse_engine(settings), spec, settings, as_of=as_of)
             return as_of.isoformat()
 
-        @task
+        @task(execution_timeout=PLAN_TIMEOUT)
         def plan(as_of: str) -> list[dict[str, int]]:
             """Write the ledger (planned / skipped and why); return the batches to deliver.
 
@@ -140,6 +154,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         @task(
             map_index_template="{{ batch_label }}",
             max_active_tis_per_dagrun=spec.delivery.max_active_batches,
+            pool=SENDGRID_POOL,  # one pool per SendGrid account, shared by every campaign
+            execution_timeout=deliver_timeout(spec, load_settings()),
         )
         def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
             """Render and send one ledger batch; rows are claimed, so a retry never re-sends."""
@@ -168,7 +184,9 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 )
             return result.to_dict()
 
-        @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[asset])
+        @task(
+            trigger_rule=TriggerRule.ALL_DONE, outlets=[asset], execution_timeout=FINALIZE_TIMEOUT
+        )
         def finalize(as_of: str) -> dict[str, Any]:
             """Count outcomes onto the campaign run row and announce them as an Asset event.
 
@@ -191,10 +209,17 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
                 abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
-                raise AirflowFailException("an earlier task failed (see preflight or plan)")
+                raise ReportedUpstream("an earlier task failed (see preflight or plan)")
             outcome = phase.finalize(
                 warehouse_engine(settings), spec, run_id=run_id, settings=settings
             )
+            if outcome.status == RunStatus.REJECTED:
+                raise AirflowSkipException(
+                    f"rejected by {outcome.counts.get('decided_by')}: nothing sent, "
+                    f"{outcome.counts.get('released', 0):,} planned emails released"
+                )
+            if outcome.status == RunStatus.EXPIRED:
+                raise AirflowFailException(_expired_problem(outcome.counts))
             if outcome.status != RunStatus.SUCCESS:
                 raise AirflowFailException(_run_problem(spec.id, outcome.counts))
             counts = outcome.counts
@@ -214,9 +239,22 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         batches = plan(as_of)  # type: ignore[arg-type]
         run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
+        if spec.needs_approval:  # a person answers between plan and deliver
+            batches >> CampaignApproval(spec=spec) >> delivered
         delivered >> finalize(as_of)  # type: ignore[arg-type]
 
     return campaign()
+
+
+def _deadline(spec: CampaignSpec) -> DeadlineAlert | None:
+    """An alert (run by the triggerer) when a run is not finished in time, if the spec sets one."""
+    if spec.deadline_hours is None:
+        return None
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=spec.deadline_hours),
+        callback=AsyncCallback(CampaignDeadlineNotifier, kwargs={"campaign_id": spec.id}),
+    )
 
 
 @contextmanager
@@ -246,6 +284,14 @@ def draft_refusal(spec: CampaignSpec, context: Mapping[str, Any]) -> str | None:
 # --- what went wrong, for the person reading the task log ---------------------------------
 def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
     return f"dry run: {errors:,} of {planned:,} emails do not render: " + "; ".join(examples)
+
+
+def _expired_problem(counts: Mapping[str, Any]) -> str:
+    return (
+        f"nobody approved the run in time: nothing was sent and its {counts['released']:,} "
+        "planned emails were released. Trigger a new run and approve it in the Airflow UI "
+        "(Required actions), or lengthen approval.expires_after_hours in the spec"
+    )
 
 
 def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:

@@ -125,6 +125,33 @@ class Coupon(_Model):
     valid_days: int = Field(30, ge=1)
 
 
+class Approval(_Model):
+    """A person approves each real run between plan and deliver (Airflow's approval step).
+
+    `approval: required` is the short form; the long form names who may approve (Airflow user
+    ids; empty: anyone who may edit the campaign's DAG) and how long the run waits.
+    """
+
+    required: bool = True
+    approvers: list[str] = Field(default_factory=list, description="Airflow user ids")
+    expires_after_hours: float = Field(
+        24.0, gt=0, le=24 * 14, description="no answer in this time: the run ends expired"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if value == "required":
+            return {"required": True}
+        if isinstance(value, str):
+            raise ValueError(f"{value!r}: write 'approval: required', or a mapping")
+        return value
+
+    @property
+    def expires_after(self) -> timedelta:
+        return timedelta(hours=self.expires_after_hours)
+
+
 class CampaignSpec(_Model):
     id: str = Field(pattern=ID_PATTERN)
     description: str
@@ -143,6 +170,10 @@ class CampaignSpec(_Model):
     policies: Policies = Policies()
     delivery: Delivery = Delivery()
     coupon: Coupon | None = None
+    approval: Approval | None = None
+    deadline_hours: float | None = Field(
+        None, gt=0, description="alert when a run is not finished this long after it was queued"
+    )
     name: str | None = Field(
         None, max_length=80, description="what people call it, e.g. 'Birthday discount'"
     )
@@ -178,6 +209,10 @@ class CampaignSpec(_Model):
                 "schedule.after_features, or remove policies.send_window"
             )
         return self
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approval is not None and self.approval.required
 
     @property
     def dag_id(self) -> str:

@@ -6,6 +6,7 @@ connections `lifecycle_warehouse` and `sendgrid_default`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Any, overload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# The Airflow pool every campaign's deliver tasks run in: one per SendGrid account. Its size is
+# `Settings.sendgrid_pool_slots`; `make airflow` and the compose init create it.
+SENDGRID_POOL = "sendgrid"
+DEFAULT_POOL_SLOTS = 4
 
 
 @overload
@@ -22,6 +27,22 @@ def _env(name: str, default: None = None) -> str | None: ...
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _positive(name: str, *, whole: bool = False) -> float | None:
+    """A positive number (`whole`: a positive integer) from the environment, or None when
+    unset; anything else is refused, naming the variable."""
+    text = _env(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and (value.is_integer() or not whole)):
+        kind = "integer" if whole else "number"
+        raise ValueError(f"{name} must be a positive {kind}, got {text!r}")
+    return value
 
 
 def _date(value: str | None) -> date | None:
@@ -53,6 +74,20 @@ class Settings:
     unsubscribe_mailbox: str = "unsubscribe@lifecycle-demo.shop"
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
+    # The SendGrid account's send rate (requests/s) shared by every campaign; None: no account
+    # limit, each campaign's own rate_per_second only. Each of the pool's slots gets an equal
+    # share, so all campaigns delivering at once stay within it (`account_share`).
+    sendgrid_rate_per_second: float | None = None
+    sendgrid_pool_slots: int = (
+        DEFAULT_POOL_SLOTS  # deliver tasks of all campaigns at once (the Airflow pool)
+    )
+
+    def account_share(self) -> float | None:
+        """Requests/s one deliver task may use of the account's rate."""
+        if self.sendgrid_rate_per_second is None:
+            return None
+        return self.sendgrid_rate_per_second / self.sendgrid_pool_slots
+
     # An `unknown` row with no SendGrid event this long after its attempt may be requeued.
     unknown_quiet_hours: float = 24.0
     # the preference centre's topics and their SendGrid unsubscribe groups
@@ -113,6 +148,10 @@ def load_settings(**overrides: Any) -> Settings:
         ),
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
+        sendgrid_rate_per_second=_positive("LIFECYCLE_SENDGRID_RATE_PER_SECOND"),
+        sendgrid_pool_slots=int(
+            _positive("LIFECYCLE_SENDGRID_POOL_SLOTS", whole=True) or DEFAULT_POOL_SLOTS
+        ),
         unknown_quiet_hours=float(_env("LIFECYCLE_UNKNOWN_QUIET_HOURS", "24")),
         preferences_file=Path(
             _env("LIFECYCLE_PREFERENCES_FILE", str(PROJECT_ROOT / "include" / "preferences.yaml"))

@@ -17,7 +17,7 @@ from lifecycle.run.deliver import deliver
 from lifecycle.run.draft import refuse_draft
 from lifecycle.run.finalize import RunOutcome, finalize
 from lifecycle.run.plan import abandon, plan
-from lifecycle.run.preflight import preflight
+from lifecycle.run.preflight import PreflightError, preflight
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ def run_campaign(
     refuse_draft(spec, dry_run=dry_run)
     as_of = utc(as_of)
     run_key = run_key or f"cli{'_dry' if dry_run else ''}__{as_of:%Y-%m-%dT%H:%M:%S}"
+    if spec.needs_approval and not dry_run:
+        raise PreflightError(
+            f"campaign {spec.id} needs approval before it sends: trigger its Airflow DAG "
+            f"{spec.dag_id} (an approver answers there), or rehearse it here with --dry-run"
+        )
     preflight(engine, spec, settings, as_of=as_of)
     try:
         planned = plan(

@@ -26,6 +26,7 @@ from lifecycle.delivery.ratelimit import TokenBucket
 from lifecycle.run.clock import now
 from lifecycle.run.compose import Composer, make_transport
 from lifecycle.run.plan import Batch
+from lifecycle.run.rates import task_rate
 from lifecycle.run.rows import EmailRow, from_ledger
 from lifecycle.store import ledger, runs
 from lifecycle.store.ledger import Outcome
@@ -92,6 +93,9 @@ def deliver(
         run = runs.get_run(conn, run_id)
         if run.status == RunStatus.STOPPED:
             raise DeliveryStopped(f"the run was stopped: {(run.counts or {}).get('stopped')}")
+        if run.status in (RunStatus.REJECTED, RunStatus.EXPIRED):
+            log.warning("run %d was %s at approval: nothing is sent", run_id, run.status)
+            return result
         result.interrupted = ledger.mark_interrupted(
             conn, run_id, batch.first_id, batch.last_id, attempt
         )
@@ -138,8 +142,7 @@ async def _deliver(
 ) -> None:
     composer = Composer(spec, settings, run.as_of)
     transport = make_transport(settings, spec)
-    # rate_per_second is the campaign's total: each of the parallel batch tasks gets its share.
-    limiter = TokenBucket(spec.delivery.rate_per_second / spec.delivery.max_active_batches)
+    limiter = TokenBucket(task_rate(spec, settings))
     slots = asyncio.Semaphore(spec.delivery.concurrency)
     claim_size = max(50, spec.delivery.concurrency)
     bound = crash_bound(spec.delivery.concurrency)

@@ -35,11 +35,12 @@ def finalize(
     when SendGrid refused the key or sender (`stopped` says why);
     `failed` when any row's fate is unknown, due rows were left undelivered (a delivery task
     failed), or nothing could be sent although something was due; else `success`. A dry run
-    was finalized when it was planned: its outcome is read back.
+    was finalized when it was planned, a rejected or expired one when its approver answered
+    (`run.approval.close`): their outcome is read back.
     """
     with engine.begin() as conn:
         run = runs.get_run(conn, run_id)
-        if run.dry_run:
+        if run.dry_run or run.status in (RunStatus.REJECTED, RunStatus.EXPIRED):
             return RunOutcome(RunStatus(run.status), run.counts or {})
         ledger.mark_run_interrupted(conn, run_id)
         unknown.resolve(conn, run_id=run_id)

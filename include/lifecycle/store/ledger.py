@@ -393,3 +393,23 @@ def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]
         counts[k] for k in ("sent", "failed", "unknown", "sending", "pending", "waiting")
     )
     return counts
+
+
+# --- approval -----------------------------------------------------------------------------
+def planned_rows(conn: Connection, run_id: int, limit: int) -> list[Row[Any]]:
+    """The first `limit` rows the run will send (due now or waiting), to preview."""
+    query = (
+        select(*DELIVERY_COLUMNS)
+        .where(L.c.run_id == run_id, L.c.status == LedgerStatus.PLANNED)
+        .order_by(L.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+def release_planned(conn: Connection, run_id: int) -> int:
+    """A run that will not send (rejected, or its approval expired) lets go of its planned rows:
+    they no longer count towards frequency caps, and a later run plans them afresh."""
+    return conn.execute(
+        delete(L).where(L.c.run_id == run_id, L.c.status == LedgerStatus.PLANNED)
+    ).rowcount

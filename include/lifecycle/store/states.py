@@ -71,6 +71,8 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"  # rows unknown or left undelivered, or nothing could be sent
     STOPPED = "stopped"  # SendGrid refused the key or the sender: the whole run stopped
+    REJECTED = "rejected"  # the approver said no: nothing sent, its planned rows released
+    EXPIRED = "expired"  # nobody approved in time: nothing sent, its planned rows released
 
 
 class TestSendStatus(StrEnum):

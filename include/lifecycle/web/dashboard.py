@@ -7,19 +7,20 @@ this module knows nothing of Airflow. Without Airflow, for local previews and wi
 
 Routes (relative to the mount point): `/` the page, `/report.json`, and CSV exports
 `/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`. Every route takes
-`campaign` (one campaign only) and `days` (conversion window, default 7).
+`campaign` (one campaign only) and `days` (conversion window, default 7). `/runs/{id}/preview`
+renders the first emails of a planned run (the approver's link).
 """
 
 from __future__ import annotations
 
 import logging
+import pathlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request, params
+from fastapi import FastAPI, Path, Query, Request, params
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
@@ -30,11 +31,11 @@ from lifecycle.reporting.performance import Performance
 from lifecycle.reporting.report import Report, build_report
 from lifecycle.store import warehouse
 from lifecycle.store.unknown import UnknownStates
-from lifecycle.web import charts
+from lifecycle.web import charts, previews
 from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
-PAGES = Path(__file__).with_name("static")
+PAGES = pathlib.Path(__file__).with_name("static")
 CACHE_SECONDS = 60
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "AMD": "֏", "GEL": "₾"}
 EXPORTS: dict[str, Callable[[Report], str]] = {
@@ -130,6 +131,19 @@ def create_app(
         stamp = f"{clock():%Y%m%d}"
         headers = {"Content-Disposition": f'attachment; filename="lifecycle-{name}-{stamp}.csv"'}
         return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
+
+    @app.get("/runs/{run_id}/preview", response_class=HTMLResponse)
+    def run_preview(run_id: Annotated[int, Path(ge=1)]) -> HTMLResponse:
+        """The first emails a planned run would send, rendered (linked from its approval)."""
+        engine, current = engine_and_settings()
+        try:
+            run, emails = previews.run_emails(engine, current, run_id)
+        except LookupError as exc:
+            return HTMLResponse(str(exc), status_code=404)
+        html = pages.get_template("run_preview.html").render(
+            campaign=run.campaign_id, run_id=run_id, status=run.status, emails=emails
+        )
+        return HTMLResponse(html)
 
     return app
 

@@ -1,7 +1,7 @@
 """send_ledger: the evidence that resolved an `unknown` row; empty sg_event_id becomes NULL
 
 Revision ID: 0005_unknown_resolution
-Revises: 0003_state_checks
+Revises: 0004_run_approval
 
 An `unknown` row that SendGrid's own events show it accepted becomes `sent`, and keeps which
 event proved it (`resolved_event_id`, `resolved_by`) and when it occurred (`resolved_at`).
@@ -15,7 +15,7 @@ from alembic import op
 import lifecycle.store.sqltypes
 
 revision = "0005_unknown_resolution"
-down_revision = "0003_state_checks"
+down_revision = "0004_run_approval"
 branch_labels = None
 depends_on = None
 
