@@ -26,7 +26,7 @@ from lifecycle.core.campaigns import CampaignSpec, SpecError, load_campaigns
 log = logging.getLogger(__name__)
 
 
-def check_campaign_specs(directory: Path) -> None:
+def check_campaign_specs(directory: Path, templates_dir: Path | None = None) -> None:
     """Raise one `SpecError` naming every invalid spec in `directory`, a line each: the import
     error of `dags/campaign_specs.py`, a file without DAGs.
 
@@ -35,7 +35,7 @@ def check_campaign_specs(directory: Path) -> None:
     airflow/dag_processing/collection.py), and the scheduler creates no runs for those
     (`DagModel.dags_needing_dagruns`), so one broken spec would stop every campaign.
     """
-    errors = load_campaigns(directory).errors
+    errors = load_campaigns(directory, templates_dir).errors
     if errors:
         header = "these campaigns have no DAG until their spec is fixed; the others run:"
         raise SpecError("\n".join([header, *errors.values()]))

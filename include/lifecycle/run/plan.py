@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from lifecycle.core import policies, segments
+from lifecycle.core import policies, segments, variants
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.run.clock import now, utc
@@ -175,18 +175,20 @@ def _ledger_rows(
     run_id: int,
     planned_at: datetime,
 ) -> list[dict[str, Any]]:
-    """The ledger rows of an audience chunk: `planned` (with its send window) or `skipped`
-    with the policy's reason."""
+    """The ledger rows of an audience chunk: `planned` (with its send window and variant) or
+    `skipped` with the policy's reason (no variant: the holdout stays outside the variants)."""
     rows: list[dict[str, Any]] = []
-    for record, reason, send_after, expires_at in zip(
+    for record, reason, send_after, expires_at, assigned in zip(
         chunk.to_dict("records"),
         verdict["reason"],
         verdict["send_after"],
         verdict["expires_at"],
+        variants.assign(chunk["customer_id"].astype(int), spec),
         strict=True,
     ):
         key = str(record["occurrence_key"])
         sending = not isinstance(reason, str)
+        variant = assigned if sending else None
         rows.append(
             {
                 "campaign_id": spec.id,
@@ -195,7 +197,8 @@ def _ledger_rows(
                 "run_id": run_id,
                 "status": LedgerStatus.PLANNED if sending else LedgerStatus.SKIPPED,
                 "reason": None if sending else reason,
-                "template": spec.template_for(key),
+                "template": spec.variant_template(variant, key),
+                "variant": variant,
                 "email": record["email"] if isinstance(record["email"], str) else None,
                 "locale": record["locale"] if isinstance(record["locale"], str) else None,
                 "timezone": record["timezone"],

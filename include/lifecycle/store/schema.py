@@ -137,6 +137,7 @@ send_ledger = Table(
     Column("http_status", Integer),
     Column("error", Text),
     Column("retryable", Boolean),
+    Column("variant", String(32)),  # the A/B/n variant sent (spec `variants`); NULL without
     UniqueConstraint("campaign_id", "occurrence_key", "customer_id"),
     _one_of("status", LedgerStatus),
     _one_of("reason", [*SkipReason, *FailReason], nullable=True),

@@ -1,0 +1,23 @@
+"""send_ledger.variant: the A/B/n variant a row was planned with
+
+Revision ID: 0008_ledger_variant
+Revises: 0003_state_checks
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008_ledger_variant"
+down_revision = "0003_state_checks"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("send_ledger", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("variant", sa.String(length=32), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("send_ledger", schema=None) as batch_op:
+        batch_op.drop_column("variant")
