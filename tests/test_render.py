@@ -165,7 +165,7 @@ def test_feedback_has_a_rating_row_of_eleven_links(settings, specs):
     context = sample_context(specs["feedback"], "55", "en")
     context["data"]["order_id"] = "A&B 55"
     rendered = get_renderer(settings).render("feedback", "en", "en", context)
-    scores = re.findall(r"order=A%26B%2055&amp;score=(\d+)\"", rendered.html)
+    scores = re.findall(r"order=A%26B%2055&amp;score=(\d+)&amp;utm_source=", rendered.html)
     assert scores == [str(n) for n in range(11)]
 
 

@@ -204,6 +204,7 @@ def test_a_run_records_each_variant_in_the_ledger_and_custom_args(
     spec = make_spec(
         policies={"holdout_percent": 20},
         coupon={"discount_percent": 10, "valid_days": 7},
+        tracking={"clicks": True, "opens": False},
         variants=[
             {"id": "short", "weight": 50, "subject": "Hi {{ first_name }}"},
             {"id": "long", "weight": 50, "coupon_discount_percent": 25},
@@ -230,6 +231,11 @@ def test_a_run_records_each_variant_in_the_ledger_and_custom_args(
             "occurrence_key": row.occurrence_key,
             "variant": row.variant,
         }
+        assert message["body"]["tracking_settings"] == {
+            "click_tracking": {"enable": True, "enable_text": True},
+            "open_tracking": {"enable": False},
+        }
+        assert f"utm_content={row.variant}" in message["body"]["content"][1]["value"]
         if row.variant == "short":
             assert message["subject"] == f"Hi Name{row.customer_id}"
             assert issued[row.customer_id] == 10
@@ -246,6 +252,8 @@ def test_a_spec_without_variants_sends_as_before(
 ) -> None:
     add_customers(engine, 5)
     run_campaign(engine, make_spec(), settings, as_of=AS_OF)
-    assert all("variant" not in m["custom_args"] for m in sink.state.snapshot())
+    for message in sink.state.snapshot():
+        assert "variant" not in message["custom_args"]
+        assert "tracking_settings" not in message["body"]  # the account's own settings apply
     with engine.connect() as conn:
         assert set(conn.execute(select(send_ledger.c.variant)).scalars()) == {None}

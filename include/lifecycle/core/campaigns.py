@@ -139,7 +139,8 @@ class Variant(_Model):
 
 
 class Tracking(_Model):
-    """SendGrid's own click and open tracking (rewrites links / adds a pixel)."""
+    """SendGrid's click tracking (links go through SendGrid, in HTML and text) and open
+    tracking (a pixel), set on every message of the campaign."""
 
     clicks: bool = False
     opens: bool = False
@@ -175,7 +176,7 @@ class CampaignSpec(_Model):
     coupon: Coupon | None = None
     variants: list[Variant] = Field(default_factory=list, description="A/B/n test arms")
     experiment: Experiment | None = None
-    tracking: Tracking = Tracking()
+    tracking: Tracking | None = Field(None, description="default: the SendGrid account's")
     source_path: Path | None = Field(None, exclude=True)
 
     @field_validator("segment", mode="before")

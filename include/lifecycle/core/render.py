@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 from jinja2 import (
@@ -58,6 +59,29 @@ def _language(locale: str | None) -> str | None:
     return re.split(r"[-_.@]", locale.strip(), maxsplit=1)[0].lower() or None
 
 
+@dataclass(frozen=True)
+class UtmSettings:
+    """brand.yaml `utm`: the values and parameter names of the UTM tags on every link."""
+
+    source: str = "lifecycle"
+    medium: str = "email"
+    names: dict[str, str] = field(
+        default_factory=lambda: {
+            "source": "utm_source",
+            "medium": "utm_medium",
+            "campaign": "utm_campaign",
+            "content": "utm_content",
+        }
+    )
+
+    def query(self, campaign_id: str, variant_id: str | None) -> str:
+        """`utm_source=...&utm_medium=email&utm_campaign=<campaign>[&utm_content=<variant>]`."""
+        values = {"source": self.source, "medium": self.medium, "campaign": campaign_id}
+        if variant_id is not None:
+            values["content"] = variant_id
+        return urlencode({self.names[key]: value for key, value in values.items()})
+
+
 class Renderer:
     """Renders `templates/<template>/<locale>/` for one email; see `get_renderer`."""
 
@@ -68,6 +92,7 @@ class Renderer:
         brand_file = layouts / "brand.yaml"
         brand = yaml.safe_load(brand_file.read_text(encoding="utf-8"))
         strings = brand.pop("strings")
+        self.utm = UtmSettings(**brand.pop("utm", {}))
         partials = {p.stem: p.read_text(encoding="utf-8") for p in layouts.glob("partials/*")}
         # What `[[ ... ]]` can name (at load) and what every render sees, per locale.
         self.static = {
@@ -189,6 +214,10 @@ class Renderer:
             "first_name": first_name or static["t"]["fallback_name"],
             "fmt": fmt,
         }
+        variant = context.get("variant")
+        values["utm_query"] = self.utm.query(
+            context["campaign"]["id"], variant["id"] if variant else None
+        )
         coupon = context.get("coupon")
         if coupon is not None:  # the terms, formatted once for the subject, HTML and text
             values["coupon"] = {

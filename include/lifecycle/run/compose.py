@@ -179,6 +179,8 @@ def envelope_for(spec: CampaignSpec) -> Envelope:
         categories=tuple(spec.delivery.categories),
         asm_group_id=spec.delivery.asm_group_id,
         sandbox_mode=spec.delivery.sandbox_mode,
+        click_tracking=spec.tracking.clicks if spec.tracking else None,
+        open_tracking=spec.tracking.opens if spec.tracking else None,
     )
 
 
