@@ -33,6 +33,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "runs": export.runs_csv,
             "retention": export.retention_csv,
             "cohorts": export.cohorts_csv,
+            "variants": export.variants_csv,
         }
         print(csv_for[args.table](report), end="")
     else:
@@ -50,7 +51,7 @@ def register(commands: Commands) -> None:
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(
         "--table",
-        choices=("runs", "retention", "cohorts"),
+        choices=("runs", "retention", "cohorts", "variants"),
         default="runs",
         help="which table --format csv prints (default runs)",
     )

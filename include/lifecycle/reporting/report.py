@@ -21,7 +21,13 @@ from sqlalchemy import Connection, Engine
 from lifecycle.core.config import Settings
 from lifecycle.reporting import queries
 from lifecycle.reporting.kpis import CohortValue, MonthKpis, cohort_values, monthly_kpis
-from lifecycle.reporting.performance import Performance, conversions_by_run, run_performance
+from lifecycle.reporting.performance import (
+    Performance,
+    conversions_by_run,
+    run_performance,
+    with_conversions,
+)
+from lifecycle.reporting.variants import Experiment, experiments
 from lifecycle.store.states import RunStatus
 
 CLI_RUN_PREFIX = "cli__"  # run keys of real runs that `lifecycle run` makes
@@ -57,6 +63,7 @@ class CampaignReport:
     runs: int
     last_run_at: datetime | None
     performance: Performance
+    experiment: Experiment | None = None  # A/B/n results, when the campaign has variants
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -64,6 +71,7 @@ class CampaignReport:
             "runs": self.runs,
             "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
             **self.performance.to_dict(),
+            "experiment": self.experiment.to_dict() if self.experiment else None,
         }
 
 
@@ -134,7 +142,14 @@ def build_report(
     with engine.connect() as conn:
         runs = queries.real_runs(conn, campaign_id, as_of)
         orders = queries.orders(conn, settings, as_of)
-        performance = _performance(conn, [run.id for run in runs], orders, as_of, conversion_days)
+        run_ids = [run.id for run in runs]
+        sends = with_conversions(queries.sent_and_holdout(conn, run_ids), orders, conversion_days)
+        performance = _performance(conn, run_ids, sends, as_of)
+        tests = experiments(
+            sends,
+            queries.variant_step_counts(conn, run_ids, as_of),
+            {run.id: run.campaign_id for run in runs},
+        )
         signups = queries.signups(conn, settings, as_of)
         simulated = queries.simulated_events(conn, campaign_id)
         activity = _daily_activity(conn, as_of, days, campaign_id)
@@ -155,7 +170,7 @@ def build_report(
         as_of=as_of,
         conversion_days=conversion_days,
         active_days=active_days,
-        campaigns=_by_campaign(run_reports),
+        campaigns=_by_campaign(run_reports, tests),
         runs=run_reports,
         months=monthly_kpis(orders, as_of, months, active_days),
         cohorts=cohort_values(signups, orders),
@@ -173,11 +188,7 @@ def dag_run_path(campaign_id: str, run_key: str) -> str | None:
 
 
 def _performance(
-    conn: Connection,
-    run_ids: list[int],
-    orders: pd.DataFrame,
-    as_of: datetime,
-    conversion_days: int,
+    conn: Connection, run_ids: list[int], sends: pd.DataFrame, as_of: datetime
 ) -> dict[int, Performance]:
     if not run_ids:
         return {}
@@ -185,7 +196,7 @@ def _performance(
         run_ids,
         queries.ledger_counts(conn, run_ids),
         queries.step_counts(conn, run_ids, as_of),
-        conversions_by_run(queries.sent_and_holdout(conn, run_ids), orders, conversion_days),
+        conversions_by_run(sends),
     )
 
 
@@ -212,7 +223,7 @@ def _daily_activity(
     ]
 
 
-def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
+def _by_campaign(runs: list[RunReport], tests: dict[str, Experiment]) -> list[CampaignReport]:
     grouped: dict[str, list[RunReport]] = defaultdict(list)
     for run in runs:
         grouped[run.campaign_id].append(run)
@@ -222,5 +233,7 @@ def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
         for run in campaign_runs:
             total.add(run.performance)
         last = max(run.started_at for run in campaign_runs)
-        reports.append(CampaignReport(campaign_id, len(campaign_runs), last, total))
+        reports.append(
+            CampaignReport(campaign_id, len(campaign_runs), last, total, tests.get(campaign_id))
+        )
     return reports

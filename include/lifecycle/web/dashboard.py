@@ -6,8 +6,8 @@ this module knows nothing of Airflow. Without Airflow, for local previews and wi
 `uvicorn --factory lifecycle.web.dashboard:local_app`.
 
 Routes (relative to the mount point): `/` the page, `/report.json`, and CSV exports
-`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`. Every route takes
-`campaign` (one campaign only) and `days` (conversion window, default 7).
+`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`, `/export/variants.csv`.
+Every route takes `campaign` (one campaign only) and `days` (conversion window, default 7).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ EXPORTS: dict[str, Callable[[Report], str]] = {
     "runs": export.runs_csv,
     "retention": export.retention_csv,
     "cohorts": export.cohorts_csv,
+    "variants": export.variants_csv,
 }
 STEP_LABELS = {
     "audience": "Audience",
@@ -149,6 +150,7 @@ def view(report: Report) -> dict[str, Any]:
             if c.performance.uplift.interval is not None
         ],
         "uplift_chart": _uplift_chart(report),
+        "experiments": [c.experiment for c in report.campaigns if c.experiment is not None],
         "activity_chart": charts.line_chart(
             "Emails per day",
             [f"{d.day:%b %d}" for d in report.days],
