@@ -11,13 +11,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
+from lifecycle.airflow.experiment_tasks import winner_phase
 from lifecycle.airflow.notifier import CampaignFailureNotifier
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
@@ -115,6 +116,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 as_of=datetime.fromisoformat(as_of),
                 dry_run=options.dry_run,
                 limit=options.limit,
+                phase=test_phase(spec, options.dry_run),
             )
             log.info("planned %d emails; skipped %s", result.planned, result.skipped or "none")
             ti.xcom_push(key="campaign_run_id", value=result.run_id)
@@ -197,9 +199,16 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         batches = plan(as_of)  # type: ignore[arg-type]
         run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
+        if spec.experiment is not None:  # test slice first, then the winner to the rest
+            delivered = delivered >> winner_phase(spec, deliver, run_id, as_of)
         delivered >> finalize(as_of)  # type: ignore[arg-type]
 
     return campaign()
+
+
+def test_phase(spec: CampaignSpec, dry_run: bool) -> Literal["test"] | None:
+    """A real run of a spec with an experiment plans its test slice first."""
+    return "test" if spec.experiment is not None and not dry_run else None
 
 
 @contextmanager

@@ -110,7 +110,7 @@ def run_performance(
 
 
 def with_conversions(
-    sends: pd.DataFrame, orders: pd.DataFrame, conversion_days: int
+    sends: pd.DataFrame, orders: pd.DataFrame, conversion_days: float
 ) -> pd.DataFrame:
     """`sends` with columns converted (an order within `conversion_days` after its start) and
     revenue (of those orders)."""

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import Connection, Engine
@@ -72,6 +72,8 @@ def plan(
     as_of: datetime,
     dry_run: bool = False,
     limit: int | None = None,
+    phase: Literal["test", "rest"] | None = None,
+    winner: str | None = None,
 ) -> PlanResult:
     """Evaluate the audience and policies, write the ledger, return batches of due rows.
 
@@ -80,7 +82,11 @@ def plan(
     `limit` plans at most that many sendable customers in this run (for local debugging, or a
     cautious first send); rows of earlier runs (waiting, or failed and retryable) wait for a run
     without a limit.
+    `phase` (specs with an `experiment`): "test" plans the test slice only, every variant by
+    weight; "rest" plans everyone else with the `winner` variant.
     """
+    if (phase == "rest") != (winner is not None):
+        raise ValueError("the rest of an experiment, and only it, is planned with a winner")
     as_of, started = utc(as_of), now()
     with engine.begin() as conn:
         run_id = runs.ensure_run(conn, spec.id, run_key, as_of, dry_run, started)
@@ -107,6 +113,9 @@ def plan(
                 runs.lock_for_planning(conn, run_id)
             if dry_run or limit is not None:  # count only emails not planned before
                 chunk = _not_in_ledger(conn, spec, chunk)
+            if phase is not None:
+                tested = variants.in_test_slice(chunk["customer_id"].astype(int), spec)
+                chunk = chunk[tested if phase == "test" else ~tested]
             chunk = chunk.reset_index(drop=True)
             verdict = policies.evaluate(conn, chunk, spec, as_of)
             if remaining is not None:
@@ -114,7 +123,7 @@ def plan(
                 keep = sendable <= remaining
                 chunk, verdict = chunk[keep], verdict[keep]
                 remaining -= int(verdict["reason"].isna().sum())
-            rows = _ledger_rows(chunk, verdict, spec, run_id, started)
+            rows = _ledger_rows(chunk, verdict, spec, run_id, started, winner)
             if rehearsal is not None:
                 rehearsal.add(rows)
             else:
@@ -174,9 +183,11 @@ def _ledger_rows(
     spec: CampaignSpec,
     run_id: int,
     planned_at: datetime,
+    winner: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ledger rows of an audience chunk: `planned` (with its send window and variant) or
-    `skipped` with the policy's reason (no variant: the holdout stays outside the variants)."""
+    `skipped` with the policy's reason (no variant: the holdout stays outside the variants).
+    With a `winner`, every planned row gets that variant."""
     rows: list[dict[str, Any]] = []
     for record, reason, send_after, expires_at, assigned in zip(
         chunk.to_dict("records"),
@@ -188,7 +199,7 @@ def _ledger_rows(
     ):
         key = str(record["occurrence_key"])
         sending = not isinstance(reason, str)
-        variant = assigned if sending else None
+        variant = (winner or assigned) if sending else None
         rows.append(
             {
                 "campaign_id": spec.id,

@@ -104,6 +104,8 @@ campaign_runs = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
     Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}
+    # test-then-winner: the variant chosen for the rest, the test's figures and the reason
+    Column("experiment", JSON),
     UniqueConstraint("campaign_id", "run_key"),
     _one_of("status", RunStatus),
 )

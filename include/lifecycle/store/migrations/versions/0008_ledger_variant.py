@@ -1,4 +1,5 @@
-"""send_ledger.variant: the A/B/n variant a row was planned with
+"""send_ledger.variant: the A/B/n variant a row was planned with; campaign_runs.experiment:
+the winner chosen after a test slice, its figures and the reason
 
 Revision ID: 0008_ledger_variant
 Revises: 0003_state_checks
@@ -16,8 +17,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("send_ledger", schema=None) as batch_op:
         batch_op.add_column(sa.Column("variant", sa.String(length=32), nullable=True))
+    with op.batch_alter_table("campaign_runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("experiment", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("campaign_runs", schema=None) as batch_op:
+        batch_op.drop_column("experiment")
     with op.batch_alter_table("send_ledger", schema=None) as batch_op:
         batch_op.drop_column("variant")
