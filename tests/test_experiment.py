@@ -104,7 +104,7 @@ def test_the_rest_gets_the_significant_winner_or_the_fallback(
     tested = run_test_slice(engine, spec, settings)
     in_test = variants.in_test_slice(pd.Series(ids), spec)
     first = sent_rows(engine)
-    assert {row.customer_id for row in first} == {i for i, t in zip(ids, in_test) if t}
+    assert {row.customer_id for row in first} == {i for i, t in zip(ids, in_test, strict=True) if t}
     assert set(Counter(row.variant for row in first)) == {"a", "b"}
 
     open_events(engine, first, share)

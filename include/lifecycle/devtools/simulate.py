@@ -4,7 +4,8 @@ The outbox transport writes .eml files, so nothing ever reports a delivery, an o
 click. For a populated demo dashboard this generates them: about 97% delivered, the rest
 bounced; of those delivered about 38% opened, a quarter of the openers click, and a few
 unsubscribe or report spam. Variants named in `OPENED_BY_VARIANT` open more often (a simulated
-A/B response, so the demo's test has a winner). The dashboard and `lifecycle report` label them as simulated.
+A/B response, so the demo's test has a winner). The dashboard and `lifecycle report` label
+them as simulated.
 
 Deterministic: the outcome of a send depends only on (seed, ledger row id), so a rerun or a
 larger ledger gives every existing send the same events. Sends that already have any event
