@@ -140,19 +140,25 @@ def test_the_report_splits_a_campaign_by_variant(engine: Engine, tmp_path: Path)
         "significant": True,
     }
     assert data["winner"] == "b" and "significant" in data["winner_reason"]
+    # opens 40% vs 60% is significant too; clicks 5% vs 15% as well
+    assert {m: w["winner"] for m, w in data["winners"].items()} == {
+        "unique_opens": "b",
+        "clicks": "b",
+        "conversions": "b",
+    }
     assert data["attribution"] == "last email sent within the conversion window"
     # the campaign's totals still count every send, with or without a variant
     assert campaign.performance.funnel["sent"] == 200
     assert campaign.performance.uplift.holdout == 20
 
     rows = list(csv.DictReader(io.StringIO(export.variants_csv(report))))
-    assert [(r["variant"], r["sent"], r["conversions"], r["winner"]) for r in rows] == [
+    assert [(r["variant"], r["sent"], r["conversions"], r["winner_conversions"]) for r in rows] == [
         ("a", "100", "10", ""),
         ("b", "100", "30", "yes"),
     ]
     assert rows[1]["difference_vs"] == "a" and float(rows[1]["difference"]) == pytest.approx(0.2)
     table = export.format_table(report)
-    assert "variant b" in table and "winner: b" in table
+    assert "variant b" in table and "winner on conversions: b" in table
 
 
 def test_lifecycle_report_json_carries_the_variants(
@@ -199,7 +205,8 @@ def test_the_dashboard_shows_each_variant_and_the_winner(engine: Engine) -> None
     app = dashboard.create_app(settings, dependencies=[], clock=lambda: AS_OF)
     client = TestClient(app)
     page = client.get("/").text
-    assert 'data-metric="promo.winner">b</b>' in page
+    assert 'data-metric="promo.winner.conversions">b</b>' in page
+    assert 'data-metric="promo.winner.unique_opens">b</b>' in page
     assert 'data-metric="promo.a.conversion">10.0%' in page
     assert 'data-metric="promo.b.conversion">30.0%' in page
     exported = client.get("/export/variants.csv").text

@@ -12,7 +12,7 @@ import io
 from lifecycle.reporting.performance import FUNNEL_STEPS
 from lifecycle.reporting.report import Report
 from lifecycle.reporting.statistics import Uplift
-from lifecycle.reporting.variants import ATTRIBUTION, Experiment
+from lifecycle.reporting.variants import ATTRIBUTION, METRICS, Experiment
 
 RUN_COLUMNS = ("campaign_id", "run_id", "run_key", "as_of", "status", *FUNNEL_STEPS)
 
@@ -130,7 +130,9 @@ VARIANT_COLUMNS = (
     "difference",
     "difference_ci_low",
     "difference_ci_high",
-    "winner",
+    "winner_opens",
+    "winner_clicks",
+    "winner_conversions",
     "attribution",
 )
 
@@ -174,7 +176,10 @@ def variants_csv(report: Report) -> str:
                     _blank(diff.difference if diff else None),
                     _blank(diff_ci[0] if diff_ci else None),
                     _blank(diff_ci[1] if diff_ci else None),
-                    "yes" if test.winner == v.variant else "",
+                    *(
+                        "yes" if test.verdicts[metric].winner == v.variant else ""
+                        for metric in METRICS
+                    ),
                     ATTRIBUTION,
                 ]
             )
@@ -238,7 +243,8 @@ def _variant_lines(test: Experiment) -> list[str]:
             f"{_pct(_times100(v.proportion('clicked').rate))}%  converted "
             f"{_pct(_times100(converted.rate))}% {ci}  revenue {v.revenue:,.2f}"
         )
-    lines.append(f"{'':<18}winner: {test.winner or 'none'} ({test.reason})")
+    for metric, verdict in test.verdicts.items():
+        lines.append(f"{'':<18}winner on {metric}: {verdict.winner or 'none'} ({verdict.reason})")
     return lines
 
 

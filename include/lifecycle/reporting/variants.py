@@ -1,6 +1,7 @@
 """A/B/n results of a campaign: per variant the funnel, conversion and revenue with 95%
 intervals, each variant's difference in conversion from the first one with its Newcombe
-interval, and the winner (`statistics.pick_winner`), over all the campaign's runs.
+interval, and the winner on each metric (`statistics.pick_winner`: opens, clicks,
+conversions; `winner` is the conversions one), over all the campaign's runs.
 
 A send's conversion follows the report's rule: an order by the customer within the conversion
 window after the send (the last email sent before the order, within the window).
@@ -13,10 +14,17 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from lifecycle.reporting.statistics import Z_95, newcombe_interval, pick_winner, wilson_interval
+from lifecycle.reporting.statistics import (
+    Z_95,
+    Verdict,
+    newcombe_interval,
+    pick_winner,
+    wilson_interval,
+)
 
 STEPS = ("delivered", "opened", "clicked")
 ATTRIBUTION = "last email sent within the conversion window"
+METRICS = {"unique_opens": "opened", "clicks": "clicked", "conversions": "converted"}
 
 
 @dataclass(frozen=True)
@@ -94,16 +102,30 @@ class Experiment:
     campaign_id: str
     variants: list[VariantResult]
     differences: list[Difference] = field(default_factory=list)
-    winner: str | None = None
-    reason: str = ""
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # by metric (METRICS)
+
+    @property
+    def winner(self) -> str | None:
+        """The winner on conversions."""
+        verdict = self.verdicts.get("conversions")
+        return verdict.winner if verdict else None
+
+    @property
+    def reason(self) -> str:
+        verdict = self.verdicts.get("conversions")
+        return verdict.reason if verdict else ""
 
     def to_dict(self) -> dict[str, object]:
         return {
             "variants": [v.to_dict() for v in self.variants],
             "differences": [d.to_dict() for d in self.differences],
             "winner": self.winner,
-            "winner_metric": "conversion",
+            "winner_metric": "conversions",
             "winner_reason": self.reason,
+            "winners": {
+                metric: {"winner": v.winner, "reason": v.reason}
+                for metric, v in self.verdicts.items()
+            },
             "attribution": ATTRIBUTION,
         }
 
@@ -125,13 +147,17 @@ def experiments(
             _result(str(variant), group, str(campaign_id), counted)
             for variant, group in rows.groupby("variant", sort=True)
         ]
-        verdict = pick_winner({v.variant: (v.conversions, v.sent) for v in variants})
+        verdicts = {
+            metric: pick_winner(
+                {v.variant: (v.proportion(step).successes, v.sent) for v in variants}
+            )
+            for metric, step in METRICS.items()
+        }
         result[str(campaign_id)] = Experiment(
             str(campaign_id),
             variants,
             [_difference(v, variants[0]) for v in variants[1:]],
-            verdict.winner,
-            verdict.reason,
+            verdicts,
         )
     return result
 
