@@ -200,7 +200,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
         if spec.experiment is not None:  # test slice first, then the winner to the rest
-            delivered = delivered >> winner_phase(spec, deliver, run_id, as_of)
+            delivered = winner_phase(spec, deliver, delivered, run_id, as_of)
         delivered >> finalize(as_of)  # type: ignore[arg-type]
 
     return campaign()

@@ -23,8 +23,11 @@ from lifecycle.core.campaigns import CampaignSpec
 log = logging.getLogger(__name__)
 
 
-def winner_phase(spec: CampaignSpec, deliver: Any, campaign_run_id: Any, as_of: Any) -> Any:
-    """Add the winner tasks after the test slice's delivery; returns `deliver_rest`."""
+def winner_phase(
+    spec: CampaignSpec, deliver: Any, delivered: Any, campaign_run_id: Any, as_of: Any
+) -> Any:
+    """Add the winner tasks after the test slice's delivery (`delivered`, the mapped `deliver`
+    task); returns `deliver_rest`."""
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def tests_sent() -> str:
@@ -79,7 +82,7 @@ def winner_phase(spec: CampaignSpec, deliver: Any, campaign_run_id: Any, as_of: 
         doc_md="Waits for the test slice's results, deferred: no worker slot is held.",
     )
     decision = pick_winner(campaign_run_id)
-    due >> wait >> decision
+    delivered >> due >> wait >> decision
     rest = plan_rest(decision, as_of)  # type: ignore[arg-type]  # XComArgs resolve at run time
     return (
         deliver.override(task_id="deliver_rest")
