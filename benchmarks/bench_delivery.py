@@ -53,6 +53,7 @@ AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 KEY = "SG.benchmark-key"
 SPEC = {
     "id": "bench_delivery",
+    "status": "live",
     "description": "every customer, once",
     "segment": {
         "occurrence_key": "birthday_year",

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from lifecycle.airflow.connections import SENDGRID_CONN_TYPE
 from lifecycle.core.config import PROJECT_ROOT
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -195,7 +196,7 @@ def test_warehouse_is_a_separate_database_reached_by_the_connection_and_the_cli(
     assert metadata_db["volumes"] != warehouse_db["volumes"]
 
     sendgrid = Connection.from_json(env["AIRFLOW_CONN_SENDGRID_DEFAULT"], conn_id="s")
-    assert sendgrid.conn_type == "sendgrid"
+    assert sendgrid.conn_type == SENDGRID_CONN_TYPE  # one the Airflow UI knows
 
 
 def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
 
 from lifecycle import cli
 from lifecycle.core import segments
@@ -27,6 +28,8 @@ from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
+from lifecycle.feedback import events
+from lifecycle.feedback import suppressions as feedback_suppressions
 from lifecycle.run.campaign import run_campaign
 from lifecycle.run.compose import make_transport
 from lifecycle.run.deliver import deliver
@@ -34,7 +37,7 @@ from lifecycle.run.finalize import finalize
 from lifecycle.run.plan import Batch, PlanResult, abandon, plan
 from lifecycle.run.preflight import PreflightError, preflight
 from lifecycle.run.test_sends import send_tests
-from lifecycle.store import ledger, runs, warehouse
+from lifecycle.store import runs, unknown, warehouse
 from lifecycle.store.schema import (
     campaign_runs,
     coupons,
@@ -69,6 +72,7 @@ def settings(warehouse_url: str, sink: SinkHandle, tmp_path: Path) -> Settings:
 def make_spec(**changes: Any) -> CampaignSpec:
     raw: dict[str, Any] = {
         "id": "onboarding",
+        "status": "live",
         "description": "welcome series",
         "segment": "onboarding",
         "template": "onboarding/{occurrence_key}",
@@ -284,6 +288,57 @@ def test_an_address_suppressed_after_planning_is_not_mailed(
         assert 7 not in set(conn.execute(select(coupons.c.customer_id)).scalars())
 
 
+def test_a_mixed_case_address_unsubscribed_after_planning_is_not_mailed(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 6)
+    add_customers(engine, 1, start=7, email="Customer7@Example.AM")
+    add_customers(engine, 3, start=8)
+    spec = make_spec()
+    planned = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    with engine.begin() as conn:  # the unsubscribe page stores the address as typed
+        feedback_suppressions.add(
+            conn,
+            [
+                feedback_suppressions.row(
+                    "CUSTOMER7@example.am", "global", "unsubscribe", "link", AS_OF
+                )
+            ],
+        )
+    for batch in planned.batches:
+        deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="t1")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
+    assert (counts["sent"], counts["skipped"]) == (9, {"suppressed": 1})
+    assert "customer7@example.am" not in sink.state.recipients()
+
+
+def test_a_504_is_unknown_never_retried_and_resolved_by_sendgrids_event(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 5)
+    sink.state.faults.update({"fail_next": ["504"]})  # kept by the sink, then answered 504
+    counts = run(engine, make_spec(), settings)
+    assert (counts["sent"], counts["unknown"], counts["failed"]) == (4, 1, 0)
+    assert set(sink.state.send_ids().values()) == {1} and len(sink.state.send_ids()) == 5
+    rows = ledger_rows(engine)
+    row = rows[rows["status"] == "unknown"].iloc[0]
+    assert (row["http_status"], row["reason"], row["retryable"]) == (504, "gateway_timeout", None)
+    with engine.connect() as conn:
+        assert runs.get_run(conn, int(row["run_id"])).status == "failed"
+    # SendGrid had accepted it: its processed event makes the row sent.
+    event = {
+        "event": "processed",
+        "email": row["email"],
+        "timestamp": int(AS_OF.timestamp()) + 5,
+        "sg_event_id": "processed-504",
+        "send_id": str(row["id"]),
+        "campaign": "onboarding",
+    }
+    result = events.ingest_body(engine, json.dumps([event]).encode(), AS_OF)
+    assert result.resolved_unknown == 1
+    assert ledger_rows(engine).set_index("id").loc[row["id"], "status"] == "sent"
+
+
 def advisory_lock_waiters(engine: Engine) -> int:
     waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
     with engine.connect() as conn:
@@ -414,7 +469,8 @@ def test_dropped_connections_are_reported_then_requeued_by_a_human(
     assert run(engine, make_spec(), settings, as_of=later)["sent"] == 0
     # The operator checked SendGrid's activity feed: they never arrived.
     with engine.begin() as conn:
-        assert ledger.requeue_unknown(conn, "onboarding") == 3
+        unresolved = unknown.unresolved_ids(conn, "onboarding", attempted_before=None)
+        assert unknown.requeue(conn, "onboarding", unresolved) == 3
     run(engine, make_spec(), settings, as_of=later + timedelta(minutes=30))
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
@@ -475,6 +531,80 @@ def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
     assert sent <= set(received)  # every recorded send arrived
     assert set(received) <= sent | unknown  # only unknown rows may have arrived unrecorded
     assert sent | unknown == set(rows.index)  # everyone else was sent by the rerun
+
+
+CRASH_SCRIPT = DELIVER_SCRIPT.replace('attempt="doomed"', "attempt=sys.argv[4]")
+
+
+def sending_rows(engine: Engine, attempt: str) -> int:
+    query = select(func.count()).where(
+        send_ledger.c.status == "sending", send_ledger.c.claimed_by == attempt
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()
+
+
+@pytest.mark.slow
+def test_a_killed_delivery_leaves_at_most_the_documented_bound_unknown_and_nobody_twice(
+    engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the delivering process at random points, and once at its fullest (as many
+    claimed rows without an outcome as it gets): never more than 500 + 3 x concurrency rows
+    become unknown (the README's bound), and nobody is mailed twice."""
+    ids = add_customers(engine, 4000)  # more than the four attempts can take
+    spec = make_spec(delivery={"batch_size": 5000, "concurrency": 4})
+    bound = 500 + 3 * spec.delivery.concurrency
+    planned = plan(engine, spec, settings, run_key="crashes", as_of=AS_OF)
+    (batch,) = planned.batches
+    sink.state.faults.update({"latency_ms": 2})
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(tmp_path),
+        "LIFECYCLE_WAREHOUSE_URL": warehouse_url,
+        "LIFECYCLE_TRANSPORT": "sendgrid",
+        "SENDGRID_API_KEY": KEY,
+        "LIFECYCLE_SENDGRID_HOST": sink.url,
+        "LIFECYCLE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret or "",
+    }
+    args = [spec.model_dump_json(), str(planned.run_id), json.dumps(batch.to_dict())]
+    rng = random.Random(15)
+    left_unknown = []
+    fullest = 0
+    for kill, at_fullest in enumerate([False, False, False, True]):
+        attempt = f"doomed-{kill}"
+        received_before = len(sink.state.snapshot())
+        after = rng.randrange(20, 400)
+        child = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, *args, attempt], env=env)
+        deadline = time.monotonic() + 120
+        while child.poll() is None:
+            assert time.monotonic() < deadline, "the delivery subprocess made no progress"
+            sent_here = len(sink.state.snapshot()) - received_before
+            held = sending_rows(engine, attempt)  # what a kill now would leave unknown
+            fullest = max(fullest, held)
+            if at_fullest:  # past the bound, or long enough to have filled up many times
+                if held > bound or sent_here >= 1000:
+                    break
+            elif sent_here >= after:
+                break
+            time.sleep(0.005)
+        assert child.poll() is None, "the attempt ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        left_unknown.append(sending_rows(engine, attempt))
+    assert all(0 < n <= bound for n in left_unknown), (left_unknown, bound)
+    assert fullest <= bound, (fullest, bound)
+
+    deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="rescue")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
+    time.sleep(0.2)  # requests in flight at a kill land at the sink
+    received = {int(k): n for k, n in sink.state.send_ids().items()}
+    assert set(received.values()) == {1}  # nobody twice
+    rows = ledger_rows(engine).set_index("id")
+    sent = set(rows.index[rows["status"] == "sent"])
+    unknown_ids = set(rows.index[rows["status"] == "unknown"])
+    assert counts["unknown"] == len(unknown_ids) == sum(left_unknown)
+    assert sent <= set(received) <= sent | unknown_ids
+    assert sent | unknown_ids == set(rows.index) and len(rows) == len(ids)
 
 
 def test_bad_key_stops_the_run_and_leaves_rows_planned(

@@ -1,4 +1,5 @@
-"""`campaign_<id>`: one DAG per campaign spec, preflight → plan → deliver → finalize.
+"""`campaign_<id>`: one DAG per campaign spec, check_status → preflight → plan → deliver →
+finalize. `check_status` ends a real run of a draft campaign before anything is planned.
 
 The tasks are thin: each reads its settings from the Airflow connections and calls one step
 of the engine's pipeline (imported inside the task, so parsing only reads the YAML specs).
@@ -56,17 +57,24 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
 
     @dag(
         dag_id=spec.dag_id,
+        dag_display_name=f"{spec.display_name} ({spec.status})",
         description=spec.description[:200],
         doc_md=campaign_doc_md(spec),
         schedule=campaign_schedule(spec),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        tags=["lifecycle", "campaign", *spec.tags],
+        tags=["lifecycle", "campaign", spec.status, *spec.tags],
         params=trigger_params(spec),
         default_args=default_args,
     )
     def campaign() -> None:
+        @task
+        def check_status() -> None:
+            """A draft campaign only rehearses: a real run of it ends here, before planning."""
+            if refused := draft_refusal(spec, get_current_context()):
+                raise AirflowSkipException(refused)  # everything but finalize is skipped
+
         @task
         def preflight() -> str:
             """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
@@ -148,6 +156,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 f"rows {bounds.first_id}–{bounds.last_id} ({bounds.size})"
             )
             ti = context["ti"]
+            if refused := draft_refusal(spec, context):
+                raise AirflowFailException(refused)  # made a draft after planning: rows wait
             settings = runtime_settings()
             with fail_fast(DeliveryStopped):  # SendGrid refused the API key: stop, do not retry
                 result = phase.deliver(
@@ -172,6 +182,10 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             from lifecycle.store.states import RunStatus
 
             context = get_current_context()
+            if refused := draft_refusal(spec, context):
+                if context["dag_run"].run_type == "manual":
+                    raise AirflowFailException(refused)  # someone asked for it: a failed run
+                raise AirflowSkipException(refused)  # scheduled: a green run that did nothing
             ti = context["ti"]
             run_id = ti.xcom_pull(task_ids="plan", key="campaign_run_id")
             settings = runtime_settings()
@@ -180,7 +194,9 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
                 abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
                 raise AirflowFailException("an earlier task failed (see preflight or plan)")
-            outcome = phase.finalize(warehouse_engine(settings), spec, run_id=run_id)
+            outcome = phase.finalize(
+                warehouse_engine(settings), spec, run_id=run_id, settings=settings
+            )
             if outcome.status != RunStatus.SUCCESS:
                 raise AirflowFailException(_run_problem(spec.id, outcome.counts))
             counts = outcome.counts
@@ -196,6 +212,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         # TaskFlow passes XComArgs where the functions take their values (Airflow resolves them
         # at run time), which mypy cannot see: hence the ignores on the wiring below.
         as_of = preflight()
+        check_status() >> as_of
         batches = plan(as_of)  # type: ignore[arg-type]
         run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
@@ -221,6 +238,20 @@ def fail_fast(*problems: type[Exception]) -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
 
 
+def draft_refusal(spec: CampaignSpec, context: Mapping[str, Any]) -> str | None:
+    """Why this run may not go on (a real run of a draft campaign), or None: dry runs and test
+    sends of a draft are fine."""
+    from lifecycle.run.draft import refusal
+
+    try:
+        options = run_options(context)
+    except ValueError:
+        return None  # preflight fails the run, naming the bad option
+    if spec.live or options.dry_run or options.test_recipients:
+        return None
+    return refusal(spec)
+
+
 # --- what went wrong, for the person reading the task log ---------------------------------
 def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
     return f"dry run: {errors:,} of {planned:,} emails do not render: " + "; ".join(examples)
@@ -228,6 +259,8 @@ def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
 
 def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
     """What went wrong with a finalized run, and what a person should do about it."""
+    from lifecycle.run.finalize import unknown_hint
+
     if counts.get("dry_run"):
         return _render_problem(
             counts["render_errors"], counts["planned"], counts["render_error_examples"]
@@ -245,11 +278,7 @@ def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
             "or clear the failed deliver tasks and finalize right away"
         )
     if counts["unknown"]:
-        problems.append(
-            f"{counts['unknown']:,} emails may or may not have reached SendGrid and are not "
-            "resent automatically: check SendGrid's activity, then `lifecycle requeue-unknown "
-            f"{campaign_id}` for the ones that never arrived"
-        )
+        problems.append(unknown_hint(campaign_id, dict(counts)))
     if counts["failed"] and not counts["sent"]:
         problems.append(f"all {counts['failed']:,} emails failed (see the ledger's errors)")
     return "; ".join(problems)

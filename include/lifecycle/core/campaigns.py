@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from lifecycle.core.config import PROJECT_ROOT
+
 ID_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
 LOCALES = ("en", "hy", "ka")
 
@@ -177,6 +179,12 @@ class CampaignSpec(_Model):
     variants: list[Variant] = Field(default_factory=list, description="A/B/n test arms")
     experiment: Experiment | None = None
     tracking: Tracking | None = Field(None, description="default: the SendGrid account's")
+    name: str | None = Field(
+        None, max_length=80, description="what people call it, e.g. 'Birthday discount'"
+    )
+    status: Literal["draft", "live"] = Field(
+        "draft", description="a draft never mails customers: dry runs and test sends only"
+    )
     source_path: Path | None = Field(None, exclude=True)
 
     @field_validator("segment", mode="before")
@@ -261,6 +269,23 @@ class CampaignSpec(_Model):
     @property
     def dag_id(self) -> str:
         return f"campaign_{self.id}"
+
+    @property
+    def live(self) -> bool:
+        """Only a live campaign mails its audience; a draft can be rehearsed, never sent."""
+        return self.status == "live"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id.replace("_", " ").capitalize()
+
+    @property
+    def spec_file(self) -> str:
+        """The spec's file as people see it: relative to the project when it lives there."""
+        if self.source_path is None:
+            return f"include/campaigns/{self.id}.yaml"
+        path = self.source_path.resolve()
+        return str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path)
 
     def template_for(self, occurrence_key: str) -> str:
         return self.template.format(occurrence_key=occurrence_key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, overload
 
@@ -21,6 +22,17 @@ def _env(name: str, default: None = None) -> str | None: ...
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"LIFECYCLE_LEGACY_TOKENS_UNTIL {value!r} is not a YYYY-MM-DD date"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,35 @@ class Settings:
     unsubscribe_mailbox: str = "unsubscribe@lifecycle-demo.shop"
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
+    # An `unknown` row with no SendGrid event this long after its attempt may be requeued.
+    unknown_quiet_hours: float = 24.0
+    # the preference centre's topics and their SendGrid unsubscribe groups
+    preferences_file: Path = PROJECT_ROOT / "include" / "preferences.yaml"
+    # Secrets of unsubscribe and survey links, newest first: the first signs, every one verifies,
+    # so a secret is rotated by putting a new one in front and dropping the old one later.
+    token_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Links in the old format (the email address readable in the URL) are refused after this day.
+    legacy_tokens_until: date | None = None
+
+    @property
+    def configured_secrets(self) -> tuple[str, ...]:
+        """Token secrets set by the operator, newest first; LIFECYCLE_UNSUBSCRIBE_SECRET (the one
+        setting before rotation existed) comes last. Empty: one is generated under `home`."""
+        listed = self.token_secrets
+        if self.unsubscribe_secret and self.unsubscribe_secret not in listed:
+            listed = (*listed, self.unsubscribe_secret)
+        return listed
 
     @property
     def outbox_dir(self) -> Path:
         return self.home / "outbox"
+
+    def requeue_quiet_period(self) -> timedelta | None:
+        """How long an `unknown` row waits for SendGrid's events before it may be requeued;
+        None without a signed event webhook (no event will ever come to resolve it)."""
+        if not self.sendgrid_webhook_public_key:
+            return None
+        return timedelta(hours=self.unknown_quiet_hours)
 
     def chosen_transport(self) -> str:
         if self.transport:
@@ -76,5 +113,11 @@ def load_settings(**overrides: Any) -> Settings:
         ),
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
+        unknown_quiet_hours=float(_env("LIFECYCLE_UNKNOWN_QUIET_HOURS", "24")),
+        preferences_file=Path(
+            _env("LIFECYCLE_PREFERENCES_FILE", str(PROJECT_ROOT / "include" / "preferences.yaml"))
+        ),
+        token_secrets=tuple(_env("LIFECYCLE_TOKEN_SECRETS", "").replace(",", " ").split()),
+        legacy_tokens_until=_date(_env("LIFECYCLE_LEGACY_TOKENS_UNTIL")),
     )
     return replace(settings, **overrides)

@@ -16,12 +16,15 @@ SAMPLE_DATA: dict[str, Any] = {
     "order_placed_at": "2026-11-18T14:05:00+00:00",
     "loyalty_tier": "gold",
     "loyalty_points": 1250,
+    "survey_score": 4,
+    "survey_occurrence_key": "100234",
 }
 SAMPLE_OCCURRENCE_KEYS = {
     "birthday_year": "2026",
     "order_id": "100234",
     "loyalty_tier": "gold",
     "lapse_started_on": "2026-08-20",
+    "survey_response_id": "17",
 }
 SAMPLE_NAMES = {"en": ("Emma", "Walker"), "hy": ("Անի", "Պետրոսյան"), "ka": ("ნინო", "ბერიძე")}
 SAMPLE_TIMEZONES = {"en": "America/New_York", "hy": "Asia/Yerevan", "ka": "Asia/Tbilisi"}
@@ -67,6 +70,7 @@ def sample_context(
         else None,
         "variant": None,
         "unsubscribe_url": "https://example.com/lifecycle/unsubscribe/sample-token",
+        "rating_url": lambda score: f"https://example.com/lifecycle/feedback/sample-{score}",
         "local_date": as_of.astimezone(zone_or_utc(timezone)).date(),
     }
 

@@ -1,4 +1,4 @@
-"""A report as CSV tables (runs, retention, cohorts) and as a plain-text summary.
+"""A report as CSV tables (runs, retention, cohorts, surveys) and as a plain-text summary.
 
 The CSV columns are a contract with whoever downloads them (`lifecycle report --format csv`,
 the dashboard's exports): change them only on purpose.
@@ -186,6 +186,51 @@ def variants_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
+def surveys_csv(report: Report) -> str:
+    """One row per surveyed campaign and month of sending: response rate, NPS, scores."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "campaign_id",
+            "month",
+            "sent",
+            "responses",
+            "response_rate",
+            "response_rate_ci_low",
+            "response_rate_ci_high",
+            "promoters",
+            "passives",
+            "detractors",
+            "nps",
+            "nps_ci_low",
+            "nps_ci_high",
+            *(f"score_{score}" for score in range(11)),
+        ]
+    )
+    for m in report.surveys:
+        rate, nps = m.response_rate_interval, m.nps_interval
+        writer.writerow(
+            [
+                m.campaign_id,
+                m.month.isoformat(),
+                m.sent,
+                m.responses,
+                _blank(m.response_rate),
+                _blank(rate[0] if rate else None),
+                _blank(rate[1] if rate else None),
+                m.promoters,
+                m.passives,
+                m.detractors,
+                _blank(m.nps),
+                _blank(nps[0] if nps else None),
+                _blank(nps[1] if nps else None),
+                *m.distribution,
+            ]
+        )
+    return buffer.getvalue()
+
+
 def _blank(value: object) -> object:
     if value is None:
         return ""
@@ -199,6 +244,8 @@ def format_table(report: Report) -> str:
         lines.append(
             f"NOTE: {report.simulated_events:,} engagement events are SIMULATED (demo data)."
         )
+    if report.simulated_orders:
+        lines.append(f"NOTE: {report.simulated_orders:,} orders are SIMULATED (demo data).")
     header = (
         f"{'campaign':<18}{'runs':>5}{'sent':>8}{'deliv':>8}{'opened':>8}{'clicked':>8}"
         f"{'bounce':>7}{'unsub':>6}{'spam':>5}{'conv':>6}{'revenue':>11}  uplift (95% CI)"
@@ -227,6 +274,22 @@ def format_table(report: Report) -> str:
             lines.append(
                 f"{m.month:%Y-%m}    {m.active_end:>9,}{m.new_customers:>7,}"
                 f"{_pct(m.crr):>8}{_pct(m.churn_rate):>9}{_pct(m.repeat_purchase_rate):>9}"
+            )
+    if report.surveys:
+        lines += [
+            "",
+            f"{'survey':<18}{'month':<9}{'sent':>7}{'answers':>8}{'rate %':>8}"
+            f"{'NPS':>7}  NPS 95% CI",
+        ]
+        for survey in report.surveys:
+            bounds = survey.nps_interval
+            shown = f"[{bounds[0]:+.0f}, {bounds[1]:+.0f}]" if bounds else "—"
+            rate = None if survey.response_rate is None else survey.response_rate * 100
+            nps = "—" if survey.nps is None else f"{survey.nps:+.0f}"
+            lines.append(
+                f"{survey.campaign_id:<18}{survey.month:%Y-%m}  {survey.sent:>7,}"
+                f"{survey.responses:>8,}"
+                f"{_pct(rate):>8}{nps:>7}  {shown}"
             )
     return "\n".join(lines)
 

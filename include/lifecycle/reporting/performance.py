@@ -1,6 +1,7 @@
 """What a run's emails did: the funnel, conversions, revenue and uplift over the holdout.
 
-* **Funnel**: ledger rows (audience), skipped by reason, planned (not skipped), sent, failed,
+* **Funnel**: ledger rows (audience), skipped by reason, planned (not skipped), waiting (planned,
+  not sent yet: outside the customer's send window), sent, failed,
   unknown (may or may not have reached SendGrid), then the distinct sends with a delivered,
   open, click, bounce (or dropped), unsubscribe and spam report event.
 * **Conversions**: a send converts when its customer places an order within `conversion_days`
@@ -24,6 +25,7 @@ FUNNEL_STEPS = (
     "audience",
     "skipped",
     "planned",
+    "waiting",  # planned, not sent yet: waiting for the customer's send window (or a retry)
     "sent",
     "failed",
     "unknown",  # may or may not have reached SendGrid; never resent automatically
@@ -97,6 +99,8 @@ def run_performance(
             perf.skipped[reason] = perf.skipped.get(reason, 0) + row.count
         else:
             perf.funnel["planned"] += row.count
+        if row.status == LedgerStatus.PLANNED:
+            perf.funnel["waiting"] += row.count
         if row.status in COUNTED_STATES:
             perf.funnel[row.status] += row.count
     for step in steps:

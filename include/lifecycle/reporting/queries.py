@@ -218,6 +218,20 @@ def signups(conn: Connection, settings: Settings, as_of: datetime) -> pd.DataFra
     return frame[frame["signup_at"] <= as_of].reset_index(drop=True)
 
 
+# Orders the demo simulates after its emails have ids from here on (lifecycle.devtools.orders).
+SIMULATED_ORDER_IDS = 10**12
+
+
+def simulated_orders(conn: Connection, as_of: datetime) -> int:
+    """Orders the demo simulated, placed by as_of. Asked only of a warehouse with simulated
+    events (the demo's): elsewhere the `orders` table may not exist."""
+    orders = schema.orders
+    query = select(func.count()).where(
+        orders.c.id >= SIMULATED_ORDER_IDS, orders.c.placed_at <= as_of
+    )
+    return conn.execute(query).scalar_one()
+
+
 def simulated_events(conn: Connection, campaign_id: str | None) -> int:
     """Engagement events generated for the demo, not real."""
     events = schema.engagement_events

@@ -11,7 +11,7 @@ Revenue adds up order amounts as stored: orders in several currencies are refuse
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote
 
@@ -27,8 +27,11 @@ from lifecycle.reporting.performance import (
     run_performance,
     with_conversions,
 )
+from lifecycle.reporting.surveys import SurveyMonth, survey_months
 from lifecycle.reporting.variants import Experiment, experiments
+from lifecycle.store import unknown
 from lifecycle.store.states import RunStatus
+from lifecycle.store.unknown import UnknownStates
 
 CLI_RUN_PREFIX = "cli__"  # run keys of real runs that `lifecycle run` makes
 
@@ -64,6 +67,8 @@ class CampaignReport:
     last_run_at: datetime | None
     performance: Performance
     experiment: Experiment | None = None  # A/B/n results, when the campaign has variants
+    # sends once `unknown`: resolved from SendGrid's events, awaiting them, requeue-able
+    unknown: UnknownStates = field(default_factory=lambda: UnknownStates(0, 0, 0))
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -72,6 +77,7 @@ class CampaignReport:
             "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
             **self.performance.to_dict(),
             "experiment": self.experiment.to_dict() if self.experiment else None,
+            "unknown_states": self.unknown.to_dict(),
         }
 
 
@@ -98,6 +104,8 @@ class Report:
     days: list[DayActivity]  # the last `days` UTC days, oldest first
     simulated_events: int  # engagement events generated for the demo, not real
     currency: str | None  # of every amount (None without orders)
+    surveys: list[SurveyMonth]  # NPS per surveyed campaign and month of sending, oldest first
+    simulated_orders: int = 0  # orders the demo simulated after its emails, not real
 
     @property
     def total(self) -> Performance:
@@ -112,6 +120,7 @@ class Report:
             "conversion_days": self.conversion_days,
             "active_days": self.active_days,
             "simulated_events": self.simulated_events,
+            "simulated_orders": self.simulated_orders,
             "currency": self.currency,
             "total": self.total.to_dict(),
             "campaigns": [c.to_dict() for c in self.campaigns],
@@ -119,6 +128,7 @@ class Report:
             "months": [m.to_dict() for m in self.months],
             "cohorts": [c.to_dict() for c in self.cohorts],
             "days": [d.to_dict() for d in self.days],
+            "surveys": [s.to_dict() for s in self.surveys],
         }
 
 
@@ -152,7 +162,16 @@ def build_report(
         )
         signups = queries.signups(conn, settings, as_of)
         simulated = queries.simulated_events(conn, campaign_id)
+        simulated_orders = queries.simulated_orders(conn, as_of) if simulated else 0
         activity = _daily_activity(conn, as_of, days, campaign_id)
+        quiet = settings.requeue_quiet_period()
+        unknown_states = {
+            cid: unknown.states(
+                conn, campaign_id=cid, requeueable_before=as_of - quiet if quiet else None
+            )
+            for cid in {run.campaign_id for run in runs}
+        }
+        surveyed = survey_months(conn, _months_back(as_of, months), as_of, campaign_id)
     run_reports = [
         RunReport(
             run_id=run.id,
@@ -170,14 +189,22 @@ def build_report(
         as_of=as_of,
         conversion_days=conversion_days,
         active_days=active_days,
-        campaigns=_by_campaign(run_reports, tests),
+        campaigns=_by_campaign(run_reports, unknown_states, tests),
         runs=run_reports,
         months=monthly_kpis(orders, as_of, months, active_days),
         cohorts=cohort_values(signups, orders),
         days=activity,
         simulated_events=simulated,
+        simulated_orders=simulated_orders,
         currency=orders["currency"].iloc[0] if len(orders) else None,
+        surveys=sorted(surveyed, key=lambda s: (s.month, s.campaign_id)),
     )
+
+
+def _months_back(as_of: datetime, months: int) -> datetime:
+    """The start (UTC) of the calendar month `months - 1` months before as_of's."""
+    index = as_of.year * 12 + as_of.month - 1 - (months - 1)
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
 
 
 def dag_run_path(campaign_id: str, run_key: str) -> str | None:
@@ -223,7 +250,11 @@ def _daily_activity(
     ]
 
 
-def _by_campaign(runs: list[RunReport], tests: dict[str, Experiment]) -> list[CampaignReport]:
+def _by_campaign(
+    runs: list[RunReport],
+    unknown_states: dict[str, UnknownStates],
+    tests: dict[str, Experiment],
+) -> list[CampaignReport]:
     grouped: dict[str, list[RunReport]] = defaultdict(list)
     for run in runs:
         grouped[run.campaign_id].append(run)
@@ -234,6 +265,13 @@ def _by_campaign(runs: list[RunReport], tests: dict[str, Experiment]) -> list[Ca
             total.add(run.performance)
         last = max(run.started_at for run in campaign_runs)
         reports.append(
-            CampaignReport(campaign_id, len(campaign_runs), last, total, tests.get(campaign_id))
+            CampaignReport(
+                campaign_id,
+                len(campaign_runs),
+                last,
+                total,
+                experiment=tests.get(campaign_id),
+                unknown=unknown_states[campaign_id],
+            )
         )
     return reports

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from lifecycle.core import localtime, policies, render
+from lifecycle.core import addresses, localtime, policies, render
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.delivery import Envelope, Message, Transport
 from lifecycle.delivery.outbox import OutboxTransport
 from lifecycle.delivery.sendgrid import SendGridTransport
-from lifecycle.feedback import compliance, unsubscribe
+from lifecycle.feedback import compliance, surveys, unsubscribe
 from lifecycle.run.rows import EmailRow
 from lifecycle.store import coupons
 from lifecycle.store.coupons import CouponInfo
@@ -44,7 +44,7 @@ class Composer:
         """`row`'s email with `coupon` (issued, or a sample). Raises what rendering raises."""
         spec, settings, stored = self.spec, self.settings, row.context
         variant = spec.variant(row.variant)
-        token = unsubscribe.token_for(settings, row.customer_id, spec.id, row.email)
+        token = unsubscribe.token_for(settings, row.send_id)
         url = unsubscribe.unsubscribe_url(settings, token)
         context = {
             "customer": {
@@ -66,6 +66,8 @@ class Composer:
                 "expires_at": coupon.expires_at,
             },
             "unsubscribe_url": url,
+            # The feedback email's 0-10 links; computed only for templates that call it.
+            "rating_url": lambda score: surveys.survey_url(settings, row.send_id, score),
             "local_date": self.as_of.astimezone(localtime.zone_or_utc(row.timezone)).date(),
         }
         rendered = self.renderer.render(
@@ -100,7 +102,7 @@ class Composer:
         failures: list[Outcome] = []
         mailable: list[EmailRow] = []
         for row in rows:
-            if row.email and row.email.lower() in blocked:
+            if row.email and addresses.inbox(row.email) in blocked:
                 failures.append(
                     Outcome(row.send_id, LedgerStatus.SKIPPED, reason=SkipReason.SUPPRESSED)
                 )
@@ -128,7 +130,7 @@ class Composer:
 
     def _suppressed(self, engine: Engine, rows: list[EmailRow]) -> set[str]:
         """Addresses suppressed since planning (an unsubscribe while the row waited)."""
-        emails = [row.email.lower() for row in rows if row.email]
+        emails = [row.email for row in rows if row.email]
         scopes = policies.suppression_scopes(self.spec)
         with engine.connect() as conn:
             return policies.suppressed_emails(conn, emails, scopes)

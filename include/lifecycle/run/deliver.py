@@ -3,7 +3,8 @@
 Rows are claimed (`planned` → `sending`, stamped with the attempt), composed, sent and their
 outcomes recorded in bulk. Rows a previous attempt left in `sending` may have been sent: they
 become `unknown` and are never sent again automatically. Claimed rows this attempt did not hand
-to the transport go back to `planned`.
+to the transport go back to `planned`. An attempt never holds more than `crash_bound` claimed
+rows without a recorded outcome, so a crash leaves at most that many `unknown`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from lifecycle.store.states import FailReason, LedgerStatus, RunStatus, SkipReas
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY = 500  # outcomes recorded per UPDATE round trip
+
+
+def crash_bound(concurrency: int) -> int:
+    """The most rows one attempt holds claimed with no outcome written: all that killing it
+    can leave `unknown`. Claiming waits (recording what is done) to stay within it."""
+    return FLUSH_EVERY + 3 * concurrency
 
 
 @dataclass
@@ -135,6 +142,10 @@ async def _deliver(
     limiter = TokenBucket(spec.delivery.rate_per_second / spec.delivery.max_active_batches)
     slots = asyncio.Semaphore(spec.delivery.concurrency)
     claim_size = max(50, spec.delivery.concurrency)
+    bound = crash_bound(spec.delivery.concurrency)
+    held = 0  # rows claimed by this attempt whose outcome is not written yet
+    progress = asyncio.Event()  # an outcome arrived or was written
+    recording: asyncio.Task[None] | None = None
     outcomes: list[Outcome] = []
     unsent: set[int] = set()  # claimed by us, not handed to the transport (or refused 401/403)
     in_flight: set[asyncio.Task[Outcome]] = set()
@@ -143,6 +154,7 @@ async def _deliver(
     def finished(task: asyncio.Task[Outcome], send_id: int) -> None:
         in_flight.discard(task)
         slots.release()
+        progress.set()  # wakes a waiting claim once this callback has run
         if task.cancelled():
             outcomes.append(
                 Outcome(
@@ -165,22 +177,45 @@ async def _deliver(
             outcomes.append(task.result())
 
     async def flush() -> None:
+        nonlocal held
         while outcomes:
             done = outcomes[:]
             outcomes.clear()
             await asyncio.to_thread(_record, engine, done, attempt)
+            held -= len(done)
+            progress.set()
             for outcome in done:
                 result.add(outcome)
+
+    def start_flush() -> asyncio.Task[None]:
+        """The running write of outcomes, or a new one (raising if the last one failed)."""
+        nonlocal recording
+        if recording is None or recording.done():
+            if recording is not None:
+                recording.result()  # surfaces a failed write
+            recording = asyncio.create_task(flush())
+        return recording
+
+    async def room_to_claim() -> None:
+        while held + claim_size > bound and not stop:
+            if outcomes or (recording is not None and not recording.done()):
+                await start_flush()
+            else:  # everything held is in flight or queued: wait for an outcome
+                progress.clear()
+                await progress.wait()
 
     # Claiming and rendering run ahead of sending (one chunk), so the connections stay busy.
     ready: asyncio.Queue[list[Message] | None] = asyncio.Queue(maxsize=1)
 
     async def produce() -> None:
+        nonlocal held
         try:
             while not stop:
+                await room_to_claim()
                 rows = await asyncio.to_thread(_claim, engine, run, batch, attempt, claim_size)
                 if not rows:
                     break
+                held += len(rows)
                 unsent.update(row.send_id for row in rows)
                 messages, failures = await asyncio.to_thread(composer.compose, engine, rows)
                 unsent.difference_update(failure.send_id for failure in failures)
@@ -190,7 +225,6 @@ async def _deliver(
             await ready.put(None)
 
     producer = asyncio.create_task(produce())
-    recording: asyncio.Task[None] | None = None
     try:
         while (messages := await ready.get()) is not None:
             for message in messages:
@@ -205,9 +239,7 @@ async def _deliver(
                 in_flight.add(task)
                 task.add_done_callback(functools.partial(finished, send_id=message.send_id))
             if len(outcomes) >= FLUSH_EVERY and (recording is None or recording.done()):
-                if recording is not None:
-                    await recording  # surfaces a failed write
-                recording = asyncio.create_task(flush())
+                start_flush()
         await producer
         while in_flight:
             await asyncio.wait(set(in_flight))

@@ -18,14 +18,14 @@ from typing import Any, Literal
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from lifecycle.core import policies, segments, variants
+from lifecycle.core import addresses, policies, segments, variants
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.run.clock import now, utc
 from lifecycle.run.dry_run import DryRun
 from lifecycle.run.rows import stored_context
 from lifecycle.store import ledger, runs
-from lifecycle.store.states import LedgerStatus, RunStatus
+from lifecycle.store.states import LedgerStatus, RunStatus, SkipReason
 
 MAX_ATTEMPTS = 3  # delivery attempts per row, counting the automatic re-plans of failures
 MAX_BATCHES = 1000  # Airflow's max_map_length is 1024
@@ -200,6 +200,8 @@ def _ledger_rows(
         key = str(record["occurrence_key"])
         sending = not isinstance(reason, str)
         variant = (winner or assigned) if sending else None
+        if reason == SkipReason.ERASED:  # nothing of an erased person is written again
+            record = {**record, "email": None}
         rows.append(
             {
                 "campaign_id": spec.id,
@@ -210,10 +212,13 @@ def _ledger_rows(
                 "reason": None if sending else reason,
                 "template": spec.variant_template(variant, key),
                 "variant": variant,
-                "email": record["email"] if isinstance(record["email"], str) else None,
+                "email": record["email"].strip() if isinstance(record["email"], str) else None,
+                "inbox": addresses.inbox(record["email"])
+                if isinstance(record["email"], str)
+                else None,
                 "locale": record["locale"] if isinstance(record["locale"], str) else None,
                 "timezone": record["timezone"],
-                "context": stored_context(record, spec),
+                "context": {} if reason == SkipReason.ERASED else stored_context(record, spec),
                 "planned_at": planned_at,
                 "send_after": send_after if sending else None,
                 "expires_at": expires_at if sending else None,

@@ -114,6 +114,27 @@ def existing_keys(
     return found
 
 
+def inbox_holders(
+    conn: Connection, campaign_id: str, inboxes: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """(occurrence key, inbox) → the customer whose email of `campaign_id` to that inbox is
+    sent, on its way or planned. `inboxes` are trimmed and lower-cased (`core.addresses.inbox`).
+    """
+    holders: dict[tuple[str, str], int] = {}
+    for part in chunked(sorted(set(inboxes))):
+        query = (
+            select(L.c.occurrence_key, L.c.inbox, func.min(L.c.customer_id))
+            .where(
+                L.c.campaign_id == campaign_id,
+                is_in(conn, L.c.inbox, part),
+                L.c.status.in_(TAKEN),
+            )
+            .group_by(L.c.occurrence_key, L.c.inbox)
+        )
+        holders.update({(str(k), str(i)): int(c) for k, i, c in conn.execute(query)})
+    return holders
+
+
 def requeue_retryable(
     conn: Connection, campaign_id: str, as_of: datetime, max_attempts: int
 ) -> int:
@@ -373,20 +394,3 @@ def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]
         counts[k] for k in ("sent", "failed", "unknown", "sending", "pending", "waiting")
     )
     return counts
-
-
-def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | None = None) -> int:
-    """A human decided these `unknown` rows never arrived: they go back to `planned`."""
-    where = [L.c.campaign_id == campaign_id, L.c.status == LedgerStatus.UNKNOWN]
-    if ids is None:
-        return conn.execute(
-            update(L).where(*where).values(status=LedgerStatus.PLANNED, reason=None)
-        ).rowcount
-    total = 0
-    for part in chunked(list(ids)):
-        total += conn.execute(
-            update(L)
-            .where(*where, is_in(conn, L.c.id, part))
-            .values(status=LedgerStatus.PLANNED, reason=None)
-        ).rowcount
-    return total

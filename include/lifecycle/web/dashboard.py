@@ -29,6 +29,7 @@ from lifecycle.reporting import export, queries
 from lifecycle.reporting.performance import Performance
 from lifecycle.reporting.report import Report, build_report
 from lifecycle.store import warehouse
+from lifecycle.store.unknown import UnknownStates
 from lifecycle.web import charts
 from lifecycle.web.settings import SettingsSource, provider
 
@@ -41,10 +42,12 @@ EXPORTS: dict[str, Callable[[Report], str]] = {
     "retention": export.retention_csv,
     "cohorts": export.cohorts_csv,
     "variants": export.variants_csv,
+    "surveys": export.surveys_csv,
 }
 STEP_LABELS = {
     "audience": "Audience",
     "planned": "Passed the policies",
+    "waiting": "Waiting for the send window",
     "sent": "Sent",
     "delivered": "Delivered",
     "opened": "Opened",
@@ -56,6 +59,11 @@ PROBLEM_LABELS = {
     "bounced": "Bounced",
     "unsubscribed": "Unsubscribed",
     "spam_reports": "Marked as spam",
+}
+UNKNOWN_LABELS = {
+    "resolved": "resolved as sent by SendGrid's events",
+    "awaiting_events": "awaiting events",
+    "requeueable": "requeue-able (no event)",
 }
 
 # Query parameters every route takes (module level: FastAPI resolves them by name).
@@ -143,7 +151,7 @@ def view(report: Report) -> dict[str, Any]:
         "symbol": symbol,
         "total": total,
         "last_month": last_month,
-        "funnels": [_funnel(c.campaign_id, c.performance) for c in report.campaigns],
+        "funnels": [_funnel(c.campaign_id, c.performance, c.unknown) for c in report.campaigns],
         "uplifts": [
             (c.campaign_id, c.performance.uplift)
             for c in report.campaigns
@@ -186,7 +194,7 @@ def view(report: Report) -> dict[str, Any]:
     }
 
 
-def _funnel(campaign_id: str, perf: Performance) -> dict[str, Any]:
+def _funnel(campaign_id: str, perf: Performance, unknown: UnknownStates) -> dict[str, Any]:
     top = perf.funnel["audience"] or 1
     steps = [
         {
@@ -206,6 +214,13 @@ def _funnel(campaign_id: str, perf: Performance) -> dict[str, Any]:
         "steps": steps,
         "problems": problems,
         "skipped": sorted(perf.skipped.items(), key=lambda item: -item[1]),
+        # sends once of unknown fate, by what became of them (empty when there were none)
+        "unknown": [
+            {"key": key, "label": label, "count": getattr(unknown, key)}
+            for key, label in UNKNOWN_LABELS.items()
+        ]
+        if unknown.resolved or unknown.unresolved
+        else [],
         "conversions": perf.conversions,
         "revenue": perf.revenue,
     }

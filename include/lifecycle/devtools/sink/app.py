@@ -9,7 +9,8 @@ Faults on demand (at start, or `POST /_sink/faults` with the same JSON fields):
 latency (every request), and per-request probabilities of a 429 with `X-RateLimit-*`
 headers, a 500/503, a dropped connection (closed before the request is read, nothing stored)
 and a slow response (stored, answered after `slow_ms`). `fail_next` forces the next N
-requests into one fault kind, for deterministic tests.
+requests into one fault kind, for deterministic tests; it alone offers a 504 (stored, as
+SendGrid may have accepted the message behind a gateway timeout).
 
 Other modules add routes with `build_app(state, extensions=[register])`, `register(app)`
 receiving the application (the state is `app[STATE]`).
@@ -32,7 +33,7 @@ from aiohttp import web
 from lifecycle.devtools.sink import suppressions
 from lifecycle.devtools.sink.validation import validate
 
-FAULT_KINDS = ("429", "500", "503", "drop", "slow")
+FAULT_KINDS = ("429", "500", "503", "504", "drop", "slow")
 # Adds routes (or middleware) to the sink's application, e.g. `suppressions.register`.
 Extension = Callable[[web.Application], None]
 
@@ -197,6 +198,11 @@ async def mail_send(request: web.Request) -> web.StreamResponse:
     }
     if state.keep_bodies:
         record["body"] = body
+    if fault == "504":
+        state.stats["504"] += 1
+        with state.lock:
+            state.messages.append(record)
+        return _error("Gateway timeout (injected by the sink; the message was kept).", status=504)
     if fault == "slow":
         state.stats["slow"] += 1
         with state.lock:

@@ -2,14 +2,14 @@
 the winner chosen after a test slice, its figures and the reason
 
 Revision ID: 0008_ledger_variant
-Revises: 0003_state_checks
+Revises: 0007_inbox_and_privacy_reasons
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_ledger_variant"
-down_revision = "0003_state_checks"
+down_revision = "0007_inbox_and_privacy_reasons"
 branch_labels = None
 depends_on = None
 
