@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
 from airflow.sdk.definitions.callback import AsyncCallback
@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from lifecycle.airflow.approval import CampaignApproval
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
+from lifecycle.airflow.experiment_tasks import winner_phase
 from lifecycle.airflow.notifier import (
     CampaignDeadlineNotifier,
     CampaignFailureNotifier,
@@ -39,7 +40,7 @@ PLAN_TIMEOUT = timedelta(hours=2)  # a large audience through every policy
 FINALIZE_TIMEOUT = timedelta(minutes=10)
 
 
-def check_campaign_specs(directory: Path) -> None:
+def check_campaign_specs(directory: Path, templates_dir: Path | None = None) -> None:
     """Raise one `SpecError` naming every invalid spec in `directory`, a line each: the import
     error of `dags/campaign_specs.py`, a file without DAGs.
 
@@ -48,7 +49,7 @@ def check_campaign_specs(directory: Path) -> None:
     airflow/dag_processing/collection.py), and the scheduler creates no runs for those
     (`DagModel.dags_needing_dagruns`), so one broken spec would stop every campaign.
     """
-    errors = load_campaigns(directory).errors
+    errors = load_campaigns(directory, templates_dir).errors
     if errors:
         header = "these campaigns have no DAG until their spec is fixed; the others run:"
         raise SpecError("\n".join([header, *errors.values()]))
@@ -137,6 +138,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 as_of=datetime.fromisoformat(as_of),
                 dry_run=options.dry_run,
                 limit=options.limit,
+                phase=test_phase(spec, options.dry_run),
             )
             log.info("planned %d emails; skipped %s", result.planned, result.skipped or "none")
             ti.xcom_push(key="campaign_run_id", value=result.run_id)
@@ -241,6 +243,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
         if spec.needs_approval:  # a person answers between plan and deliver
             batches >> CampaignApproval(spec=spec) >> delivered
+        if spec.experiment is not None:  # test slice first, then the winner to the rest
+            delivered = winner_phase(spec, deliver, delivered, run_id, as_of)
         delivered >> finalize(as_of)  # type: ignore[arg-type]
 
     return campaign()
@@ -255,6 +259,11 @@ def _deadline(spec: CampaignSpec) -> DeadlineAlert | None:
         interval=timedelta(hours=spec.deadline_hours),
         callback=AsyncCallback(CampaignDeadlineNotifier, kwargs={"campaign_id": spec.id}),
     )
+
+
+def test_phase(spec: CampaignSpec, dry_run: bool) -> Literal["test"] | None:
+    """A real run of a spec with an experiment plans its test slice first."""
+    return "test" if spec.experiment is not None and not dry_run else None
 
 
 @contextmanager

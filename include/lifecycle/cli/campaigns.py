@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifecycle.store.states import RunStatus
 
     settings = settings_from(args)
-    campaigns = load_campaigns(settings.campaigns_dir)
+    campaigns = load_campaigns(settings.campaigns_dir, settings.templates_dir)
     spec = campaigns.spec(args.campaign)  # its own file's SpecError if that file is invalid
     if spec is None:
         raise UsageError(f"no campaign {args.campaign!r}; known: {', '.join(campaigns.ids)}")

@@ -33,6 +33,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "runs": export.runs_csv,
             "retention": export.retention_csv,
             "cohorts": export.cohorts_csv,
+            "variants": export.variants_csv,
             "surveys": export.surveys_csv,
         }
         print(csv_for[args.table](report), end="")
@@ -51,7 +52,7 @@ def register(commands: Commands) -> None:
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(
         "--table",
-        choices=("runs", "retention", "cohorts", "surveys"),
+        choices=("runs", "retention", "cohorts", "variants", "surveys"),
         default="runs",
         help="which table --format csv prints (default runs)",
     )

@@ -68,7 +68,19 @@ def sample_context(
         }
         if with_coupon
         else None,
+        "variant": None,
         "unsubscribe_url": "https://example.com/lifecycle/unsubscribe/sample-token",
         "rating_url": lambda score: f"https://example.com/lifecycle/feedback/sample-{score}",
         "local_date": as_of.astimezone(zone_or_utc(timezone)).date(),
     }
+
+
+def with_variant(context: dict[str, Any], spec: CampaignSpec, variant_id: str) -> dict[str, Any]:
+    """A sample context as the variant's emails see it: its fields and coupon discount."""
+    variant = spec.variant(variant_id)
+    assert variant is not None, variant_id
+    coupon = context["coupon"]
+    if coupon is not None and variant.coupon_discount_percent is not None:
+        coupon = {**coupon, "discount_percent": variant.coupon_discount_percent}
+    data = {**context["data"], **variant.fields}
+    return {**context, "data": data, "coupon": coupon, "variant": {"id": variant.id}}

@@ -27,6 +27,8 @@ class Envelope:
     categories: tuple[str, ...] = ()
     asm_group_id: int | None = None
     sandbox_mode: bool = False
+    click_tracking: bool | None = None  # None: the SendGrid account's setting
+    open_tracking: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,14 @@ def payload(message: Message, envelope: Envelope) -> dict[str, Any]:
         body["asm"] = {"group_id": envelope.asm_group_id}
     if envelope.sandbox_mode:
         body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    tracking: dict[str, Any] = {}
+    if envelope.click_tracking is not None:
+        enable = envelope.click_tracking
+        tracking["click_tracking"] = {"enable": enable, "enable_text": enable}
+    if envelope.open_tracking is not None:
+        tracking["open_tracking"] = {"enable": envelope.open_tracking}
+    if tracking:
+        body["tracking_settings"] = tracking
     return body
 
 

@@ -113,13 +113,11 @@ def run_performance(
     return result
 
 
-def conversions_by_run(
-    sends: pd.DataFrame, orders: pd.DataFrame, conversion_days: int
-) -> dict[int, Conversions]:
-    """Conversions of each run with sent or holdout rows (`queries.sent_and_holdout`), from
-    the orders (`queries.orders`) placed within `conversion_days` after each row's start."""
-    if sends.empty:
-        return {}
+def with_conversions(
+    sends: pd.DataFrame, orders: pd.DataFrame, conversion_days: float
+) -> pd.DataFrame:
+    """`sends` with columns converted (an order within `conversion_days` after its start) and
+    revenue (of those orders)."""
     window = pd.Timedelta(days=conversion_days)
     matched = sends.merge(orders, on="customer_id")
     matched = matched[
@@ -127,10 +125,17 @@ def conversions_by_run(
         & (matched["placed_at"] <= matched["start"] + window)
     ]
     per_send = matched.groupby("send_id")["amount"].sum()
-    sends = sends.assign(
+    return sends.assign(
         converted=sends["send_id"].isin(per_send.index),
         revenue=sends["send_id"].map(per_send).fillna(0.0),
     )
+
+
+def conversions_by_run(sends: pd.DataFrame) -> dict[int, Conversions]:
+    """Conversions of each run with sent or holdout rows (`queries.sent_and_holdout` with
+    `with_conversions`: orders placed within the conversion window after each row's start)."""
+    if sends.empty:
+        return {}
     result = {}
     for run_id, group in sends.groupby("run_id"):
         sent, held = group[group["sent"]], group[~group["sent"]]

@@ -21,8 +21,14 @@ from sqlalchemy import Connection, Engine
 from lifecycle.core.config import Settings
 from lifecycle.reporting import queries
 from lifecycle.reporting.kpis import CohortValue, MonthKpis, cohort_values, monthly_kpis
-from lifecycle.reporting.performance import Performance, conversions_by_run, run_performance
+from lifecycle.reporting.performance import (
+    Performance,
+    conversions_by_run,
+    run_performance,
+    with_conversions,
+)
 from lifecycle.reporting.surveys import SurveyMonth, survey_months
+from lifecycle.reporting.variants import Experiment, experiments
 from lifecycle.store import unknown
 from lifecycle.store.states import RunStatus
 from lifecycle.store.unknown import UnknownStates
@@ -60,6 +66,7 @@ class CampaignReport:
     runs: int
     last_run_at: datetime | None
     performance: Performance
+    experiment: Experiment | None = None  # A/B/n results, when the campaign has variants
     # sends once `unknown`: resolved from SendGrid's events, awaiting them, requeue-able
     unknown: UnknownStates = field(default_factory=lambda: UnknownStates(0, 0, 0))
 
@@ -69,6 +76,7 @@ class CampaignReport:
             "runs": self.runs,
             "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
             **self.performance.to_dict(),
+            "experiment": self.experiment.to_dict() if self.experiment else None,
             "unknown_states": self.unknown.to_dict(),
         }
 
@@ -144,7 +152,14 @@ def build_report(
     with engine.connect() as conn:
         runs = queries.real_runs(conn, campaign_id, as_of)
         orders = queries.orders(conn, settings, as_of)
-        performance = _performance(conn, [run.id for run in runs], orders, as_of, conversion_days)
+        run_ids = [run.id for run in runs]
+        sends = with_conversions(queries.sent_and_holdout(conn, run_ids), orders, conversion_days)
+        performance = _performance(conn, run_ids, sends, as_of)
+        tests = experiments(
+            sends,
+            queries.variant_step_counts(conn, run_ids, as_of),
+            {run.id: run.campaign_id for run in runs},
+        )
         signups = queries.signups(conn, settings, as_of)
         simulated = queries.simulated_events(conn, campaign_id)
         simulated_orders = queries.simulated_orders(conn, as_of) if simulated else 0
@@ -174,7 +189,7 @@ def build_report(
         as_of=as_of,
         conversion_days=conversion_days,
         active_days=active_days,
-        campaigns=_by_campaign(run_reports, unknown_states),
+        campaigns=_by_campaign(run_reports, unknown_states, tests),
         runs=run_reports,
         months=monthly_kpis(orders, as_of, months, active_days),
         cohorts=cohort_values(signups, orders),
@@ -200,11 +215,7 @@ def dag_run_path(campaign_id: str, run_key: str) -> str | None:
 
 
 def _performance(
-    conn: Connection,
-    run_ids: list[int],
-    orders: pd.DataFrame,
-    as_of: datetime,
-    conversion_days: int,
+    conn: Connection, run_ids: list[int], sends: pd.DataFrame, as_of: datetime
 ) -> dict[int, Performance]:
     if not run_ids:
         return {}
@@ -212,7 +223,7 @@ def _performance(
         run_ids,
         queries.ledger_counts(conn, run_ids),
         queries.step_counts(conn, run_ids, as_of),
-        conversions_by_run(queries.sent_and_holdout(conn, run_ids), orders, conversion_days),
+        conversions_by_run(sends),
     )
 
 
@@ -240,7 +251,9 @@ def _daily_activity(
 
 
 def _by_campaign(
-    runs: list[RunReport], unknown_states: dict[str, UnknownStates]
+    runs: list[RunReport],
+    unknown_states: dict[str, UnknownStates],
+    tests: dict[str, Experiment],
 ) -> list[CampaignReport]:
     grouped: dict[str, list[RunReport]] = defaultdict(list)
     for run in runs:
@@ -253,7 +266,12 @@ def _by_campaign(
         last = max(run.started_at for run in campaign_runs)
         reports.append(
             CampaignReport(
-                campaign_id, len(campaign_runs), last, total, unknown_states[campaign_id]
+                campaign_id,
+                len(campaign_runs),
+                last,
+                total,
+                experiment=tests.get(campaign_id),
+                unknown=unknown_states[campaign_id],
             )
         )
     return reports

@@ -43,6 +43,7 @@ class Composer:
     def email(self, row: EmailRow, coupon: CouponInfo | None) -> Email:
         """`row`'s email with `coupon` (issued, or a sample). Raises what rendering raises."""
         spec, settings, stored = self.spec, self.settings, row.context
+        variant = spec.variant(row.variant)
         token = unsubscribe.token_for(settings, row.send_id)
         url = unsubscribe.unsubscribe_url(settings, token)
         context = {
@@ -55,7 +56,8 @@ class Composer:
                 "timezone": row.timezone,
             },
             "campaign": {"id": spec.id, "occurrence_key": row.occurrence_key},
-            "data": stored.get("data", {}),
+            "data": {**stored.get("data", {}), **(variant.fields if variant else {})},
+            "variant": {"id": variant.id} if variant else None,
             "coupon": None
             if coupon is None
             else {
@@ -68,7 +70,13 @@ class Composer:
             "rating_url": lambda score: surveys.survey_url(settings, row.send_id, score),
             "local_date": self.as_of.astimezone(localtime.zone_or_utc(row.timezone)).date(),
         }
-        rendered = self.renderer.render(row.template, row.locale, spec.default_locale, context)
+        rendered = self.renderer.render(
+            row.template,
+            row.locale,
+            spec.default_locale,
+            context,
+            subject=variant.subject if variant else None,
+        )
         name = " ".join(p for p in (stored.get("first_name"), stored.get("last_name")) if p)
         message = Message(
             send_id=row.send_id,
@@ -82,6 +90,7 @@ class Composer:
                 "send_id": str(row.send_id),
                 "campaign": spec.id,
                 "occurrence_key": row.occurrence_key,
+                **({"variant": variant.id} if variant else {}),
             },
         )
         return Email(rendered, message)
@@ -130,20 +139,37 @@ class Composer:
         terms = self.spec.coupon
         if terms is None:
             return {}
-        keys = [(row.customer_id, row.occurrence_key) for row in rows]
+        by_discount: dict[float, list[tuple[int, str]]] = {}
+        for row in rows:
+            discount = discount_for(self.spec, row.variant)
+            by_discount.setdefault(discount, []).append((row.customer_id, row.occurrence_key))
+        issued: dict[tuple[int, str], CouponInfo] = {}
         with engine.begin() as conn:
-            return coupons.ensure_coupons(
-                conn, self.spec.id, keys, terms.discount_percent, terms.valid_days, self.as_of
-            )
+            for discount, keys in by_discount.items():
+                issued |= coupons.ensure_coupons(
+                    conn, self.spec.id, keys, discount, terms.valid_days, self.as_of
+                )
+        return issued
 
 
-def sample_coupon(spec: CampaignSpec, as_of: datetime) -> CouponInfo | None:
-    """A coupon with the campaign's terms and a sample code, never stored: what dry runs, test
-    sends and previews show where a real send issues one."""
+def discount_for(spec: CampaignSpec, variant_id: str | None) -> float:
+    """The coupon discount of a variant's emails: its own, else the campaign's."""
+    assert spec.coupon is not None
+    variant = spec.variant(variant_id)
+    if variant is not None and variant.coupon_discount_percent is not None:
+        return variant.coupon_discount_percent
+    return spec.coupon.discount_percent
+
+
+def sample_coupon(
+    spec: CampaignSpec, as_of: datetime, variant_id: str | None = None
+) -> CouponInfo | None:
+    """A coupon with the campaign's (or the variant's) terms and a sample code, never stored:
+    what dry runs, test sends and previews show where a real send issues one."""
     if spec.coupon is None:
         return None
     expires_at = as_of + timedelta(days=spec.coupon.valid_days)
-    return CouponInfo("TEST-COUPON", spec.coupon.discount_percent, as_of, expires_at)
+    return CouponInfo("TEST-COUPON", discount_for(spec, variant_id), as_of, expires_at)
 
 
 def envelope_for(spec: CampaignSpec) -> Envelope:
@@ -155,6 +181,8 @@ def envelope_for(spec: CampaignSpec) -> Envelope:
         categories=tuple(spec.delivery.categories),
         asm_group_id=spec.delivery.asm_group_id,
         sandbox_mode=spec.delivery.sandbox_mode,
+        click_tracking=spec.tracking.clicks if spec.tracking else None,
+        open_tracking=spec.tracking.opens if spec.tracking else None,
     )
 
 

@@ -226,6 +226,7 @@ DELIVERY_COLUMNS = (
     L.c.locale,
     L.c.timezone,
     L.c.context,
+    L.c.variant,
 )
 
 

@@ -104,6 +104,8 @@ campaign_runs = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
     Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}
+    # test-then-winner: the variant chosen for the rest, the test's figures and the reason
+    Column("experiment", JSON),
     UniqueConstraint("campaign_id", "run_key"),
     _one_of("status", RunStatus),
 )
@@ -139,6 +141,7 @@ send_ledger = Table(
     Column("http_status", Integer),
     Column("error", Text),
     Column("retryable", Boolean),
+    Column("variant", String(32)),  # the A/B/n variant sent (spec `variants`); NULL without
     # An `unknown` row that SendGrid's events showed it accepted (now `sent`): the proving
     # engagement_events row, its event name and when it occurred (migration 0005).
     Column("resolved_event_id", BigInteger),

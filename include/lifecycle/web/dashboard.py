@@ -6,9 +6,9 @@ this module knows nothing of Airflow. Without Airflow, for local previews and wi
 `uvicorn --factory lifecycle.web.dashboard:local_app`.
 
 Routes (relative to the mount point): `/` the page, `/report.json`, and CSV exports
-`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`. Every route takes
-`campaign` (one campaign only) and `days` (conversion window, default 7). `/runs/{id}/preview`
-renders the first emails of a planned run (the approver's link).
+`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`, `/export/variants.csv`.
+Every route takes `campaign` (one campaign only) and `days` (conversion window, default 7).
+`/runs/{id}/preview` renders the first emails of a planned run (the approver's link).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ EXPORTS: dict[str, Callable[[Report], str]] = {
     "runs": export.runs_csv,
     "retention": export.retention_csv,
     "cohorts": export.cohorts_csv,
+    "variants": export.variants_csv,
     "surveys": export.surveys_csv,
 }
 STEP_LABELS = {
@@ -171,6 +172,7 @@ def view(report: Report) -> dict[str, Any]:
             if c.performance.uplift.interval is not None
         ],
         "uplift_chart": _uplift_chart(report),
+        "experiments": [c.experiment for c in report.campaigns if c.experiment is not None],
         "activity_chart": charts.line_chart(
             "Emails per day",
             [f"{d.day:%b %d}" for d in report.days],

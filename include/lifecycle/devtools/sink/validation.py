@@ -273,16 +273,18 @@ def _categories(body: dict[str, Any]) -> Problem | None:
 
 
 def _settings(body: dict[str, Any]) -> Problem | None:
-    """mail_settings / tracking_settings hold objects whose `enable` is a boolean."""
+    """mail_settings / tracking_settings hold objects whose `enable` (and click tracking's
+    `enable_text`) are booleans."""
     for group in ("mail_settings", "tracking_settings"):
         for name, setting in body.get(group, {}).items():
             where = f"{group}.{name}"
             if problem := _wrong_type(setting, "object", where):
                 return problem
-            if "enable" in setting and (
-                problem := _wrong_type(setting["enable"], "boolean", f"{where}.enable")
-            ):
-                return problem
+            for flag in ("enable", "enable_text"):
+                if flag in setting and (
+                    problem := _wrong_type(setting[flag], "boolean", f"{where}.{flag}")
+                ):
+                    return problem
     return None
 
 
