@@ -26,6 +26,7 @@ from jinja2 import (
 )
 from jinja2.defaults import DEFAULT_NAMESPACE
 
+from lifecycle.core import substitutions
 from lifecycle.core.campaigns import LOCALES, CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.core.formatting import Formatter
@@ -91,6 +92,7 @@ class Renderer:
             cache_size=-1,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=substitutions.finalize,
         )
         self.available = self._scan()
         self._compiled: dict[tuple[str, str], tuple[Template, ...]] = {}
@@ -139,9 +141,18 @@ class Renderer:
         self, template: str, locale: str | None, default_locale: str, context: dict[str, Any]
     ) -> Rendered:
         """Subject, HTML and text of one email. Raises `TemplateProblem` naming file and line."""
+        locale_used, values = self.values(template, locale, default_locale, context)
+        return self.render_values(template, locale_used, values)
+
+    def values(
+        self, template: str, locale: str | None, default_locale: str, context: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The locale an email renders in and the values its templates see."""
         locale_used = self.resolve_locale(template, locale, default_locale)
+        return locale_used, self._values(context, locale_used)
+
+    def render_values(self, template: str, locale_used: str, values: dict[str, Any]) -> Rendered:
         parts = self._templates_for(template, locale_used)
-        values = self._values(context, locale_used)
         try:
             # Template.render() copies the context twice per call; one shared dict is enough.
             subject, html, text = (
@@ -150,6 +161,28 @@ class Renderer:
         except Exception as exc:
             raise self._problem(exc, parts, values, template, locale_used) from exc
         return Rendered(" ".join(subject.split()), html, text.strip() + "\n", locale_used)
+
+    def render_subject(self, template: str, locale_used: str, values: dict[str, Any]) -> str:
+        parts = self._templates_for(template, locale_used)
+        try:
+            subject = "".join(parts[0].root_render_func(parts[0].new_context(values, shared=True)))
+        except Exception as exc:
+            raise self._problem(exc, parts, values, template, locale_used) from exc
+        return " ".join(subject.split())
+
+    def render_shared(
+        self, template: str, locale_used: str, values: dict[str, Any], paths: list[str]
+    ) -> substitutions.SharedBody:
+        """HTML and text once for all recipients whose values differ from `values` only at
+        `paths`, those as substitution tags. Raises `substitutions.NotExpressible` for the first
+        of `paths` the templates use other than by outputting it."""
+        tags = substitutions.Tags()
+        symbolic = substitutions.with_slots(values, paths, tags)
+        parts = self._templates_for(template, locale_used)
+        html, text = (
+            "".join(t.root_render_func(t.new_context(symbolic, shared=True))) for t in parts[1:]
+        )
+        return substitutions.shared_body(html, text, tags)
 
     def _values(self, context: dict[str, Any], locale: str) -> dict[str, Any]:
         static = self.static.get(locale)
