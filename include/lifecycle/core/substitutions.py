@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 
 from jinja2 import pass_eval_context
 from jinja2.nodes import EvalContext
-from jinja2.runtime import Context
 from markupsafe import Markup, escape
 
 # Values that differ between recipients of one group; the rest (locale, timezone, local date,
@@ -95,16 +94,6 @@ def finalize(eval_ctx: EvalContext, value: Any) -> Any:
         tag = value.tags.tag(value.path, eval_ctx.autoescape)
         return Markup(tag) if eval_ctx.autoescape else tag
     return value
-
-
-class SlotContext(Context):
-    """Template calls (`fmt.date(x)`, `t.tiers.get(x)`) transform a value: not with a slot."""
-
-    def call(self, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        for value in (*args, *kwargs.values()):
-            if type(value) is Slot:
-                raise NotExpressible(value.path, "is passed to a function")
-        return super().call(obj, *args, **kwargs)
 
 
 def recipient_paths(values: dict[str, Any]) -> Iterator[str]:

@@ -19,8 +19,6 @@ from typing import Any
 import css_inline
 from jinja2 import Environment, FileSystemLoader
 
-from lifecycle.core.substitutions import SlotContext
-
 LAYOUTS = "_layouts"
 PARTS = ("subject.txt", "body.html", "body.txt")
 LOAD_TIME_NAMES = ("brand", "t", "partials", "locale")  # what `[[ ... ]]` can name
@@ -155,8 +153,6 @@ class TemplateLoader(FileSystemLoader):
 
 
 class TemplateEnvironment(Environment):
-    context_class = SlotContext  # function calls refuse a recipient's substitution slot
-
     def join_path(self, template: str, parent: str) -> str:
         """A layout in the locale of the template that uses it: `_layouts/base.html` from
         `birthday/hy/body.html` is `_layouts/hy/base.html`."""
