@@ -249,7 +249,8 @@ def test_the_packing_keeps_each_request_within_the_limits(tmp_path: Path) -> Non
         ('{{ "%s!"|format(first_name) }}', "first_name"),
         ("{{ first_name|safe }}", "first_name"),
         ("{{ data.order_id|urlencode }}", "data.order_id"),
-        ("{{ fmt.date(data.order_placed_at) }}", "data.order_placed_at"),
+        ("{{ fmt.date(data.order_placed_at) }}", "customer.timezone"),  # then the date
+        ("{{ local_date }}", "customer.timezone"),
         ("{{ data.order_id > 5 }}", "data.order_id"),
         ("{{ data.order_id + 1 }}", "data.order_id"),
         ("{{ data.order_id.real }}", "data.order_id"),
@@ -275,10 +276,17 @@ def test_a_value_used_other_than_by_output_is_named_not_substituted(
     with pytest.raises(NotExpressible) as caught:
         renderer.render_shared("probe", locale, values, paths)
     assert caught.value.path == path
-    # without that value among the substituted ones, the body renders; `{{ x }}` alone is fine
-    body = renderer.render_shared("probe", locale, values, [p for p in paths if p != path])
+    # without the values named (fmt.date names the timezone, then the date), the body
+    # renders; `{{ x }}` alone is fine
+    named = {path}
+    while True:
+        try:
+            body = renderer.render_shared("probe", locale, values, sorted(set(paths) - named))
+            break
+        except NotExpressible as exc:
+            named.add(exc.path)
     used = {used_path for used_path, _ in body.tags.by_use}
-    assert path not in used and {"first_name", "coupon.code"} - {path} <= used
+    assert not named & used and {"first_name", "coupon.code"} - named <= used
 
 
 def test_the_sink_applies_substitutions_once_and_refuses_what_sendgrid_refuses() -> None:

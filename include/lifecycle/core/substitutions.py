@@ -9,7 +9,8 @@ under those tags, HTML-escaped or raw, exactly as a direct render would output i
 Anything else done with a slot (a condition or loop over it, a comparison, a filter, a
 function call, string operations) raises `NotExpressible` naming the value: substitutions
 cannot express that, so the value has to be rendered directly and becomes part of the key
-that groups recipients sharing a body (see `run.bulk`).
+that groups recipients sharing a body (see `run.bulk`). `fmt` and `local_date` stand for the
+recipient's timezone that way: a template using them shares a body per timezone.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from jinja2 import pass_eval_context
 from jinja2.nodes import EvalContext
 from markupsafe import Markup, escape
 
-# Values that differ between recipients of one group; the rest (locale, timezone, local date,
-# brand strings, campaign id, coupon presence) is the same by construction of the group key.
+# Values that differ between recipients of one group; the rest (locale, brand strings, campaign
+# id, coupon presence) is the same by construction of the group key.
 RECIPIENT_VALUES = (
     "first_name",
     "unsubscribe_url",
@@ -33,9 +34,14 @@ RECIPIENT_VALUES = (
     "customer.first_name",
     "customer.last_name",
     "customer.email",
+    "customer.timezone",
     "campaign.occurrence_key",
 )
 RECIPIENT_MAPS = ("data", "coupon")  # every key of these is a recipient's value
+# What renders in the recipient's timezone: any use of these needs the timezone rendered
+# directly (recipients then share a body per timezone).
+TIMEZONE = "customer.timezone"
+IN_TIMEZONE = ("fmt", "local_date")
 
 
 class NotExpressible(Exception):
@@ -65,12 +71,13 @@ class Tags:
 
 
 class Slot:
-    """Stands for one recipient value in a shared render; refuses every use but output."""
+    """Stands for one recipient value in a shared render; refuses every use but output, and
+    output too where it stands for something that depends on the value at `path`."""
 
-    __slots__ = ("path", "tags")
+    __slots__ = ("output", "path", "tags")
 
-    def __init__(self, path: str, tags: Tags):
-        self.path, self.tags = path, tags
+    def __init__(self, path: str, tags: Tags, *, output: bool = True):
+        self.path, self.tags, self.output = path, tags, output
 
     def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotExpressible(self.path, "is used in an expression, not just output")
@@ -91,6 +98,8 @@ for _name in _REFUSED.split():
 def finalize(eval_ctx: EvalContext, value: Any) -> Any:
     """The environment's `finalize`: a slot being output becomes its tag; all else is as is."""
     if type(value) is Slot:
+        if not value.output:
+            raise NotExpressible(value.path, "decides what is output")
         tag = value.tags.tag(value.path, eval_ctx.autoescape)
         return Markup(tag) if eval_ctx.autoescape else tag
     return value
@@ -121,6 +130,9 @@ def with_slots(values: dict[str, Any], paths: list[str], tags: Tags) -> dict[str
             target[key] = dict(target[key])
             target = target[key]
         target[last] = Slot(path, tags)
+    if TIMEZONE in paths:
+        for name in IN_TIMEZONE:
+            result[name] = Slot(TIMEZONE, tags, output=False)
     return result
 
 

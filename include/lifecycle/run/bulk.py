@@ -55,7 +55,6 @@ def group_key(recipient: Recipient) -> tuple[Hashable, ...]:
     return (
         row.template,
         row.locale,  # the template locale, `customer.locale`
-        row.timezone,  # `fmt` and `local_date`
         recipient.has_coupon,
     )
 
