@@ -3,12 +3,12 @@
     python -m benchmarks.bench_delivery                      # 200,000 recipients, 100 ms latency
     python -m benchmarks.bench_delivery --recipients 5000    # smoke run (or BENCH_DELIVERY_N)
     python -m benchmarks.bench_delivery --memory 100000,1000000
-    python -m benchmarks.bench_delivery --recipients-per-request 200   # bulk vs per-email
+    python -m benchmarks.bench_delivery --recipients-per-request 50,200,1000   # bulk vs 1
 
-With `--recipients-per-request N` (N > 1) the same seeded audience is delivered twice in one
-run, by two campaigns: one request per email, then N recipients per request (one body,
-substitutions); the report gives both and their ratio, and the delivery workers' CPU time per
-email.
+With `--recipients-per-request N[,M...]` the same seeded audience is delivered by one campaign
+per size in one run: one request per email first, then N (M...) recipients per request (one
+body, substitutions); the report gives each, its ratio to one per email, and the delivery
+workers' CPU time per email. `--memory` takes one size.
 
 The sink runs in its own process (`lifecycle sink --no-bodies`) with the given latency on every
 request. Delivery runs the campaign's batches in `--workers` processes, like Airflow's mapped
@@ -225,9 +225,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 unsubscribe_secret="benchmark-secret",
             )
             render.get_renderer(settings)  # compile templates before the clock starts
-            sizes = sorted({1, args.recipients_per_request})
+            sizes = sorted({1, *args.recipients_per_request})
             if args.memory_run:  # one size only: the memory figures are per run
-                sizes = [args.recipients_per_request]
+                sizes = args.recipients_per_request[-1:]
             runs = []
             for per_request in sizes:
                 httpx.delete(f"{sink_url}/_sink/messages", timeout=30)  # stats start at zero
@@ -278,11 +278,13 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             f"delivery worker {f['worker_rss_mb']:.0f} MB; "
             f"load average (1 min) before/after: {f['load_1min'][0]:.1f}/{f['load_1min'][1]:.1f}"
         )
-    if len(runs) > 1:
-        bulk = runs[1]
-        rate = [f["counts"]["sent"] / f["total_s"] for f in runs]
-        deliver_rate = [f["counts"]["sent"] / f["deliver_s"] for f in runs]
-        cpu = [f["worker_cpu_s"] / max(f["counts"]["sent"], 1) for f in runs]
+    one = runs[0]
+    for bulk in runs[1:]:
+        rate, deliver_rate, cpu = (
+            [f["counts"]["sent"] / f["total_s"] for f in (one, bulk)],
+            [f["counts"]["sent"] / f["deliver_s"] for f in (one, bulk)],
+            [f["worker_cpu_s"] / max(f["counts"]["sent"], 1) for f in (one, bulk)],
+        )
         print(
             f"\n{bulk['recipients_per_request']} per request vs 1: end to end "
             f"{rate[1] / rate[0]:.2f}x, deliver only {deliver_rate[1] / deliver_rate[0]:.2f}x, "
@@ -317,7 +319,7 @@ def memory(args: argparse.Namespace) -> None:
             "--warehouse",
             args.warehouse,
             "--recipients-per-request",
-            str(args.recipients_per_request),
+            str(args.recipients_per_request[-1]),
             "--memory-run",
             "--json",
         ]
@@ -354,10 +356,10 @@ def main() -> None:
     parser.add_argument("--memory", metavar="SIZES", help="e.g. 100000,1000000")
     parser.add_argument(
         "--recipients-per-request",
-        type=int,
-        default=1,
-        metavar="N",
-        help="above 1: deliver the audience per email and then N per request, side by side",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        metavar="N[,M...]",
+        help="deliver the audience per email, then with N (M...) per request, side by side",
     )
     parser.add_argument("--memory-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
