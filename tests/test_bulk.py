@@ -11,6 +11,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,23 @@ def test_the_packing_keeps_each_request_within_the_limits(tmp_path: Path) -> Non
     assert [len(m.personalizations) for m in shared] == [700, 700, 700, 400]
 
 
+def probe(
+    tmp_path: Path, html: str, text: str = "{{ first_name }} {{ coupon.code }}"
+) -> tuple[render.Renderer, dict[str, Any]]:
+    """A renderer with the shipped layouts and a template `probe` (en) of this HTML and text;
+    sample values for it."""
+    templates = tmp_path / "templates"
+    (templates / "probe" / "en").mkdir(parents=True)
+    (templates / "_layouts").symlink_to(load_settings().templates_dir / "_layouts")
+    folder = templates / "probe" / "en"
+    (folder / "subject.txt").write_text("Hello", encoding="utf-8")
+    (folder / "body.txt").write_text(text, encoding="utf-8")
+    (folder / "body.html").write_text(html, encoding="utf-8")
+    renderer = render.Renderer(load_settings(templates_dir=templates))
+    spec = SPECS["birthday"].model_copy(update={"template_fields": ["order_id", "order_placed_at"]})
+    return renderer, renderer.values("probe", "en", "en", sample_context(spec, "2026", "en"))[1]
+
+
 @pytest.mark.parametrize(
     ("html", "path"),
     [
@@ -260,19 +278,8 @@ def test_the_packing_keeps_each_request_within_the_limits(tmp_path: Path) -> Non
 def test_a_value_used_other_than_by_output_is_named_not_substituted(
     html: str, path: str, tmp_path: Path
 ) -> None:
-    templates = tmp_path / "templates"
-    shipped = load_settings().templates_dir
-    (templates / "probe" / "en").mkdir(parents=True)
-    (templates / "_layouts").symlink_to(shipped / "_layouts")
-    probe = templates / "probe" / "en"
-    (probe / "subject.txt").write_text("Hello", encoding="utf-8")
-    (probe / "body.txt").write_text("{{ first_name }} {{ coupon.code }}", encoding="utf-8")
-    (probe / "body.html").write_text(f"<p>{{{{ first_name }}}} {html}</p>", encoding="utf-8")
-    renderer = render.Renderer(load_settings(templates_dir=templates))
-    spec = SPECS["birthday"].model_copy(update={"template_fields": ["order_id", "order_placed_at"]})
-    context = sample_context(spec, "2026", "en")
-    locale, values = renderer.values("probe", "en", "en", context)
-    paths = list(recipient_paths(values))
+    renderer, values = probe(tmp_path, f"<p>{{{{ first_name }}}} {html}</p>")
+    locale, paths = "en", list(recipient_paths(values))
     with pytest.raises(NotExpressible) as caught:
         renderer.render_shared("probe", locale, values, paths)
     assert caught.value.path == path
@@ -331,3 +338,23 @@ def test_preflight_says_which_values_keep_recipients_apart(
     preflight(engine, bulk_loyalty, settings, as_of=AS_OF)
     assert any("data.loyalty_points" in m and "grouped by" in m for m in caplog.messages)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("last_name", "shared"),
+    [("Walker", True), ("Walker ", False), (" Walker", False), ("", False), ("\u2003", False)],
+)
+def test_a_value_at_the_edge_of_the_text_whose_whitespace_a_render_strips_goes_alone(
+    last_name: str, shared: bool, tmp_path: Path
+) -> None:
+    """The text part is stripped after rendering: a value at either end loses its whitespace
+    alone but not as a substitution, so such a recipient is not given one."""
+    text = "{{ customer.last_name }} - {{ first_name }} - {{ customer.last_name }}"
+    renderer, values = probe(tmp_path, "<p>{{ first_name }}</p>", text)
+    body = renderer.render_shared("probe", "en", values, list(recipient_paths(values)))
+    recipient = {**values, "customer": {**values["customer"], "last_name": last_name}}
+    assert (body.substitutions(recipient) is not None) is shared
+    if shared:
+        alone = renderer.render_values("probe", "en", recipient).text
+        found = body.substitutions(recipient) or {}
+        assert re.sub("|".join(map(re.escape, found)), lambda m: found[m[0]], body.text) == alone
