@@ -23,7 +23,13 @@ from lifecycle.core import render
 from lifecycle.core.campaigns import CampaignSpec, load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
 from lifecycle.core.samples import SAMPLE_DATA, sample_context
-from lifecycle.core.substitutions import NotExpressible, recipient_paths
+from lifecycle.core.substitutions import (
+    IN_TIMEZONE,
+    RECIPIENT_MAPS,
+    RECIPIENT_VALUES,
+    NotExpressible,
+    recipient_paths,
+)
 from lifecycle.delivery import BulkMessage, Message, Personalization
 from lifecycle.delivery.sendgrid import BulkLimitError, SendGridTransport, check_bulk
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
@@ -358,3 +364,30 @@ def test_a_value_at_the_edge_of_the_text_whose_whitespace_a_render_strips_goes_a
         alone = renderer.render_values("probe", "en", recipient).text
         found = body.substitutions(recipient) or {}
         assert re.sub("|".join(map(re.escape, found)), lambda m: found[m[0]], body.text) == alone
+
+
+def test_every_value_of_the_render_context_is_substituted_or_part_of_the_group_key(
+    tmp_path: Path,
+) -> None:
+    """A value added to the context must be classified: a recipient's own (a substitution, or
+    rendered directly when it cannot be one) or shared by the group (`bulk.group_key`).
+    Otherwise a group's body would silently carry its first recipient's value."""
+    spec = SPECS["birthday"]
+    composer = Composer(spec, settings_for(tmp_path, "http://127.0.0.1:9"), AS_OF)
+    row, coupon = audience(spec, "2026")[0]
+    context, _, _ = composer.context(row, coupon)
+    renderer = composer.renderer
+    locale, values = renderer.values(row.template, row.locale, spec.default_locale, context)
+    # brand strings and layouts are the locale's, the same for the whole group
+    own = {name: value for name, value in values.items() if name not in renderer.static[locale]}
+    nested = {
+        name: value
+        for name, value in own.items()
+        if isinstance(value, dict) and name not in RECIPIENT_MAPS
+    }
+    paths = {f"{name}.{key}" for name, value in nested.items() for key in value}
+    paths |= set(own) - set(nested)
+    in_group_key = {"customer.locale", "campaign.id"}  # row.locale; one campaign per composer
+    recipients = set(RECIPIENT_VALUES) | set(RECIPIENT_MAPS) | set(IN_TIMEZONE)
+    assert paths - in_group_key == recipients
+    assert set(IN_TIMEZONE) == {"fmt", "local_date"}  # stand for customer.timezone

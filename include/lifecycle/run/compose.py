@@ -43,7 +43,7 @@ class Composer:
         self.renderer = render.get_renderer(settings)
         self.grouper = bulk.Grouper(self.renderer)
 
-    def _context(self, row: EmailRow, coupon: CouponInfo | None) -> tuple[dict[str, Any], str, str]:
+    def context(self, row: EmailRow, coupon: CouponInfo | None) -> tuple[dict[str, Any], str, str]:
         """`row`'s render context, its unsubscribe URL and token."""
         spec, settings, stored = self.spec, self.settings, row.context
         token = unsubscribe.token_for(settings, row.customer_id, spec.id, row.email)
@@ -91,14 +91,14 @@ class Composer:
 
     def email(self, row: EmailRow, coupon: CouponInfo | None) -> Email:
         """`row`'s email with `coupon` (issued, or a sample). Raises what rendering raises."""
-        context, url, token = self._context(row, coupon)
+        context, url, token = self.context(row, coupon)
         rendered = self.renderer.render(row.template, row.locale, self.spec.default_locale, context)
         personal = self._personal(row, rendered.subject, url, token)
         return Email(rendered, _message(personal, rendered))
 
     def recipient(self, row: EmailRow, coupon: CouponInfo | None) -> bulk.Recipient:
         """`row` ready for a bulk request: its values and subject, the body not rendered."""
-        context, url, token = self._context(row, coupon)
+        context, url, token = self.context(row, coupon)
         locale, values = self.renderer.values(
             row.template, row.locale, self.spec.default_locale, context
         )
