@@ -8,6 +8,7 @@ compares each received email byte for byte with the email rendered for that row 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import logging
@@ -30,6 +31,7 @@ from lifecycle.core.substitutions import (
     NotExpressible,
     recipient_paths,
 )
+from lifecycle.core.templates import TemplateProblem
 from lifecycle.delivery import BulkMessage, Message, Personalization
 from lifecycle.delivery.sendgrid import BulkLimitError, SendGridTransport, check_bulk
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
@@ -391,3 +393,25 @@ def test_every_value_of_the_render_context_is_substituted_or_part_of_the_group_k
     recipients = set(RECIPIENT_VALUES) | set(RECIPIENT_MAPS) | set(IN_TIMEZONE)
     assert paths - in_group_key == recipients
     assert set(IN_TIMEZONE) == {"fmt", "local_date"}  # stand for customer.timezone
+
+
+def test_a_row_missing_a_field_the_others_have_is_rendered_alone_and_fails_alone(
+    tmp_path: Path,
+) -> None:
+    spec = SPECS["loyalty"]
+    composer = Composer(spec, settings_for(tmp_path, "http://127.0.0.1:9"), AS_OF)
+    full = {"loyalty_tier": "gold", "loyalty_points": 1250}
+    rows = [
+        EmailRow(i, i, "gold", "loyalty", f"c{i}@x.am", "en", "UTC", {"data": full})
+        for i in range(6)
+    ] + [EmailRow(9, 9, "gold", "loyalty", "c9@x.am", "en", "UTC", {"data": {}})]
+    recipients = [composer.recipient(row, None) for row in rows[:-1]]
+    with pytest.raises(TemplateProblem):  # its subject already needs the tier
+        composer.recipient(rows[-1], None)
+    broken = dataclasses.replace(recipients[0], row=rows[-1], values={**recipients[0].values})
+    broken.values["data"] = {}
+    shared, singles = composer.grouper.requests([*recipients, broken], 1000)
+    assert [r.row.send_id for r in singles] == [9]
+    assert sorted(i for m in shared for i in m.send_ids) == list(range(6))
+    with pytest.raises(TemplateProblem):
+        composer.alone(singles[0])

@@ -59,8 +59,11 @@ def group_key(recipient: Recipient) -> tuple[Hashable, ...]:
     )
 
 
-def _value_key(value: Any) -> Hashable:
-    return json.dumps(value, sort_keys=True, default=str)
+def _value_key(values: dict[str, Any], path: str) -> Hashable:
+    try:
+        return json.dumps(leaf(values, path), sort_keys=True, default=str)
+    except (KeyError, TypeError):  # a row planned without a field the others have
+        return None
 
 
 class Grouper:
@@ -73,7 +76,7 @@ class Grouper:
 
     def _key(self, recipient: Recipient) -> tuple[Hashable, ...]:
         direct = self.direct.get((recipient.row.template, recipient.locale), ())
-        values = tuple(_value_key(leaf(recipient.values, path)) for path in sorted(direct))
+        values = tuple(_value_key(recipient.values, path) for path in sorted(direct))
         return (*group_key(recipient), values)
 
     def _split(self, members: list[Recipient]) -> list[list[Recipient]]:
