@@ -70,7 +70,7 @@ SPEC = {
     "policies": {
         "requires_consent": False,
         "send_window": None,
-        "frequency_cap": {"max_emails": 3, "days": 7},
+        "frequency_cap": {"max_emails": 10, "days": 7},  # room for one campaign per size
     },
     "delivery": {
         "rate_per_second": 20_000,
@@ -255,6 +255,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for f in runs:
         sent = f["counts"]["sent"]
         print(f"\n== {f['recipients_per_request']} recipient(s) per request ==")
+        print(f"planned {f['planned']:,}, skipped {f['skipped']}")
         print(
             f"sent {sent:,}, failed {f['counts']['failed']:,}, "
             f"unknown {f['counts']['unknown']:,}; sink: {f['sink'].get('accepted', 0):,} "
