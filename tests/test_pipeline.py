@@ -69,6 +69,10 @@ def settings(warehouse_url: str, sink: SinkHandle, tmp_path: Path) -> Settings:
     )
 
 
+# Delivery one request per email, and in bulk (up to 10 recipients sharing a body per request).
+PER_REQUEST = pytest.mark.parametrize("per_request", [1, 10], ids=["per-email", "bulk"])
+
+
 def make_spec(**changes: Any) -> CampaignSpec:
     raw: dict[str, Any] = {
         "id": "onboarding",
@@ -124,16 +128,19 @@ def received_by_customer(sink: SinkHandle) -> dict[int, int]:
     return {int(email.removeprefix("customer").split("@")[0]): n for email, n in counts.items()}
 
 
+@PER_REQUEST
 def test_every_planned_customer_gets_one_email_and_a_rerun_sends_none(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 60)
-    spec = make_spec()
+    spec = make_spec(delivery={"recipients_per_request": per_request})
     first = run_campaign(engine, spec, settings, as_of=AS_OF)
     second = run_campaign(engine, spec, settings, as_of=AS_OF)
     again = run_campaign(engine, spec, settings, as_of=AS_OF, run_key="another-key").outcome.counts
 
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+    requests = sink.state.stats["requests"]
+    assert requests == len(ids) if per_request == 1 else requests <= len(ids) / 5
     assert first.outcome.counts["sent"] == len(ids) and first.outcome.counts["planned"] == len(ids)
     assert second.run_id == first.run_id and second.outcome.counts["sent"] == len(ids)
     assert again["planned"] == 0 and again["sent"] == 0
@@ -227,16 +234,18 @@ def test_window_rows_expire_after_the_next_local_day(
     assert sink.state.snapshot() == []
 
 
+@PER_REQUEST
 def test_exactly_once_under_injected_faults(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 120)
+    spec = make_spec(delivery={"recipients_per_request": per_request})
     sink.state.faults.update({"rate_429": 0.1, "rate_5xx": 0.1})
-    counts = run(engine, make_spec(), settings)
+    counts = run(engine, spec, settings)
     assert sink.state.stats["429"] > 0 and sink.state.stats["500"] + sink.state.stats["503"] > 0
     # retries that ran out are failed+retryable and re-planned by the next run
     sink.state.faults.update({"rate_429": 0, "rate_5xx": 0})
-    run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=30))
+    run(engine, spec, settings, as_of=AS_OF + timedelta(minutes=30))
     assert counts["unknown"] == 0
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
     assert set(ledger_rows(engine)["status"]) == {"sent"}
@@ -259,11 +268,15 @@ def test_a_retried_failure_still_waits_for_the_customers_window(
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
+@PER_REQUEST
 def test_an_address_suppressed_after_planning_is_not_mailed(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 20)
-    spec = make_spec(coupon={"discount_percent": 10, "valid_days": 7})
+    spec = make_spec(
+        delivery={"recipients_per_request": per_request},
+        coupon={"discount_percent": 10, "valid_days": 7},
+    )
     planned = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
     with engine.begin() as conn:  # unsubscribes while the run waits for its delivery tasks
         conn.execute(
@@ -373,25 +386,27 @@ def test_campaigns_plan_one_at_a_time_so_the_frequency_cap_holds(
     engine.dispose()
 
 
+@PER_REQUEST
 def test_sandbox_sends_validate_and_leave_every_customer_to_the_real_send(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 8)
-    sandbox = make_spec(delivery={"sandbox_mode": True})
+    spec = make_spec(delivery={"recipients_per_request": per_request})
+    sandbox = make_spec(delivery={"recipients_per_request": per_request, "sandbox_mode": True})
     counts = run(engine, sandbox, settings)
     assert (counts["sent"], counts["skipped"]) == (0, {"sandbox": 8})
     assert [m["sandbox"] for m in sink.state.snapshot()] == [True] * 8
     assert run(engine, sandbox, settings, as_of=AS_OF + timedelta(minutes=5))["skipped"] == {}
     assert len(sink.state.snapshot()) == 8  # still in sandbox mode: validated once is enough
 
-    counts = run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=10))
+    counts = run(engine, spec, settings, as_of=AS_OF + timedelta(minutes=10))
     assert (counts["sent"], counts["skipped"]) == (8, {})
     real = [m for m in sink.state.snapshot() if not m["sandbox"]]
     assert sorted(int(m["custom_args"]["send_id"]) for m in real) == sorted(
         ledger_rows(engine)["id"]
     )
     assert {m["to"][0] for m in real} == {f"customer{i}@example.am" for i in ids}
-    assert run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=15))["sent"] == 0
+    assert run(engine, spec, settings, as_of=AS_OF + timedelta(minutes=15))["sent"] == 0
 
 
 def test_sandbox_test_sends_are_recorded_as_such_and_not_repeated_on_retry(
@@ -422,11 +437,12 @@ def test_a_run_whose_planning_failed_is_recorded_failed_not_left_running(
     assert row.status == "failed" and row.counts["planned"] == 0 and row.finished_at
 
 
+@PER_REQUEST
 def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 60)
-    spec = make_spec()  # 25 rows per batch
+    spec = make_spec(delivery={"recipients_per_request": per_request})  # 25 rows per batch
     wrong = load_settings(**{**settings.__dict__, "sendgrid_api_key": "SG.wrong-key"})
     planned = plan(engine, spec, wrong, run_key="dag-run-1", as_of=AS_OF)
     first, *others = planned.batches
@@ -454,24 +470,29 @@ def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
+@PER_REQUEST
 def test_dropped_connections_are_reported_then_requeued_by_a_human(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 50)
+    spec = make_spec(delivery={"recipients_per_request": per_request})
     sink.state.faults.update({"fail_next": ["drop", "drop", "drop"]})
-    counts = run(engine, make_spec(), settings)
-    assert counts["unknown"] == 3 and counts["sent"] == len(ids) - 3
+    counts = run(engine, spec, settings)
+    # Every row of a dropped request is unknown: 3 requests of 1, or of up to 10 rows each.
+    dropped = counts["unknown"]
+    assert dropped == 3 if per_request == 1 else 3 < dropped <= 30
+    assert counts["sent"] == len(ids) - dropped
     received = received_by_customer(sink)
-    assert set(received.values()) == {1} and len(received) == len(ids) - 3
+    assert set(received.values()) == {1} and len(received) == len(ids) - dropped
 
     # A later run does not touch them: their fate is unknown.
     later = AS_OF + timedelta(minutes=30)
-    assert run(engine, make_spec(), settings, as_of=later)["sent"] == 0
+    assert run(engine, spec, settings, as_of=later)["sent"] == 0
     # The operator checked SendGrid's activity feed: they never arrived.
     with engine.begin() as conn:
         unresolved = unknown.unresolved_ids(conn, "onboarding", attempted_before=None)
-        assert unknown.requeue(conn, "onboarding", unresolved) == 3
-    run(engine, make_spec(), settings, as_of=later + timedelta(minutes=30))
+        assert unknown.requeue(conn, "onboarding", unresolved) == dropped
+    run(engine, spec, settings, as_of=later + timedelta(minutes=30))
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
@@ -490,12 +511,20 @@ deliver(engine, spec, settings, run_id=int(sys.argv[2]), batch=batch, attempt="d
 """
 
 
+@PER_REQUEST
 @pytest.mark.slow
 def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
-    engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
+    engine: Engine,
+    settings: Settings,
+    sink: SinkHandle,
+    warehouse_url: str,
+    tmp_path: Path,
+    per_request: int,
 ) -> None:
     ids = add_customers(engine, 300)
-    spec = make_spec(delivery={"batch_size": 1000, "concurrency": 8})
+    spec = make_spec(
+        delivery={"recipients_per_request": per_request, "batch_size": 1000, "concurrency": 8}
+    )
     planned = plan(engine, spec, settings, run_key="kill", as_of=AS_OF)
     (batch,) = planned.batches
     sink.state.faults.update({"latency_ms": 40})
@@ -545,15 +574,22 @@ def sending_rows(engine: Engine, attempt: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("per_request", [1, 20])
 def test_a_killed_delivery_leaves_at_most_the_documented_bound_unknown_and_nobody_twice(
-    engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
+    engine: Engine,
+    settings: Settings,
+    sink: SinkHandle,
+    warehouse_url: str,
+    tmp_path: Path,
+    per_request: int,
 ) -> None:
     """SIGKILL the delivering process at random points, and once at its fullest (as many
-    claimed rows without an outcome as it gets): never more than 500 + 3 x concurrency rows
-    become unknown (the README's bound), and nobody is mailed twice."""
+    claimed rows without an outcome as it gets): never more than 500 + 3 x concurrency x
+    recipients per request rows become unknown (the README's bound), nobody mailed twice."""
     ids = add_customers(engine, 4000)  # more than the four attempts can take
-    spec = make_spec(delivery={"batch_size": 5000, "concurrency": 4})
-    bound = 500 + 3 * spec.delivery.concurrency
+    delivery = {"batch_size": 5000, "concurrency": 4, "recipients_per_request": per_request}
+    spec = make_spec(delivery=delivery)
+    bound = 500 + 3 * spec.delivery.concurrency * per_request
     planned = plan(engine, spec, settings, run_key="crashes", as_of=AS_OF)
     (batch,) = planned.batches
     sink.state.faults.update({"latency_ms": 2})
@@ -665,12 +701,15 @@ def fragile_settings(settings: Settings, tmp_path: Path) -> Settings:
     return load_settings(**{**settings.__dict__, "templates_dir": templates})
 
 
+@PER_REQUEST
 def test_an_email_that_does_not_render_is_recorded_and_the_rest_are_sent(
-    engine: Engine, fragile_settings: Settings, sink: SinkHandle
+    engine: Engine, fragile_settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     add_customers(engine, 6)
     (broken,) = add_customers(engine, 1, start=30, first_name="Broken", locale="en")
-    counts = run(engine, make_spec(), fragile_settings)
+    counts = run(
+        engine, make_spec(delivery={"recipients_per_request": per_request}), fragile_settings
+    )
     assert (counts["sent"], counts["failed"]) == (6, 1)
     assert broken not in received_by_customer(sink) and len(received_by_customer(sink)) == 6
     row = ledger_rows(engine).set_index("customer_id").loc[broken]

@@ -105,6 +105,9 @@ class Delivery(_Model):
     concurrency: int = Field(32, ge=1, le=512, description="requests in flight per batch task")
     batch_size: int = Field(1000, ge=1, le=50_000, description="ledger rows per mapped task")
     max_active_batches: int = Field(2, ge=1, le=32, description="batch tasks running at once")
+    recipients_per_request: int = Field(
+        1, ge=1, le=1000, description="recipients per SendGrid request (one body, substitutions)"
+    )
     asm_group_id: int | None = None
     categories: list[str] = Field(default_factory=list, max_length=10)
     sandbox_mode: bool = False

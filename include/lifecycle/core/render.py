@@ -28,6 +28,7 @@ from jinja2 import (
 )
 from jinja2.defaults import DEFAULT_NAMESPACE
 
+from lifecycle.core import substitutions
 from lifecycle.core.campaigns import LOCALES, CampaignSpec, Variant
 from lifecycle.core.config import Settings
 from lifecycle.core.formatting import Formatter
@@ -39,6 +40,9 @@ from lifecycle.core.templates import (
     TemplateLoader,
     TemplateProblem,
 )
+
+# A variant's subject line (Jinja): one for every locale, or one per locale; None: subject.txt
+Subject = str | Mapping[Any, str] | None
 
 FALLBACK_LOCALE = "en"
 
@@ -117,6 +121,7 @@ class Renderer:
             cache_size=-1,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=substitutions.finalize,
         )
         self.available = self._scan()
         self._compiled: dict[tuple[str, str], tuple[Template, ...]] = {}
@@ -180,26 +185,66 @@ class Renderer:
         default_locale: str,
         context: dict[str, Any],
         *,
-        subject: str | Mapping[Any, str] | None = None,
+        subject: Subject = None,
     ) -> Rendered:
         """Subject, HTML and text of one email. Raises `TemplateProblem` naming file and line.
 
         `subject` (a variant's, one for all locales or one per locale) replaces subject.txt.
         """
+        locale_used, values = self.values(template, locale, default_locale, context)
+        return self.render_values(template, locale_used, values, subject=subject)
+
+    def values(
+        self, template: str, locale: str | None, default_locale: str, context: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The locale an email renders in and the values its templates see."""
         locale_used = self.resolve_locale(template, locale, default_locale)
-        parts = self._templates_for(template, locale_used)
-        line = subject.get(locale_used) if isinstance(subject, Mapping) else subject
-        if line is not None:
-            parts = (self._subject_template(line), *parts[1:])
-        values = self._values(context, locale_used)
+        return locale_used, self._values(context, locale_used)
+
+    def render_values(
+        self, template: str, locale_used: str, values: dict[str, Any], *, subject: Subject = None
+    ) -> Rendered:
+        parts = self._parts(template, locale_used, subject)
         try:
             # Template.render() copies the context twice per call; one shared dict is enough.
-            subject, html, text = (
+            line, html, text = (
                 "".join(t.root_render_func(t.new_context(values, shared=True))) for t in parts
             )
         except Exception as exc:
             raise self._problem(exc, parts, values, template, locale_used) from exc
-        return Rendered(" ".join(subject.split()), html, text.strip() + "\n", locale_used)
+        return Rendered(" ".join(line.split()), html, text.strip() + "\n", locale_used)
+
+    def render_subject(
+        self, template: str, locale_used: str, values: dict[str, Any], *, subject: Subject = None
+    ) -> str:
+        parts = self._parts(template, locale_used, subject)
+        try:
+            line = "".join(parts[0].root_render_func(parts[0].new_context(values, shared=True)))
+        except Exception as exc:
+            raise self._problem(exc, parts, values, template, locale_used) from exc
+        return " ".join(line.split())
+
+    def _parts(self, template: str, locale_used: str, subject: Subject) -> tuple[Template, ...]:
+        """The compiled subject, HTML and text; a variant's `subject` replaces subject.txt."""
+        parts = self._templates_for(template, locale_used)
+        line = subject.get(locale_used) if isinstance(subject, Mapping) else subject
+        if line is not None:
+            parts = (self._subject_template(line), *parts[1:])
+        return parts
+
+    def render_shared(
+        self, template: str, locale_used: str, values: dict[str, Any], paths: list[str]
+    ) -> substitutions.SharedBody:
+        """HTML and text once for all recipients whose values differ from `values` only at
+        `paths`, those as substitution tags. Raises `substitutions.NotExpressible` for the first
+        of `paths` the templates use other than by outputting it."""
+        tags = substitutions.Tags()
+        symbolic = substitutions.with_slots(values, paths, tags)
+        parts = self._templates_for(template, locale_used)
+        html, text = (
+            "".join(t.root_render_func(t.new_context(symbolic, shared=True))) for t in parts[1:]
+        )
+        return substitutions.shared_body(html, text, tags)
 
     def _values(self, context: dict[str, Any], locale: str) -> dict[str, Any]:
         static = self.static.get(locale)

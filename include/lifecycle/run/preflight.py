@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy import Engine
@@ -9,8 +10,11 @@ from sqlalchemy import Engine
 from lifecycle.core import render, segments, templates
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
+from lifecycle.run import bulk
 from lifecycle.run.clock import utc
 from lifecycle.store import warehouse
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -36,6 +40,10 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
         raise PreflightError(f"unknown transport {transport!r}: use 'sendgrid' or 'outbox'")
     try:
         segments.segment_for(spec, settings)
-        render.get_renderer(settings).preflight(spec)
+        renderer = render.get_renderer(settings)
+        renderer.preflight(spec)
     except (segments.SegmentError, templates.TemplateProblem) as exc:
         raise PreflightError(f"campaign {spec.id}: {exc}") from None
+    if spec.delivery.recipients_per_request > 1:
+        for finding in bulk.findings(renderer, spec):
+            log.warning("campaign %s, recipients_per_request: %s", spec.id, finding)

@@ -298,17 +298,39 @@ def claim(
 
 
 def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: datetime) -> None:
-    """Store outcomes in bulk. Only rows this attempt claimed are touched."""
-    if not outcomes:
+    """Store outcomes in bulk. Only rows this attempt claimed are touched. Outcomes alike but
+    for the row (a bulk request's rows) are stored with one UPDATE."""
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for o in outcomes:
+        key = (o.status, o.reason, o.message_id, o.http_status, o.error, o.retryable)
+        alike.setdefault(key, []).append(o.send_id)
+    single = [(key, ids) for key, ids in alike.items() if len(ids) == 1]
+    claimed = (
+        L.c.claimed_by == attempt,
+        or_(L.c.status == LedgerStatus.SENDING, L.c.status == LedgerStatus.UNKNOWN),
+    )
+    for (status, reason, message_id, http_status, error, retryable), ids in alike.items():
+        if len(ids) == 1:
+            continue
+        for part in chunked(ids):
+            conn.execute(
+                update(L)
+                .where(is_in(conn, L.c.id, part), *claimed)
+                .values(
+                    status=status,
+                    reason=reason,
+                    message_id=message_id,
+                    http_status=http_status,
+                    error=error,
+                    retryable=retryable,
+                    sent_at=now if status == LedgerStatus.SENT else None,
+                )
+            )
+    if not single:
         return
     statement = (
         update(L)
-        .where(
-            L.c.id == bindparam("b_id"),
-            L.c.claimed_by == attempt,
-            # no IN with executemany
-            or_(L.c.status == LedgerStatus.SENDING, L.c.status == LedgerStatus.UNKNOWN),
-        )
+        .where(L.c.id == bindparam("b_id"), *claimed)  # no IN with executemany
         .values(
             status=bindparam("b_status"),
             reason=bindparam("b_reason"),
@@ -323,16 +345,16 @@ def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: dat
         statement,
         [
             {
-                "b_id": o.send_id,
-                "b_status": o.status,
-                "b_reason": o.reason,
-                "b_message_id": o.message_id,
-                "b_http_status": o.http_status,
-                "b_error": o.error,
-                "b_retryable": o.retryable,
-                "b_sent_at": now if o.status == LedgerStatus.SENT else None,
+                "b_id": ids[0],
+                "b_status": status,
+                "b_reason": reason,
+                "b_message_id": message_id,
+                "b_http_status": http_status,
+                "b_error": error,
+                "b_retryable": retryable,
+                "b_sent_at": now if status == LedgerStatus.SENT else None,
             }
-            for o in outcomes
+            for (status, reason, message_id, http_status, error, retryable), ids in single
         ],
     )
 
