@@ -180,7 +180,7 @@ def test_preflight_names_the_values_substitutions_cannot_express() -> None:
     loyalty = " ".join(found["loyalty"])
     assert "data.loyalty_tier" in loyalty and "data.loyalty_points" in loyalty  # if, fmt.number
     feedback = " ".join(found["feedback"])
-    assert "data.order_id" in feedback and "data.order_placed_at" in feedback  # urlencode, fmt
+    assert "rating_url" in feedback and "data.order_placed_at" in feedback  # a call, fmt
 
 
 def personalization(i: int, email: str | None = None, **changes: Any) -> Personalization:

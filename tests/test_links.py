@@ -106,7 +106,7 @@ def test_every_link_of_every_template_and_locale_carries_the_utm_parameters(
                 assert [k for k, _ in query].count("utm_source") == 1, url
                 checked += 1
             assert UNSUBSCRIBE in found  # the unsubscribe link stays as it is
-    assert checked > 100
+    assert checked > 80  # every template x locale has several marketing links
 
 
 def test_query_strings_anchors_and_mailto_survive_loading_and_css_inlining(tmp_path: Path) -> None:
