@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
+from lifecycle.airflow.errors import explained
 from lifecycle.airflow.notifier import CampaignFailureNotifier
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
@@ -67,6 +68,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
     )
     def campaign() -> None:
         @task
+        @explained
         def preflight() -> str:
             """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
             from lifecycle.run import preflight as phase
@@ -80,6 +82,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             return as_of.isoformat()
 
         @task
+        @explained
         def plan(as_of: str) -> list[dict[str, int]]:
             """Write the ledger (planned / skipped and why); return the batches to deliver.
 
@@ -133,6 +136,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             map_index_template="{{ batch_label }}",
             max_active_tis_per_dagrun=spec.delivery.max_active_batches,
         )
+        @explained
         def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
             """Render and send one ledger batch; rows are claimed, so a retry never re-sends."""
             from lifecycle.delivery import DeliveryStopped
@@ -159,6 +163,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             return result.to_dict()
 
         @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[asset])
+        @explained
         def finalize(as_of: str) -> dict[str, Any]:
             """Count outcomes onto the campaign run row and announce them as an Asset event.
 
