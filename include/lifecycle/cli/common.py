@@ -10,14 +10,14 @@ from sqlalchemy import Engine
 
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.run import problems
+from lifecycle.run.problems import DEBUG_HINT, FAILURE, USAGE, Problem, first_line, safe_url
 from lifecycle.store import warehouse
 
 # What `add_subparsers` returns; each topic module adds its commands to it.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-# The one-line explanations live in run.problems, shared with the Airflow tasks.
-USAGE, FAILURE, DEBUG_HINT = problems.USAGE, problems.FAILURE, problems.DEBUG_HINT
-Problem, safe_url, first_line = problems.Problem, problems.safe_url, problems.first_line
+# Re-exported: the one-line explanations live in run.problems, shared with the Airflow tasks.
+__all__ = ["DEBUG_HINT", "FAILURE", "USAGE", "Problem", "first_line", "safe_url"]
 
 
 class UsageError(Exception):
