@@ -38,6 +38,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+LOCAL_SECRET_NOTE = (
+    "# LOCAL ONLY: generated for this machine's embedded default. Links signed with it fail on "
+    "any other host; a deployment sets LIFECYCLE_UNSUBSCRIBE_SECRET on every host."
+)
+
+
 def _secret(settings: Settings) -> bytes:
     """The configured secret, or for the embedded default one generated once under home."""
     if settings.unsubscribe_secret:
@@ -47,8 +53,10 @@ def _secret(settings: Settings) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    return path.read_text().strip().encode("utf-8")
+            handle.write(f"{LOCAL_SECRET_NOTE}\n{secrets.token_urlsafe(32)}\n")
+    lines = path.read_text().splitlines()
+    secret = next(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    return secret.encode("utf-8")
 
 
 def make_token(secret: bytes, customer_id: int, campaign_id: str, email: str) -> str:
