@@ -56,9 +56,6 @@ NOT_RUN = {
     ),
     "docker compose up -d --scale airflow-worker=4": "needs a Docker engine",
     "make lock": "recompiles the locks from the package index",
-    "$EDITOR templates/nudge/en/subject.txt templates/nudge/en/body.html templates/nudge/en/body.txt": (
-        "a person edits the words; the copied template is used as it is"
-    ),
 }
 
 
@@ -234,7 +231,7 @@ def test_add_a_campaign_in_five_minutes(tmp_path: Path) -> None:
         LIFECYCLE_TEMPLATES_DIR=str(repo / "templates"),
         LIFECYCLE_CAMPAIGNS_DIR=str(repo / "include" / "campaigns"),
         LIFECYCLE_TRANSPORT="outbox",
-        EDITOR="true",
+        EDITOR="true",  # a person edits the words; the copy is used as it is
     )
     setup = "lifecycle db upgrade\nlifecycle seed --customers 2000\nlifecycle features\n"
     run_block(Block("setup (make demo)", "bash", setup), env)
@@ -266,7 +263,7 @@ def test_the_env_file_satisfies_compose(tmp_path: Path) -> None:
         name, _, value = line.partition("=")
         dotenv[name] = value.strip('"')
     services = compose(dotenv)["services"]
-    assert AIRFLOW_SERVICES <= set(services)
+    assert set(services) >= AIRFLOW_SERVICES
     worker = services["airflow-worker"]["environment"]
     assert worker["LIFECYCLE_SENDER_ADDRESS"] == dotenv["LIFECYCLE_SENDER_ADDRESS"]
 
