@@ -188,6 +188,7 @@ def test_the_nudge_spec_of_the_walkthrough_is_valid_as_written(tmp_path: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # migrates, seeds 20,000 customers, runs every campaign in Airflow
 def test_make_demo(tmp_path: Path) -> None:
     (block,) = section_blocks("Quickstart")
     output = run_block(block, clean_env(tmp_path), timeout=1200)
@@ -220,6 +221,7 @@ def test_delivery_commands(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two `airflow dags test` runs and a nested pytest
 def test_add_a_campaign_in_five_minutes(tmp_path: Path) -> None:
     """The walkthrough end to end: copy a template, paste the spec, check, rehearse in Airflow.
     The repository's templates/ and include/campaigns/ are copies under tmp_path."""
