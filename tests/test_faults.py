@@ -6,20 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
-from test_pipeline import AS_OF, add_customers, ledger_rows, make_spec, settings, sink
+from test_pipeline import AS_OF, KEY, add_customers, ledger_rows, make_spec, sink
 
-from lifecycle.core.config import Settings
+from lifecycle.core.config import Settings, load_settings
 from lifecycle.devtools.sink.thread import SinkHandle
 from lifecycle.run.deliver import deliver
 from lifecycle.run.finalize import finalize
 from lifecycle.run.plan import plan
 
-__all__ = ["settings", "sink"]  # fixtures of test_pipeline, used here
+__all__ = ["sink"]  # the sink fixture of test_pipeline, used here
 
 pytestmark = pytest.mark.postgres
 
@@ -31,6 +32,18 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine = warehouse.make_engine(pg_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def settings(pg_url: str, sink: SinkHandle, tmp_path: Path) -> Settings:
+    return load_settings(
+        home=tmp_path,
+        warehouse_url=pg_url,
+        transport="sendgrid",
+        sendgrid_api_key=KEY,
+        sendgrid_host=sink.url,
+        unsubscribe_secret="faults-unsubscribe-secret",
+    )
 
 
 @contextmanager
@@ -57,9 +70,8 @@ def backend_terminated_before(engine: Engine, *fragments: str) -> Iterator[list[
 
 
 def test_connection_dropped_mid_plan_then_retried_plans_each_customer_once(
-    pg_engine: Engine, pg_url: str, settings: Settings, sink: SinkHandle
+    pg_engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:
-    settings = Settings(**{**settings.__dict__, "warehouse_url": pg_url})
     ids = add_customers(pg_engine, 120)
     spec = make_spec()
     with (
@@ -79,9 +91,8 @@ def test_connection_dropped_mid_plan_then_retried_plans_each_customer_once(
 
 
 def test_connection_dropped_mid_record_then_retried_sends_nobody_twice_and_loses_no_row(
-    pg_engine: Engine, pg_url: str, settings: Settings, sink: SinkHandle
+    pg_engine: Engine, settings: Settings, sink: SinkHandle
 ) -> None:
-    settings = Settings(**{**settings.__dict__, "warehouse_url": pg_url})
     ids = add_customers(pg_engine, 120)
     spec = make_spec(delivery={"batch_size": 1000, "concurrency": 4})
     planned = plan(pg_engine, spec, settings, run_key="fault-record", as_of=AS_OF)
