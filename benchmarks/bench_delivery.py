@@ -3,6 +3,12 @@
     python -m benchmarks.bench_delivery                      # 200,000 recipients, 100 ms latency
     python -m benchmarks.bench_delivery --recipients 5000    # smoke run (or BENCH_DELIVERY_N)
     python -m benchmarks.bench_delivery --memory 100000,1000000
+    python -m benchmarks.bench_delivery --recipients-per-request 50,200,1000   # bulk vs 1
+
+With `--recipients-per-request N[,M...]` the same seeded audience is delivered by one campaign
+per size in one run: one request per email first, then N (M...) recipients per request (one
+body, substitutions); the report gives each, its ratio to one per email, and the delivery
+workers' CPU time per email. `--memory` takes one size.
 
 The sink runs in its own process (`lifecycle sink --no-bodies`) with the given latency on every
 request. Delivery runs the campaign's batches in `--workers` processes, like Airflow's mapped
@@ -53,6 +59,7 @@ AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 KEY = "SG.benchmark-key"
 SPEC = {
     "id": "bench_delivery",
+    "status": "live",
     "description": "every customer, once",
     "segment": {
         "occurrence_key": "birthday_year",
@@ -64,7 +71,7 @@ SPEC = {
     "policies": {
         "requires_consent": False,
         "send_window": None,
-        "frequency_cap": {"max_emails": 3, "days": 7},
+        "frequency_cap": {"max_emails": 10, "days": 7},  # room for one campaign per size
     },
     "delivery": {
         "rate_per_second": 20_000,
@@ -117,30 +124,41 @@ def prepare(url: str, recipients: int) -> None:
         )
 
 
+def spec_for(per_request: int) -> CampaignSpec:
+    """The benchmark campaign; a bulk one has its own id, so it plans the audience again."""
+    campaign = SPEC["id"] if per_request == 1 else f"{SPEC['id']}_{per_request}"
+    delivery = {**SPEC["delivery"], "recipients_per_request": per_request}
+    return CampaignSpec.model_validate({**SPEC, "id": campaign, "delivery": delivery})
+
+
 def _deliver(
-    settings: Settings, run_id: int, batch: dict[str, int]
-) -> tuple[dict[str, Any], float]:
+    settings: Settings, spec_json: str, run_id: int, batch: dict[str, int]
+) -> tuple[dict[str, Any], float, float]:
+    """Deliver one batch; its outcome, the worker's peak RSS and the CPU seconds it took."""
     engine = warehouse.engine_for(settings.warehouse_url)  # one pool per worker process
-    spec = CampaignSpec.model_validate(SPEC)
+    spec = CampaignSpec.model_validate_json(spec_json)
+    cpu = time.process_time()
     result = deliver(
         engine, spec, settings, run_id=run_id, batch=Batch.from_dict(batch), attempt="bench"
     )
-    return result.to_dict(), peak_rss_mb()
+    return result.to_dict(), peak_rss_mb(), time.process_time() - cpu
 
 
-def run_pipeline(settings: Settings, workers: int) -> dict[str, Any]:
+def run_pipeline(settings: Settings, workers: int, per_request: int = 1) -> dict[str, Any]:
     engine = warehouse.make_engine(settings.warehouse_url)
-    spec = CampaignSpec.model_validate(SPEC)
+    spec = spec_for(per_request)
     started = time.perf_counter()
     planned = plan(engine, spec, settings, run_key="bench", as_of=AS_OF)
     planned_at = time.perf_counter()
-    worker_rss = 0.0
+    worker_rss = worker_cpu = 0.0
     with ProcessPoolExecutor(workers) as pool:
         jobs = [
-            pool.submit(_deliver, settings, planned.run_id, b.to_dict()) for b in planned.batches
+            pool.submit(_deliver, settings, spec.model_dump_json(), planned.run_id, b.to_dict())
+            for b in planned.batches
         ]
         for job in jobs:
-            worker_rss = max(worker_rss, job.result()[1])
+            _, rss, cpu = job.result()
+            worker_rss, worker_cpu = max(worker_rss, rss), worker_cpu + cpu
     delivered_at = time.perf_counter()
     counts = finalize(engine, spec, run_id=planned.run_id).counts
     finished = time.perf_counter()
@@ -154,6 +172,8 @@ def run_pipeline(settings: Settings, workers: int) -> dict[str, Any]:
         "total_s": finished - started,
         "plan_rss_mb": peak_rss_mb(),
         "worker_rss_mb": worker_rss,
+        "worker_cpu_s": worker_cpu,
+        "recipients_per_request": per_request,
     }
 
 
@@ -162,7 +182,7 @@ def naive_loop(settings: Settings, sample: int) -> float:
     from sendgrid import SendGridAPIClient
     from sendgrid.helpers.mail import Content, Mail
 
-    spec = CampaignSpec.model_validate(SPEC)
+    spec = spec_for(1)
     engine = warehouse.make_engine(settings.warehouse_url)
     rows = audience_sample(engine, spec, settings, AS_OF, sample)
     composer = Composer(spec, settings, AS_OF)
@@ -206,9 +226,18 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 unsubscribe_secret="benchmark-secret",
             )
             render.get_renderer(settings)  # compile templates before the clock starts
-            figures = run_pipeline(settings, args.workers)
-            stats = httpx.get(f"{sink_url}/_sink/stats", timeout=30).json()
-            figures["sink"] = stats
+            sizes = sorted({1, *args.recipients_per_request})
+            if args.memory_run:  # one size only: the memory figures are per run
+                sizes = args.recipients_per_request[-1:]
+            runs = []
+            for per_request in sizes:
+                httpx.delete(f"{sink_url}/_sink/messages", timeout=30)  # stats start at zero
+                load = os.getloadavg()[0]
+                figures = run_pipeline(settings, args.workers, per_request)
+                figures["sink"] = httpx.get(f"{sink_url}/_sink/stats", timeout=30).json()
+                figures["load_1min"] = (load, os.getloadavg()[0])
+                runs.append(figures)
+            figures = {**runs[-1], "runs": runs}
             if args.naive_sample:
                 figures["naive_s_per_email"] = naive_loop(settings, args.naive_sample)
         finally:
@@ -217,37 +246,60 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def report(args: argparse.Namespace, f: dict[str, Any]) -> None:
-    sent = f["counts"]["sent"]
+def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    runs = figures["runs"]
     print(
         f"recipients: {args.recipients:,} customers, sink latency {args.latency_ms:.0f} ms, "
-        f"{args.workers} delivery worker(s), {f['batches']} batches"
+        f"{args.workers} delivery worker(s), {runs[0]['batches']} batches"
     )
-    print(f"planned {f['planned']:,}, skipped {f['skipped']}")
-    print(
-        f"sent {sent:,}, failed {f['counts']['failed']:,}, unknown {f['counts']['unknown']:,}; "
-        f"sink accepted {f['sink'].get('accepted', 0):,} "
-        f"({f['sink'].get('distinct_send_ids', 0):,} distinct send ids)"
-    )
-    print(
-        f"plan: {f['plan_s']:.1f} s   deliver (render+send+record): {f['deliver_s']:.1f} s   "
-        f"total: {f['total_s']:.1f} s"
-    )
-    print(
-        f"throughput end to end: {sent / f['total_s']:,.0f} emails/s "
-        f"(deliver only: {sent / f['deliver_s']:,.0f} emails/s)"
-    )
-    print(
-        f"peak RSS: planning process {f['plan_rss_mb']:.0f} MB, "
-        f"delivery worker {f['worker_rss_mb']:.0f} MB"
-    )
-    if "naive_s_per_email" in f:
-        per = f["naive_s_per_email"]
+    print(f"planned {runs[0]['planned']:,}, skipped {runs[0]['skipped']}")
+    for f in runs:
+        sent = f["counts"]["sent"]
+        print(f"\n== {f['recipients_per_request']} recipient(s) per request ==")
+        print(f"planned {f['planned']:,}, skipped {f['skipped']}")
+        print(
+            f"sent {sent:,}, failed {f['counts']['failed']:,}, "
+            f"unknown {f['counts']['unknown']:,}; sink: {f['sink'].get('accepted', 0):,} "
+            f"requests accepted, {f['sink'].get('messages', 0):,} emails "
+            f"({f['sink'].get('distinct_send_ids', 0):,} distinct send ids)"
+        )
+        print(
+            f"plan: {f['plan_s']:.1f} s   deliver (render+send+record): {f['deliver_s']:.1f} s   "
+            f"total: {f['total_s']:.1f} s"
+        )
+        print(
+            f"throughput end to end: {sent / f['total_s']:,.0f} emails/s "
+            f"(deliver only: {sent / f['deliver_s']:,.0f} emails/s)"
+        )
+        print(
+            f"delivery workers' CPU: {f['worker_cpu_s']:.1f} s, "
+            f"{f['worker_cpu_s'] / max(sent, 1) * 1e6:,.0f} us per email"
+        )
+        print(
+            f"peak RSS: planning process {f['plan_rss_mb']:.0f} MB, "
+            f"delivery worker {f['worker_rss_mb']:.0f} MB; "
+            f"load average (1 min) before/after: {f['load_1min'][0]:.1f}/{f['load_1min'][1]:.1f}"
+        )
+    one = runs[0]
+    for bulk in runs[1:]:
+        rate, deliver_rate, cpu = (
+            [f["counts"]["sent"] / f["total_s"] for f in (one, bulk)],
+            [f["counts"]["sent"] / f["deliver_s"] for f in (one, bulk)],
+            [f["worker_cpu_s"] / max(f["counts"]["sent"], 1) for f in (one, bulk)],
+        )
+        print(
+            f"\n{bulk['recipients_per_request']} per request vs 1: end to end "
+            f"{rate[1] / rate[0]:.2f}x, deliver only {deliver_rate[1] / deliver_rate[0]:.2f}x, "
+            f"worker CPU per email {cpu[1] / cpu[0]:.2f}x"
+        )
+    f = runs[0]
+    if "naive_s_per_email" in figures:
+        per = figures["naive_s_per_email"]
         hours = per * f["planned"] / 3600
         print(
             f"naive loop (sequential SendGridAPIClient.send, measured on {args.naive_sample} "
             f"emails, extrapolated): {1 / per:,.1f} emails/s, {hours:,.1f} h for {f['planned']:,} "
-            f"(pipeline is {per * sent / f['total_s']:,.0f}x faster)"
+            f"(one request per email is {per * f['counts']['sent'] / f['total_s']:,.0f}x faster)"
         )
 
 
@@ -268,6 +320,9 @@ def memory(args: argparse.Namespace) -> None:
             "0",
             "--warehouse",
             args.warehouse,
+            "--recipients-per-request",
+            str(args.recipients_per_request[-1]),
+            "--memory-run",
             "--json",
         ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -301,6 +356,14 @@ def main() -> None:
         "afterwards), 'sqlite' (a temporary file) or the URL of an empty database",
     )
     parser.add_argument("--memory", metavar="SIZES", help="e.g. 100000,1000000")
+    parser.add_argument(
+        "--recipients-per-request",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        metavar="N[,M...]",
+        help="deliver the audience per email, then with N (M...) per request, side by side",
+    )
+    parser.add_argument("--memory-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:

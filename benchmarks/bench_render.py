@@ -25,7 +25,7 @@ import css_inline
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 from lifecycle.core.render import Renderer
-from lifecycle.feedback.unsubscribe import make_token
+from lifecycle.feedback.unsubscribe import token_for
 from lifecycle.store.coupons import new_code
 
 FIRST_NAMES = ["Emma", "Անի", "ნინო", "Liam", "Արամ", "გიორგი", None, "<b>Zoë</b>"]
@@ -36,7 +36,7 @@ TIMEZONES = ["Asia/Yerevan", "Asia/Tbilisi", "America/New_York", "Europe/Berlin"
 
 def contexts(count: int, seed: int = 7) -> list[tuple[str | None, dict[str, Any]]]:
     rng = random.Random(seed)
-    secret = secrets.token_bytes(32)
+    signing = load_settings(token_secrets=(secrets.token_urlsafe(32),))
     as_of = datetime(2026, 11, 24, 6, 5, tzinfo=UTC)
     result = []
     for customer_id in range(1, count + 1):
@@ -60,7 +60,7 @@ def contexts(count: int, seed: int = 7) -> list[tuple[str | None, dict[str, Any]
                 "expires_at": run_at + timedelta(days=7),
             },
             "unsubscribe_url": "https://shop.example/lifecycle/unsubscribe/"
-            + make_token(secret, customer_id, "birthday", email),
+            + token_for(signing, customer_id),
             "local_date": run_at.date(),
         }
         result.append((context["customer"]["locale"], context))

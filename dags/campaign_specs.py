@@ -8,4 +8,5 @@ schedules while one spec is broken; this file has no DAG for an import error to 
 from lifecycle.airflow.campaign_dag import check_campaign_specs
 from lifecycle.core.config import load_settings
 
-check_campaign_specs(load_settings().campaigns_dir)
+settings = load_settings()
+check_campaign_specs(settings.campaigns_dir, settings.templates_dir)

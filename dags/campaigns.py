@@ -9,5 +9,6 @@ from lifecycle.airflow.campaign_dag import build_campaign_dag
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
 
-for spec in load_campaigns(load_settings().campaigns_dir).specs.values():
+settings = load_settings()
+for spec in load_campaigns(settings.campaigns_dir, settings.templates_dir).specs.values():
     globals()[spec.dag_id] = build_campaign_dag(spec)

@@ -74,7 +74,8 @@ def fill_campaign_results(engine: Engine, as_of: datetime, customers: int = 3_00
 
 
 def expected_figures(engine: Engine) -> dict[str, int]:
-    """Sent emails and distinct sends with each event, overall and per campaign, by plain SQL."""
+    """Sent emails and distinct sends with each event, overall and per campaign, and emails
+    waiting for the send window, by plain SQL."""
     ledger, events, runs = schema.send_ledger, schema.engagement_events, schema.campaign_runs
     real = ledger.c.run_id.in_(select(runs.c.id).where(~runs.c.dry_run))
     figures: dict[str, int] = {}
@@ -91,6 +92,9 @@ def expected_figures(engine: Engine) -> dict[str, int]:
             )
             for campaign, n in conn.execute(per_campaign):
                 figures[f"{campaign}.{step}"] = n
+        waiting = select(func.count()).where(real, ledger.c.status == "planned")
+        figures["waiting"] = conn.execute(waiting).scalar_one()
+    campaigns = {key.split(".")[0] for key in figures if "." in key}
     for step in ("sent", "delivered", "opened", "clicked"):
-        figures[step] = sum(figures.get(f"{c}.{step}", 0) for c in CAMPAIGNS)
+        figures[step] = sum(figures.get(f"{c}.{step}", 0) for c in campaigns)
     return figures

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once() -> None:
+    """Per email and 50 recipients per request, side by side on the same audience."""
     result = subprocess.run(
         [
             sys.executable,
@@ -25,6 +26,8 @@ def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once()
             "3",
             "--warehouse",
             "sqlite",
+            "--recipients-per-request",
+            "50",
         ],
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -34,12 +37,17 @@ def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once()
     )
     assert result.returncode == 0, result.stderr
     planned = re.search(r"^planned (\d+)", result.stdout, re.M)
-    outcome = re.search(
-        r"^sent (\d+), failed 0, unknown 0; sink accepted (\d+) \((\d+) distinct send ids\)",
+    outcomes = re.findall(
+        r"^sent (\d+), failed 0, unknown 0; sink: (\d+) requests accepted, (\d+) emails "
+        r"\((\d+) distinct send ids\)",
         result.stdout,
         re.M,
     )
-    assert planned and outcome, result.stdout
+    assert planned and len(outcomes) == 2, result.stdout
     assert int(planned[1]) > 250
-    assert int(planned[1]) == int(outcome[1]) == int(outcome[2]) == int(outcome[3])
+    (sent, requests, accepted, distinct), (bulk_sent, bulk_requests, *bulk_received) = outcomes
+    assert int(planned[1]) == int(sent) == int(requests) == int(accepted) == int(distinct)
+    assert [int(bulk_sent)] * 2 == [int(n) for n in bulk_received] and bulk_sent == sent
+    assert int(bulk_requests) < int(requests) / 5
+    assert "50 per request vs 1: end to end" in result.stdout
     assert "naive loop" in result.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -25,7 +24,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def test_headers_carry_https_one_click_and_mailto(settings):
-    token = unsubscribe.token_for(settings, 42, "birthday", "Ani@Example.com")
+    token = unsubscribe.token_for(settings, 42)
     url = unsubscribe.unsubscribe_url(settings, token)
     headers = compliance.list_unsubscribe_headers(settings, url, token)
 
@@ -57,36 +56,3 @@ def test_a_bad_mailbox_setting_is_refused(tmp_path):
     settings = load_settings(home=tmp_path, unsubscribe_mailbox="nobody")
     with pytest.raises(ValueError, match="LIFECYCLE_UNSUBSCRIBE_MAILBOX"):
         compliance.list_unsubscribe_headers(settings, "https://x.example/u/t", "t")
-
-
-def test_token_round_trip(settings):
-    token = unsubscribe.token_for(settings, 42, "birthday", " Ani@Example.com ")
-    found = unsubscribe.verify(settings, token)
-    assert (found.customer_id, found.campaign_id, found.email) == (
-        42,
-        "birthday",
-        "ani@example.com",
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def test_tampered_tokens_are_rejected(settings, tmp_path):
-    token = unsubscribe.token_for(settings, 42, "birthday", "ani@example.com")
-    payload, signature = token.split(".")
-
-    other_customer = _b64(b"43:birthday:ani@example.com") + "." + signature
-    other_email = _b64(b"42:birthday:victim@example.com") + "." + signature
-    flipped = payload + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
-    foreign = unsubscribe.token_for(
-        load_settings(home=tmp_path / "x", unsubscribe_secret="another"),
-        42,
-        "birthday",
-        "ani@example.com",
-    )
-    for bad in (other_customer, other_email, flipped, foreign, payload, "", "a.b.c", "%%%.%%%"):
-        with pytest.raises(unsubscribe.InvalidToken) as caught:
-            unsubscribe.verify(settings, bad)
-        assert SECRET not in str(caught.value)

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.airflow.connections import SENDGRID_CONN_TYPE
+from lifecycle.core.config import PROJECT_ROOT, SENDGRID_POOL
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -200,7 +201,7 @@ def test_warehouse_is_a_separate_database_reached_by_the_connection_and_the_cli(
     assert metadata_db["volumes"] != warehouse_db["volumes"]
 
     sendgrid = Connection.from_json(env["AIRFLOW_CONN_SENDGRID_DEFAULT"], conn_id="s")
-    assert sendgrid.conn_type == "sendgrid"
+    assert sendgrid.conn_type == SENDGRID_CONN_TYPE  # one the Airflow UI knows
 
 
 def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
@@ -287,3 +288,14 @@ def test_what_real_sending_needs_reaches_every_component_as_given(
         assert env["LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"] == key, name
         for setting in REQUIRED_SETTINGS:
             assert env[setting] == dotenv[setting], (name, setting)
+def test_init_creates_the_sendgrid_pool_sized_from_the_setting(
+    dotenv: dict[str, str],
+) -> None:
+    for slots, expected in ((None, "4"), ("7", "7")):
+        env = dotenv if slots is None else {**dotenv, "LIFECYCLE_SENDGRID_POOL_SLOTS": slots}
+        services = compose(env)["services"]
+        script = services["airflow-init"]["command"][-1]
+        assert f'airflow pools set {SENDGRID_POOL} "${{LIFECYCLE_SENDGRID_POOL_SLOTS}}"' in script
+        for name in AIRFLOW_SERVICES:  # every component reads the same size and rate
+            assert env_of(services[name])["LIFECYCLE_SENDGRID_POOL_SLOTS"] == expected, name
+            assert "LIFECYCLE_SENDGRID_RATE_PER_SECOND" in env_of(services[name])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from campaign_results import CAMPAIGNS, expected_figures, fill_campaign_results
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from lifecycle.core.config import load_settings
 from lifecycle.store import schema
@@ -108,3 +108,34 @@ def test_a_report_that_cannot_be_computed_says_why(client: TestClient, engine: E
     response = client.get("/")
     assert response.status_code == 500
     assert "several currencies (AMD, USD)" in response.text
+
+
+def test_once_unknown_sends_are_shown_by_state(
+    engine: Engine, warehouse_url: str, client: TestClient
+) -> None:
+    ledger = schema.send_ledger
+    with engine.begin() as conn:
+        ids = (
+            conn.execute(
+                select(ledger.c.id)
+                .where(ledger.c.campaign_id == "onboarding", ledger.c.status == "sent")
+                .order_by(ledger.c.id)
+                .limit(3)
+            )
+            .scalars()
+            .all()
+        )
+        changes = [
+            {"status": "unknown", "claimed_at": AS_OF - timedelta(hours=30)},  # requeue-able
+            {"status": "unknown", "claimed_at": AS_OF - timedelta(hours=1)},  # awaiting events
+            {"resolved_event_id": 1, "resolved_by": "delivered", "resolved_at": AS_OF},
+        ]
+        for send_id, values in zip(ids, changes, strict=True):
+            conn.execute(update(ledger).where(ledger.c.id == send_id).values(**values))
+    settings = load_settings(warehouse_url=warehouse_url, sendgrid_webhook_public_key="key")
+    app = dashboard.create_app(settings, dependencies=[], clock=lambda: AS_OF)
+    metrics = shown(TestClient(app).get("/").text)
+    assert metrics["onboarding.unknown.resolved"] == "1"
+    assert metrics["onboarding.unknown.awaiting_events"] == "1"
+    assert metrics["onboarding.unknown.requeueable"] == "1"
+    assert not any(key.startswith("birthday.unknown.") for key in metrics)  # none there

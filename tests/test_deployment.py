@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 from lifecycle import cli
 from lifecycle.core.campaigns import load_campaigns
 from lifecycle.core.config import load_settings
-from lifecycle.feedback import unsubscribe
+from lifecycle.feedback import tokens
 from lifecycle.run.preflight import PreflightError, deployment_gaps, preflight
 from lifecycle.store import schema
 
@@ -100,10 +100,10 @@ def test_real_sending_with_every_shared_setting_passes_preflight(
 
 def test_the_generated_secret_says_it_is_local_only(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path)
-    token = unsubscribe.token_for(settings, 7, "birthday", "a@example.com")
+    token = tokens.sign(settings, "test", 7)
     text = (tmp_path / "unsubscribe.secret").read_text()
-    assert text.startswith("# LOCAL ONLY") and "LIFECYCLE_UNSUBSCRIBE_SECRET" in text
-    assert unsubscribe.verify(settings, token).customer_id == 7  # the note is not the secret
-    assert unsubscribe.verify(load_settings(home=tmp_path), token).customer_id == 7
-    with pytest.raises(unsubscribe.InvalidToken):
-        unsubscribe.verify(load_settings(home=tmp_path, unsubscribe_secret="other"), token)
+    assert text.startswith("# LOCAL ONLY") and "LIFECYCLE_TOKEN_SECRETS" in text
+    assert tokens.load(settings, "test", token, 1) == (7,)  # the note is not the secret
+    assert tokens.load(load_settings(home=tmp_path), "test", token, 1) == (7,)
+    with pytest.raises(tokens.InvalidToken):
+        tokens.load(load_settings(home=tmp_path, unsubscribe_secret="other"), "test", token, 1)

@@ -4,6 +4,8 @@ a campaign triggered through the REST API, against a seeded warehouse and the lo
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.slow
 AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)
 API_KEY = "SG.e2e-key"
 DAG_ID = "campaign_loyalty"
+DRAFT = "loyalty_draft"
 
 
 def free_port() -> int:
@@ -72,6 +75,28 @@ def wait_for_asset_run_at(api: httpx.Client, engine: sa.Engine, as_of: datetime)
     raise AssertionError(f"no asset-triggered run at {as_of} within 180 s")
 
 
+def finished_asset_runs(api: httpx.Client, dag_id: str) -> list[dict]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = api.get(f"/dags/{dag_id}/dagRuns").raise_for_status().json()["dag_runs"]
+        triggered = [r for r in runs if r["run_type"] == "asset_triggered"]
+        if triggered and all(r["state"] in ("success", "failed") for r in triggered):
+            return triggered
+        time.sleep(2)
+    return []
+
+
+def draft_rows(engine: sa.Engine) -> tuple[int, int]:
+    """The draft's campaign runs and ledger rows."""
+    runs, ledger = schema.campaign_runs, schema.send_ledger
+    with engine.connect() as conn:
+        count = sa.select(sa.func.count())
+        return (
+            conn.execute(count.where(runs.c.campaign_id == DRAFT)).scalar_one(),
+            conn.execute(count.where(ledger.c.campaign_id == DRAFT)).scalar_one(),
+        )
+
+
 def run_as_of(engine: sa.Engine, run_key: str) -> datetime:
     runs = schema.campaign_runs
     with engine.connect() as conn:
@@ -91,6 +116,20 @@ def run_counts(engine: sa.Engine, run_key: str) -> dict:
         return conn.execute(sa.select(runs.c.counts).where(runs.c.run_key == run_key)).scalar_one()
 
 
+def with_a_draft(folder: Path) -> Path:
+    """The shipped specs plus `loyalty_draft`: loyalty without its `status: live`, a draft."""
+    shutil.copytree(load_settings().campaigns_dir, folder)
+    text = (folder / "loyalty.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^status: live.*\n", "", text).replace("id: loyalty\n", f"id: {DRAFT}\n")
+    (folder / f"{DRAFT}.yaml").write_text(text, encoding="utf-8")
+    return folder
+
+
+def task_states(api: httpx.Client, dag_id: str, run_id: str) -> dict[str, str]:
+    listed = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").raise_for_status().json()
+    return {ti["task_id"]: ti["state"] for ti in listed["task_instances"]}
+
+
 def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str) -> None:
     engine = warehouse.make_engine(sqlite_url)
     seed.seed(engine, 400, seed=11, as_of=AS_OF)
@@ -103,15 +142,16 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             env={
                 "LIFECYCLE_HOME": str(tmp_path / "home"),
                 "LIFECYCLE_UNSUBSCRIBE_SECRET": "e2e-secret",
+                "LIFECYCLE_CAMPAIGNS_DIR": str(with_a_draft(tmp_path / "campaigns")),
                 # A sqlite:////absolute/path URI: lifecycle.airflow.connections makes it a URL.
                 "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": sqlite_url,
                 "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
-                    {"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}
+                    {"conn_type": "generic", "password": API_KEY, "host": sink.url}
                 ),
             },
         )
         try:
-            airflow.wait_healthy(timeout=240)
+            airflow.wait_healthy(timeout=400)
             api = httpx.Client(
                 base_url=f"{airflow.url}/api/v2",
                 headers={"Authorization": f"Bearer {airflow.api_token()}"},
@@ -152,6 +192,17 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             assert len(sink.state.snapshot()) == len(received)
             assert run_counts(engine, again_id)["sent"] == 0
 
+            # A draft: triggered without a dry run it fails, planning and sending nothing.
+            draft_dag = f"campaign_{DRAFT}"
+            assert api.get(f"/dags/{draft_dag}").json()["dag_display_name"].endswith("(draft)")
+            api.patch(f"/dags/{draft_dag}", json={"is_paused": False}).raise_for_status()
+            real = api.post(f"/dags/{draft_dag}/dagRuns", json={"logical_date": None, "conf": conf})
+            real_id = real.raise_for_status().json()["dag_run_id"]
+            assert wait_for_run(api, real_id, airflow, seen, draft_dag) == "failed"
+            states = task_states(api, draft_dag, real_id)
+            assert states["check_status"] == states["plan"] == "skipped"
+            assert states["finalize"] == "failed"
+
             # Data-aware: a fresh features snapshot triggers the campaign at the snapshot's as-of.
             later = AS_OF + timedelta(hours=1)
             api.patch("/dags/customer_features", json={"is_paused": False}).raise_for_status()
@@ -164,6 +215,14 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             as_ofs = wait_for_asset_run_at(api, engine, later)
             # The other snapshot (if any) is the scheduled one, at a whole hour.
             assert all(t == later or t.minute == t.second == 0 for t in as_ofs), as_ofs
+            # The draft's own asset-triggered runs: green, every task skipped, nothing planned.
+            for run in finished_asset_runs(api, draft_dag):
+                assert run["state"] == "success"
+                states = task_states(api, draft_dag, run["dag_run_id"])
+                assert set(states.values()) == {"skipped"}, states
+            assert finished_asset_runs(api, draft_dag), "the snapshot triggers the draft too"
+            assert draft_rows(engine) == (0, 0)
+            assert not [m for m in sink.state.snapshot() if m["custom_args"]["campaign"] == DRAFT]
             seen |= family(airflow.process.pid)
         finally:
             airflow.stop()

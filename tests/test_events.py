@@ -512,3 +512,24 @@ def test_stale_signature_over_http_gets_401(
         response = httpx.post(f"{server.url}/events/sendgrid", content=body, headers=stale)
     assert response.status_code == 401
     assert count(engine, engagement_events) == 0
+
+
+def test_a_group_unsubscribe_without_its_group_suppresses_globally(
+    post_events: Callable[[Any], httpx.Response], engine: Engine
+) -> None:
+    """The customer asked out of something we cannot name: not mailed again at all."""
+    unnamed = event("group_unsubscribe", 5)
+    assert "asm_group_id" not in unnamed
+    assert post_events([unnamed]).status_code == 200
+    assert stored_suppressions(engine) == {("person5@example.com", "global", "group_unsubscribe")}
+
+
+def test_events_with_an_empty_sg_event_id_are_all_kept_without_one(
+    post_events: Callable[[Any], httpx.Response], engine: Engine
+) -> None:
+    """ "" is no id: stored as NULL, it cannot make later events look like duplicates."""
+    batches = [[event("delivered", 1, sg_event_id="")], [event("open", 2, sg_event_id="")]]
+    assert [post_events(batch).json()["stored"] for batch in batches] == [1, 1]
+    with engine.connect() as conn:
+        ids = conn.execute(select(engagement_events.c.sg_event_id)).scalars().all()
+    assert ids == [None, None]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
-from lifecycle.store import ledger, runs
+from lifecycle.store import ledger, runs, unknown, warehouse
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.schema import send_ledger
 
@@ -96,6 +98,45 @@ def test_claims_are_exclusive_and_respect_the_batch_and_send_after(engine: Engin
     assert len(a_ids) == 5 and a_ids.isdisjoint(b_ids) and c == []
     assert a_ids | b_ids == set(ids[:10])  # the row not due yet was not claimed
     assert a[0].context == {"first_name": "Ani"}
+
+
+@pytest.mark.postgres
+def test_a_claim_waiting_on_a_rivals_row_locks_takes_none_of_its_rows(pg_url: str) -> None:
+    """Two attempts claim the same rows at once: the second UPDATE waits on the first's row
+    locks, then re-checks `status = 'planned'` and skips every row the first committed."""
+    engine = warehouse.make_engine(pg_url)
+    run_id = planned_run(engine, 10)
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(select(send_ledger.c.id)).scalars())
+    claimed: dict[str, list[int]] = {}
+
+    def claim(attempt: str, conn: Connection) -> None:
+        rows = ledger.claim(conn, run_id, ids[0], ids[-1], AS_OF, attempt, AS_OF, 100)
+        claimed[attempt] = [r.id for r in rows]
+
+    with engine.connect() as first:
+        first_tx = first.begin()
+        claim("first", first)  # holds the row locks until it commits
+        with engine.begin() as second_conn:
+            pid = second_conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            second = threading.Thread(target=claim, args=("second", second_conn))
+            second.start()
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE pid = :pid AND wait_event_type = 'Lock'"
+            )
+            deadline = time.monotonic() + 30
+            with engine.connect() as observer:
+                while not observer.execute(waiting, {"pid": pid}).scalar_one():
+                    assert second.is_alive() and time.monotonic() < deadline
+                    time.sleep(0.01)
+            first_tx.commit()
+            second.join(30)
+    assert sorted(claimed["first"]) == ids and claimed["second"] == []
+    with engine.connect() as conn:
+        claimers = conn.execute(select(send_ledger.c.claimed_by).distinct()).scalars().all()
+    engine.dispose()
+    assert claimers == ["first"]
 
 
 def test_outcomes_only_touch_rows_the_attempt_claimed(engine: Engine) -> None:
@@ -197,8 +238,8 @@ def test_requeue_unknown(engine: Engine, only_some: bool) -> None:
     with engine.begin() as conn:
         ledger.insert_rows(conn, [row(i, run_id, status="unknown") for i in (1, 2, 3)])
         ids = sorted(conn.execute(select(send_ledger.c.id)).scalars())
-        chosen = ids[:1] if only_some else None
-        assert ledger.requeue_unknown(conn, "welcome", chosen) == (1 if only_some else 3)
+        chosen = ids[:1] if only_some else ids
+        assert unknown.requeue(conn, "welcome", chosen) == (1 if only_some else 3)
     expected = (
         {1: "planned", 2: "unknown", 3: "unknown"}
         if only_some

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
 
 from lifecycle import cli
 from lifecycle.core import segments
@@ -27,6 +28,8 @@ from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.delivery import DeliveryStopped
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
+from lifecycle.feedback import events
+from lifecycle.feedback import suppressions as feedback_suppressions
 from lifecycle.run.campaign import run_campaign
 from lifecycle.run.compose import make_transport
 from lifecycle.run.deliver import deliver
@@ -34,7 +37,7 @@ from lifecycle.run.finalize import finalize
 from lifecycle.run.plan import Batch, PlanResult, abandon, plan
 from lifecycle.run.preflight import PreflightError, preflight
 from lifecycle.run.test_sends import send_tests
-from lifecycle.store import ledger, runs, warehouse
+from lifecycle.store import runs, unknown, warehouse
 from lifecycle.store.schema import (
     campaign_runs,
     coupons,
@@ -66,9 +69,14 @@ def settings(warehouse_url: str, sink: SinkHandle, tmp_path: Path) -> Settings:
     )
 
 
+# Delivery one request per email, and in bulk (up to 10 recipients sharing a body per request).
+PER_REQUEST = pytest.mark.parametrize("per_request", [1, 10], ids=["per-email", "bulk"])
+
+
 def make_spec(**changes: Any) -> CampaignSpec:
     raw: dict[str, Any] = {
         "id": "onboarding",
+        "status": "live",
         "description": "welcome series",
         "segment": "onboarding",
         "template": "onboarding/{occurrence_key}",
@@ -120,16 +128,19 @@ def received_by_customer(sink: SinkHandle) -> dict[int, int]:
     return {int(email.removeprefix("customer").split("@")[0]): n for email, n in counts.items()}
 
 
+@PER_REQUEST
 def test_every_planned_customer_gets_one_email_and_a_rerun_sends_none(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 60)
-    spec = make_spec()
+    spec = make_spec(delivery={"recipients_per_request": per_request})
     first = run_campaign(engine, spec, settings, as_of=AS_OF)
     second = run_campaign(engine, spec, settings, as_of=AS_OF)
     again = run_campaign(engine, spec, settings, as_of=AS_OF, run_key="another-key").outcome.counts
 
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
+    requests = sink.state.stats["requests"]
+    assert requests == len(ids) if per_request == 1 else requests <= len(ids) / 5
     assert first.outcome.counts["sent"] == len(ids) and first.outcome.counts["planned"] == len(ids)
     assert second.run_id == first.run_id and second.outcome.counts["sent"] == len(ids)
     assert again["planned"] == 0 and again["sent"] == 0
@@ -223,16 +234,18 @@ def test_window_rows_expire_after_the_next_local_day(
     assert sink.state.snapshot() == []
 
 
+@PER_REQUEST
 def test_exactly_once_under_injected_faults(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 120)
+    spec = make_spec(delivery={"recipients_per_request": per_request})
     sink.state.faults.update({"rate_429": 0.1, "rate_5xx": 0.1})
-    counts = run(engine, make_spec(), settings)
+    counts = run(engine, spec, settings)
     assert sink.state.stats["429"] > 0 and sink.state.stats["500"] + sink.state.stats["503"] > 0
     # retries that ran out are failed+retryable and re-planned by the next run
     sink.state.faults.update({"rate_429": 0, "rate_5xx": 0})
-    run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=30))
+    run(engine, spec, settings, as_of=AS_OF + timedelta(minutes=30))
     assert counts["unknown"] == 0
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
     assert set(ledger_rows(engine)["status"]) == {"sent"}
@@ -255,11 +268,15 @@ def test_a_retried_failure_still_waits_for_the_customers_window(
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
+@PER_REQUEST
 def test_an_address_suppressed_after_planning_is_not_mailed(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 20)
-    spec = make_spec(coupon={"discount_percent": 10, "valid_days": 7})
+    spec = make_spec(
+        delivery={"recipients_per_request": per_request},
+        coupon={"discount_percent": 10, "valid_days": 7},
+    )
     planned = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
     with engine.begin() as conn:  # unsubscribes while the run waits for its delivery tasks
         conn.execute(
@@ -282,6 +299,57 @@ def test_an_address_suppressed_after_planning_is_not_mailed(
     assert received_by_customer(sink) == {i: 1 for i in ids if i != 7}
     with engine.connect() as conn:
         assert 7 not in set(conn.execute(select(coupons.c.customer_id)).scalars())
+
+
+def test_a_mixed_case_address_unsubscribed_after_planning_is_not_mailed(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 6)
+    add_customers(engine, 1, start=7, email="Customer7@Example.AM")
+    add_customers(engine, 3, start=8)
+    spec = make_spec()
+    planned = plan(engine, spec, settings, run_key="dag-run-1", as_of=AS_OF)
+    with engine.begin() as conn:  # the unsubscribe page stores the address as typed
+        feedback_suppressions.add(
+            conn,
+            [
+                feedback_suppressions.row(
+                    "CUSTOMER7@example.am", "global", "unsubscribe", "link", AS_OF
+                )
+            ],
+        )
+    for batch in planned.batches:
+        deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="t1")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
+    assert (counts["sent"], counts["skipped"]) == (9, {"suppressed": 1})
+    assert "customer7@example.am" not in sink.state.recipients()
+
+
+def test_a_504_is_unknown_never_retried_and_resolved_by_sendgrids_event(
+    engine: Engine, settings: Settings, sink: SinkHandle
+) -> None:
+    add_customers(engine, 5)
+    sink.state.faults.update({"fail_next": ["504"]})  # kept by the sink, then answered 504
+    counts = run(engine, make_spec(), settings)
+    assert (counts["sent"], counts["unknown"], counts["failed"]) == (4, 1, 0)
+    assert set(sink.state.send_ids().values()) == {1} and len(sink.state.send_ids()) == 5
+    rows = ledger_rows(engine)
+    row = rows[rows["status"] == "unknown"].iloc[0]
+    assert (row["http_status"], row["reason"], row["retryable"]) == (504, "gateway_timeout", None)
+    with engine.connect() as conn:
+        assert runs.get_run(conn, int(row["run_id"])).status == "failed"
+    # SendGrid had accepted it: its processed event makes the row sent.
+    event = {
+        "event": "processed",
+        "email": row["email"],
+        "timestamp": int(AS_OF.timestamp()) + 5,
+        "sg_event_id": "processed-504",
+        "send_id": str(row["id"]),
+        "campaign": "onboarding",
+    }
+    result = events.ingest_body(engine, json.dumps([event]).encode(), AS_OF)
+    assert result.resolved_unknown == 1
+    assert ledger_rows(engine).set_index("id").loc[row["id"], "status"] == "sent"
 
 
 def advisory_lock_waiters(engine: Engine) -> int:
@@ -318,25 +386,27 @@ def test_campaigns_plan_one_at_a_time_so_the_frequency_cap_holds(
     engine.dispose()
 
 
+@PER_REQUEST
 def test_sandbox_sends_validate_and_leave_every_customer_to_the_real_send(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 8)
-    sandbox = make_spec(delivery={"sandbox_mode": True})
+    spec = make_spec(delivery={"recipients_per_request": per_request})
+    sandbox = make_spec(delivery={"recipients_per_request": per_request, "sandbox_mode": True})
     counts = run(engine, sandbox, settings)
     assert (counts["sent"], counts["skipped"]) == (0, {"sandbox": 8})
     assert [m["sandbox"] for m in sink.state.snapshot()] == [True] * 8
     assert run(engine, sandbox, settings, as_of=AS_OF + timedelta(minutes=5))["skipped"] == {}
     assert len(sink.state.snapshot()) == 8  # still in sandbox mode: validated once is enough
 
-    counts = run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=10))
+    counts = run(engine, spec, settings, as_of=AS_OF + timedelta(minutes=10))
     assert (counts["sent"], counts["skipped"]) == (8, {})
     real = [m for m in sink.state.snapshot() if not m["sandbox"]]
     assert sorted(int(m["custom_args"]["send_id"]) for m in real) == sorted(
         ledger_rows(engine)["id"]
     )
     assert {m["to"][0] for m in real} == {f"customer{i}@example.am" for i in ids}
-    assert run(engine, make_spec(), settings, as_of=AS_OF + timedelta(minutes=15))["sent"] == 0
+    assert run(engine, spec, settings, as_of=AS_OF + timedelta(minutes=15))["sent"] == 0
 
 
 def test_sandbox_test_sends_are_recorded_as_such_and_not_repeated_on_retry(
@@ -367,11 +437,12 @@ def test_a_run_whose_planning_failed_is_recorded_failed_not_left_running(
     assert row.status == "failed" and row.counts["planned"] == 0 and row.finished_at
 
 
+@PER_REQUEST
 def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 60)
-    spec = make_spec()  # 25 rows per batch
+    spec = make_spec(delivery={"recipients_per_request": per_request})  # 25 rows per batch
     wrong = load_settings(**{**settings.__dict__, "sendgrid_api_key": "SG.wrong-key"})
     planned = plan(engine, spec, wrong, run_key="dag-run-1", as_of=AS_OF)
     first, *others = planned.batches
@@ -399,23 +470,29 @@ def test_a_refused_key_stops_every_batch_of_the_run_until_it_is_planned_again(
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
+@PER_REQUEST
 def test_dropped_connections_are_reported_then_requeued_by_a_human(
-    engine: Engine, settings: Settings, sink: SinkHandle
+    engine: Engine, settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     ids = add_customers(engine, 50)
+    spec = make_spec(delivery={"recipients_per_request": per_request})
     sink.state.faults.update({"fail_next": ["drop", "drop", "drop"]})
-    counts = run(engine, make_spec(), settings)
-    assert counts["unknown"] == 3 and counts["sent"] == len(ids) - 3
+    counts = run(engine, spec, settings)
+    # Every row of a dropped request is unknown: 3 requests of 1, or of up to 10 rows each.
+    dropped = counts["unknown"]
+    assert dropped == 3 if per_request == 1 else 3 < dropped <= 30
+    assert counts["sent"] == len(ids) - dropped
     received = received_by_customer(sink)
-    assert set(received.values()) == {1} and len(received) == len(ids) - 3
+    assert set(received.values()) == {1} and len(received) == len(ids) - dropped
 
     # A later run does not touch them: their fate is unknown.
     later = AS_OF + timedelta(minutes=30)
-    assert run(engine, make_spec(), settings, as_of=later)["sent"] == 0
+    assert run(engine, spec, settings, as_of=later)["sent"] == 0
     # The operator checked SendGrid's activity feed: they never arrived.
     with engine.begin() as conn:
-        assert ledger.requeue_unknown(conn, "onboarding") == 3
-    run(engine, make_spec(), settings, as_of=later + timedelta(minutes=30))
+        unresolved = unknown.unresolved_ids(conn, "onboarding", attempted_before=None)
+        assert unknown.requeue(conn, "onboarding", unresolved) == dropped
+    run(engine, spec, settings, as_of=later + timedelta(minutes=30))
     assert received_by_customer(sink) == dict.fromkeys(ids, 1)
 
 
@@ -434,12 +511,20 @@ deliver(engine, spec, settings, run_id=int(sys.argv[2]), batch=batch, attempt="d
 """
 
 
+@PER_REQUEST
 @pytest.mark.slow
 def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
-    engine: Engine, settings: Settings, sink: SinkHandle, warehouse_url: str, tmp_path: Path
+    engine: Engine,
+    settings: Settings,
+    sink: SinkHandle,
+    warehouse_url: str,
+    tmp_path: Path,
+    per_request: int,
 ) -> None:
     ids = add_customers(engine, 300)
-    spec = make_spec(delivery={"batch_size": 1000, "concurrency": 8})
+    spec = make_spec(
+        delivery={"recipients_per_request": per_request, "batch_size": 1000, "concurrency": 8}
+    )
     planned = plan(engine, spec, settings, run_key="kill", as_of=AS_OF)
     (batch,) = planned.batches
     sink.state.faults.update({"latency_ms": 40})
@@ -475,6 +560,87 @@ def test_killed_delivery_rerun_sends_the_rest_once_and_reports_unknown(
     assert sent <= set(received)  # every recorded send arrived
     assert set(received) <= sent | unknown  # only unknown rows may have arrived unrecorded
     assert sent | unknown == set(rows.index)  # everyone else was sent by the rerun
+
+
+CRASH_SCRIPT = DELIVER_SCRIPT.replace('attempt="doomed"', "attempt=sys.argv[4]")
+
+
+def sending_rows(engine: Engine, attempt: str) -> int:
+    query = select(func.count()).where(
+        send_ledger.c.status == "sending", send_ledger.c.claimed_by == attempt
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_request", [1, 20])
+def test_a_killed_delivery_leaves_at_most_the_documented_bound_unknown_and_nobody_twice(
+    engine: Engine,
+    settings: Settings,
+    sink: SinkHandle,
+    warehouse_url: str,
+    tmp_path: Path,
+    per_request: int,
+) -> None:
+    """SIGKILL the delivering process at random points, and once at its fullest (as many
+    claimed rows without an outcome as it gets): never more than 500 + 3 x concurrency x
+    recipients per request rows become unknown (the README's bound), nobody mailed twice."""
+    ids = add_customers(engine, 4000)  # more than the four attempts can take
+    delivery = {"batch_size": 5000, "concurrency": 4, "recipients_per_request": per_request}
+    spec = make_spec(delivery=delivery)
+    bound = 500 + 3 * spec.delivery.concurrency * per_request
+    planned = plan(engine, spec, settings, run_key="crashes", as_of=AS_OF)
+    (batch,) = planned.batches
+    sink.state.faults.update({"latency_ms": 2})
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(tmp_path),
+        "LIFECYCLE_WAREHOUSE_URL": warehouse_url,
+        "LIFECYCLE_TRANSPORT": "sendgrid",
+        "SENDGRID_API_KEY": KEY,
+        "LIFECYCLE_SENDGRID_HOST": sink.url,
+        "LIFECYCLE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret or "",
+    }
+    args = [spec.model_dump_json(), str(planned.run_id), json.dumps(batch.to_dict())]
+    rng = random.Random(15)
+    left_unknown = []
+    fullest = 0
+    for kill, at_fullest in enumerate([False, False, False, True]):
+        attempt = f"doomed-{kill}"
+        received_before = len(sink.state.snapshot())
+        after = rng.randrange(20, 400)
+        child = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, *args, attempt], env=env)
+        deadline = time.monotonic() + 120
+        while child.poll() is None:
+            assert time.monotonic() < deadline, "the delivery subprocess made no progress"
+            sent_here = len(sink.state.snapshot()) - received_before
+            held = sending_rows(engine, attempt)  # what a kill now would leave unknown
+            fullest = max(fullest, held)
+            if at_fullest:  # past the bound, or long enough to have filled up many times
+                if held > bound or sent_here >= 1000:
+                    break
+            elif sent_here >= after:
+                break
+            time.sleep(0.005)
+        assert child.poll() is None, "the attempt ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        left_unknown.append(sending_rows(engine, attempt))
+    assert all(0 < n <= bound for n in left_unknown), (left_unknown, bound)
+    assert fullest <= bound, (fullest, bound)
+
+    deliver(engine, spec, settings, run_id=planned.run_id, batch=batch, attempt="rescue")
+    counts = finalize(engine, spec, run_id=planned.run_id).counts
+    time.sleep(0.2)  # requests in flight at a kill land at the sink
+    received = {int(k): n for k, n in sink.state.send_ids().items()}
+    assert set(received.values()) == {1}  # nobody twice
+    rows = ledger_rows(engine).set_index("id")
+    sent = set(rows.index[rows["status"] == "sent"])
+    unknown_ids = set(rows.index[rows["status"] == "unknown"])
+    assert counts["unknown"] == len(unknown_ids) == sum(left_unknown)
+    assert sent <= set(received) <= sent | unknown_ids
+    assert sent | unknown_ids == set(rows.index) and len(rows) == len(ids)
 
 
 def test_bad_key_stops_the_run_and_leaves_rows_planned(
@@ -535,12 +701,15 @@ def fragile_settings(settings: Settings, tmp_path: Path) -> Settings:
     return load_settings(**{**settings.__dict__, "templates_dir": templates})
 
 
+@PER_REQUEST
 def test_an_email_that_does_not_render_is_recorded_and_the_rest_are_sent(
-    engine: Engine, fragile_settings: Settings, sink: SinkHandle
+    engine: Engine, fragile_settings: Settings, sink: SinkHandle, per_request: int
 ) -> None:
     add_customers(engine, 6)
     (broken,) = add_customers(engine, 1, start=30, first_name="Broken", locale="en")
-    counts = run(engine, make_spec(), fragile_settings)
+    counts = run(
+        engine, make_spec(delivery={"recipients_per_request": per_request}), fragile_settings
+    )
     assert (counts["sent"], counts["failed"]) == (6, 1)
     assert broken not in received_by_customer(sink) and len(received_by_customer(sink)) == 6
     row = ledger_rows(engine).set_index("customer_id").loc[broken]

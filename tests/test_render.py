@@ -48,7 +48,7 @@ def spec_for(specs: dict[str, CampaignSpec], template: str) -> CampaignSpec:
 def test_every_template_and_locale_renders_complete(settings, specs):
     renderer = Renderer(settings)
     templates = renderer.templates()
-    assert len(templates) == 7
+    assert len(templates) == 8
     for template in templates:
         spec = spec_for(specs, template)
         assert renderer.available[template] == set(LOCALES), template
@@ -163,10 +163,11 @@ def test_money_and_dates_follow_the_customer_locale_and_timezone(settings, specs
 
 def test_feedback_has_a_rating_row_of_eleven_links(settings, specs):
     context = sample_context(specs["feedback"], "55", "en")
-    context["data"]["order_id"] = "A&B 55"
+    context["rating_url"] = lambda score: f"https://shop.example/lifecycle/feedback/t&{score}"
     rendered = get_renderer(settings).render("feedback", "en", "en", context)
-    scores = re.findall(r"order=A%26B%2055&amp;score=(\d+)\"", rendered.html)
+    scores = re.findall(r'href="https://shop.example/[a-z/]+/t&amp;(\d+)"', rendered.html)
     assert scores == [str(n) for n in range(11)]
+    assert re.findall(r"/lifecycle/feedback/t&(\d+)", rendered.text) == scores
 
 
 def test_preflight_passes_for_every_shipped_campaign(settings, specs):

@@ -11,10 +11,12 @@ from sqlalchemy import Engine, insert
 
 from lifecycle.core.config import load_settings
 from lifecycle.reporting import export
-from lifecycle.reporting.queries import ReportError
+from lifecycle.reporting.performance import run_performance
+from lifecycle.reporting.queries import LedgerCount, ReportError
 from lifecycle.reporting.report import Report, build_report
 from lifecycle.reporting.statistics import newcombe_interval
 from lifecycle.store import schema
+from lifecycle.store.states import LedgerStatus
 
 AS_OF = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
@@ -174,6 +176,7 @@ def test_funnel_counts_distinct_sends_per_step_and_skips_dry_runs(report: Report
         "audience": 8,
         "skipped": 3,
         "planned": 5,
+        "waiting": 0,
         "sent": 3,
         "failed": 1,
         "unknown": 1,
@@ -332,3 +335,13 @@ def test_orders_in_several_currencies_are_refused(engine: Engine) -> None:
         conn.execute(insert(schema.orders), [order | {"currency": "EUR", "status": "delivered"}])
     with pytest.raises(ReportError, match=r"EUR, USD.*report_orders\.sql"):
         build_report(engine, load_settings(), as_of=AS_OF)
+
+
+def test_planned_rows_are_the_emails_waiting_for_the_send_window() -> None:
+    ledger = [
+        LedgerCount(1, LedgerStatus.PLANNED, None, 4),
+        LedgerCount(1, LedgerStatus.SENT, None, 6),
+        LedgerCount(1, LedgerStatus.SKIPPED, "holdout", 2),
+    ]
+    funnel = run_performance([1], ledger, [], {})[1].funnel
+    assert (funnel["planned"], funnel["waiting"], funnel["sent"]) == (10, 4, 6)

@@ -181,6 +181,10 @@ def test_sandbox_mode_answers_200(sink: SinkHandle) -> None:
             {"mail_settings": {"sandbox_mode": {"enable": "yes"}}},
             "mail_settings.sandbox_mode.enable",
         ),
+        (
+            {"tracking_settings": {"click_tracking": {"enable": True, "enable_text": "no"}}},
+            "tracking_settings.click_tracking.enable_text",
+        ),
         ({"asm": {"group_id": "42"}}, "asm.group_id"),
         (
             {
@@ -335,6 +339,12 @@ def test_a_template_replaces_subject_and_content(sink: SinkHandle) -> None:
         {"categories": ["c" * 255]},
         {"reply_to_list": [{"email": "care@shop.example"}, {"email": "sales@shop.example"}]},
         {"custom_args": {}, "categories": [], "headers": {}},
+        {
+            "tracking_settings": {
+                "click_tracking": {"enable": True, "enable_text": True},
+                "open_tracking": {"enable": False},
+            }
+        },
     ],
 )
 def test_accepts_valid_variants(sink: SinkHandle, changes: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Unsubscribe pages over real HTTP: confirm (GET), perform (POST), one-click, bad tokens;
-and (slow) both public endpoints served by our plugin on a real `airflow standalone`."""
+"""Unsubscribe pages over real HTTP: preferences (GET), perform (POST), one-click, bad tokens;
+and (slow) the public endpoints served by our plugin on a real `airflow standalone`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from sqlalchemy import Engine, func, insert, select
 
 from lifecycle.core.config import Settings, load_settings
 from lifecycle.devtools.standalone import start_standalone
-from lifecycle.feedback import events, unsubscribe
+from lifecycle.feedback import events, surveys, unsubscribe
 from lifecycle.store import warehouse
-from lifecycle.store.schema import engagement_events, send_ledger, suppressions
+from lifecycle.store.schema import engagement_events, send_ledger, suppressions, survey_responses
 from lifecycle.web.public import standalone_app
 from lifecycle.web.server import serve_in_thread
 
@@ -51,7 +52,7 @@ def path_of(settings: Settings, token: str) -> str:
 
 
 def strings(settings: Settings, locale: str) -> dict[str, str]:
-    path = settings.templates_dir / "_pages" / "unsubscribe" / f"{locale}.yaml"
+    path = settings.templates_dir / "_pages" / "preferences" / f"{locale}.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -64,49 +65,58 @@ def rows(engine: Engine) -> list[tuple[str, str, str, str]]:
         return [tuple(r) for r in result]
 
 
-def add_ledger_row(engine: Engine, customer_id: int, locale: str | None) -> None:
+def add_ledger_row(
+    engine: Engine, customer_id: int, locale: str | None = "en", campaign: str = "birthday"
+) -> int:
+    """A sent email; returns its send_id (what its unsubscribe token names)."""
     with engine.begin() as conn:
-        conn.execute(
-            insert(send_ledger).values(
-                campaign_id="birthday",
+        return conn.execute(
+            insert(send_ledger)
+            .values(
+                campaign_id=campaign,
                 occurrence_key="2026",
                 customer_id=customer_id,
                 run_id=1,
                 status="sent",
-                template="birthday",
+                template=campaign,
                 email=EMAIL,
                 locale=locale,
                 planned_at=datetime.now(UTC),
             )
-        )
+            .returning(send_ledger.c.id)
+        ).scalar_one()
+
+
+def token_of(settings: Settings, engine: Engine, customer_id: int, **row: str | None) -> str:
+    return unsubscribe.token_for(settings, add_ledger_row(engine, customer_id, **row))
 
 
 def test_get_shows_confirmation_and_changes_nothing(
     client: httpx.Client, settings: Settings, engine: Engine
 ) -> None:
-    token = unsubscribe.token_for(settings, 17, "birthday", EMAIL)
+    token = token_of(settings, engine, 17)
     response = client.get(path_of(settings, token))
 
     assert response.status_code == 200
-    assert strings(settings, "en")["confirm_heading"] in response.text
-    assert '<form method="post">' in response.text
+    assert strings(settings, "en")["heading"] in response.text
+    assert f'<form method="post" action="../preferences/{token}">' in response.text
     assert EMAIL.lower() not in response.text  # masked: a forwarded link reveals little
     assert rows(engine) == []
 
 
 def test_post_unsubscribes_once(client: httpx.Client, settings: Settings, engine: Engine) -> None:
-    path = path_of(settings, unsubscribe.token_for(settings, 17, "birthday", EMAIL))
+    path = path_of(settings, token_of(settings, engine, 17))
     first, second = client.post(path), client.post(path)
 
     assert first.status_code == second.status_code == 200
-    assert strings(settings, "en")["done_heading"] in first.text
+    assert strings(settings, "en")["done_all"] in first.text
     assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
 
 
 def test_one_click_post_works_without_the_page(
     client: httpx.Client, settings: Settings, engine: Engine
 ) -> None:
-    path = path_of(settings, unsubscribe.token_for(settings, 5, "feedback", EMAIL))
+    path = path_of(settings, token_of(settings, engine, 5, campaign="feedback"))
     response = client.post(
         path,
         content=b"List-Unsubscribe=One-Click",
@@ -120,21 +130,19 @@ def test_one_click_post_works_without_the_page(
 def test_page_speaks_the_customers_language(
     client: httpx.Client, settings: Settings, engine: Engine, locale: str
 ) -> None:
-    add_ledger_row(engine, 23, locale)
     language = locale[:2]
-    path = path_of(settings, unsubscribe.token_for(settings, 23, "birthday", EMAIL))
+    path = path_of(settings, token_of(settings, engine, 23, locale=locale))
 
     page, done = client.get(path), client.post(path)
     assert f'<html lang="{language}">' in page.text
-    assert strings(settings, language)["confirm_heading"] in page.text
-    assert strings(settings, language)["done_heading"] in done.text
+    assert strings(settings, language)["heading"] in page.text
+    assert strings(settings, language)["done_all"] in done.text
 
 
 def test_unknown_locale_falls_back_to_english(
     client: httpx.Client, settings: Settings, engine: Engine
 ) -> None:
-    add_ledger_row(engine, 24, "fr-FR")
-    path = path_of(settings, unsubscribe.token_for(settings, 24, "birthday", EMAIL))
+    path = path_of(settings, token_of(settings, engine, 24, locale="fr-FR"))
     assert '<html lang="en">' in client.get(path).text
 
 
@@ -144,23 +152,28 @@ def tampered(token: str) -> str:
     return f"{payload}.{flipped}{signature[1:]}"
 
 
-def other_address(settings: Settings, token: str) -> str:
-    """The same signature on a payload naming someone else."""
-    good = unsubscribe.token_for(settings, 17, "birthday", "victim@example.com")
-    return f"{good.split('.')[0]}.{token.split('.')[1]}"
+def other_payload(token: str, victims: str) -> str:
+    """Our signature on the payload of a token naming someone else."""
+    return f"{victims.split('.')[0]}.{token.split('.')[1]}"
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-@pytest.mark.parametrize("kind", ["tampered", "foreign", "swapped-payload", "malformed"])
+@pytest.mark.parametrize(
+    "kind", ["tampered", "foreign", "swapped-payload", "malformed", "unknown-send"]
+)
 def test_bad_tokens_get_400_and_change_nothing(
     client: httpx.Client, settings: Settings, engine: Engine, method: str, kind: str
 ) -> None:
-    token = unsubscribe.token_for(settings, 17, "birthday", EMAIL)
+    send_id = add_ledger_row(engine, 17)
+    token = unsubscribe.token_for(settings, send_id)
+    victims = unsubscribe.token_for(settings, add_ledger_row(engine, 18, campaign="loyalty"))
+    foreign = replace(settings, unsubscribe_secret=None, token_secrets=("another-secret",))
     bad = {
         "tampered": tampered(token),
-        "foreign": unsubscribe.make_token(b"another-secret", 17, "birthday", EMAIL),
-        "swapped-payload": other_address(settings, token),
+        "foreign": unsubscribe.token_for(foreign, send_id),
+        "swapped-payload": other_payload(token, victims),
         "malformed": "not-a-token",
+        "unknown-send": unsubscribe.token_for(settings, 10_000),
     }[kind]
     response = client.request(method, path_of(settings, bad))
 
@@ -202,7 +215,9 @@ def test_public_endpoints_in_airflow_need_no_login_and_use_the_connection(
                         "timestamp": 1_790_000_000, "sg_event_id": "e2e-1"}]).encode()  # fmt: skip
     stamp = str(int(time.time()))
     signature = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256())))
-    token = unsubscribe.token_for(settings, 3, "birthday", EMAIL)
+    send_id = add_ledger_row(engine, 3)
+    token = unsubscribe.token_for(settings, send_id)
+    rating = httpx.URL(surveys.survey_url(settings, send_id, 9)).path
 
     with start_standalone(tmp_path / "airflow", port, env) as airflow:
         airflow.wait_healthy(300)
@@ -217,12 +232,15 @@ def test_public_endpoints_in_airflow_need_no_login_and_use_the_connection(
             page = http.get(path_of(settings, token))
             done = http.post(path_of(settings, token))
             tampered_post = http.post(path_of(settings, tampered(token)))
+            rating_page, rated = http.get(rating), http.post(rating)
 
     assert posted.status_code == 200, posted.text
     assert unsigned.status_code == 401
     assert (page.status_code, done.status_code, tampered_post.status_code) == (200, 200, 400)
+    assert (rating_page.status_code, rated.status_code) == (200, 200)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(engagement_events)).scalar_one() == 1
+        assert conn.execute(select(survey_responses.c.score)).scalars().all() == [9]
     assert sorted(rows(engine)) == [
         ("angry@example.com", "global", "spamreport", "webhook"),
         (EMAIL.lower(), "global", "unsubscribe", "link"),

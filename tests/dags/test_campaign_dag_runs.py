@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alert_receivers import ALERT_TO, alert_receivers
 from sqlalchemy import Engine
 
 from lifecycle.airflow.campaign_dag import build_campaign_dag
@@ -28,6 +29,7 @@ from lifecycle.store import schema, warehouse
 
 AS_OF = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 11:00 UTC: inside most local send windows
 SPECS = load_campaigns(load_settings().campaigns_dir).specs
+LIVE = {campaign_id: spec for campaign_id, spec in SPECS.items() if spec.live}  # drafts never send
 API_KEY = "SG.dag-test-key"
 
 
@@ -54,7 +56,7 @@ def make_world(
         )
         monkeypatch.setenv(
             "AIRFLOW_CONN_SENDGRID_DEFAULT",
-            json.dumps({"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}),
+            json.dumps({"conn_type": "generic", "password": API_KEY, "host": sink.url}),
         )
         monkeypatch.delenv("LIFECYCLE_TRANSPORT", raising=False)
         yield World(engine, sink, tmp_path / "home")
@@ -131,7 +133,7 @@ def test_every_campaign_sends_once_by_the_ledger(world: World) -> None:
     assert state == "success"
     customers = customers_by_id(world.engine)
     total_sent = 0
-    for campaign_id, spec in SPECS.items():
+    for campaign_id, spec in LIVE.items():
         run_id, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat()})
         assert state == "success", (campaign_id, task_states(spec.dag_id, run_id))
         row = run_row(world.engine, campaign_id, run_id)
@@ -160,7 +162,7 @@ def test_every_campaign_sends_once_by_the_ledger(world: World) -> None:
 
     # The same as-of again (a new Airflow run): nothing new reaches anyone.
     before = len(world.sink.state.snapshot())
-    for spec in SPECS.values():
+    for spec in LIVE.values():
         run_id, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat()})
         assert state == "success"
         assert run_row(world.engine, spec.id, run_id)["counts"]["sent"] == 0
@@ -235,6 +237,7 @@ def test_a_dry_run_with_emails_that_do_not_render_fails_the_dag_run(
     run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat(), "dry_run": True})
     assert state == "failed"
     assert task_states("campaign_loyalty", run_id) | {"deliver": []} == {
+        "check_status": ["success"],
         "preflight": ["success"],
         "plan": ["failed"],
         "deliver": [],
@@ -311,6 +314,94 @@ def test_an_invalid_value_is_refused_before_a_run_exists(sqlite_world: World) ->
 
     with pytest.raises(ParamValidationError, match="limit"):
         run_dag("campaign_loyalty", {"limit": 0})
+
+
+@pytest.mark.parametrize("trouble", ["refused key", "unknown rows"])
+def test_a_stopped_run_or_unknown_rows_alert_by_email_and_webhook_once_saying_what_to_do(
+    sqlite_world: World, monkeypatch: pytest.MonkeyPatch, trouble: str
+) -> None:
+    spec = SPECS["loyalty"]
+    if trouble == "refused key":
+        wrong = {"conn_type": "sendgrid", "password": "SG.revoked", "host": sqlite_world.sink.url}
+        monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps(wrong))
+    else:  # connections dropped after the request was sent: the emails' fate is unknown
+        sqlite_world.sink.state.faults.update({"rate_drop": 0.5})
+    with alert_receivers() as (received, connections):
+        for name, value in connections.items():
+            monkeypatch.setenv(name, value)
+        run = build_campaign_dag(spec).test(run_conf={"as_of": AS_OF.isoformat()})
+
+    assert str(run.state) == "failed"
+    assert len(received.emails) == len(received.posts) == 1  # finalize's, not each deliver's
+    email = received.emails[0]
+    assert email["To"] == ALERT_TO and email["From"] == "lifecycle@shop.example"
+    assert email["Subject"] == "Campaign loyalty: run failed (finalize)"
+    for text in received.texts():
+        assert run.run_id in text and "What to do" in text
+        if trouble == "refused key":
+            assert "run stopped" in text and "check the API key" in text
+        else:
+            assert "may or may not have reached SendGrid" in text
+            assert "lifecycle requeue-unknown loyalty" in text
+
+
+# --- a draft campaign never mails its audience ----------------------------------------------
+def draft_of(campaign_id: str):  # type: ignore[no-untyped-def]
+    return SPECS[campaign_id].model_copy(update={"status": "draft"})
+
+
+def test_a_triggered_real_run_of_a_draft_fails_before_planning(
+    sqlite_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    caplog.set_level("ERROR", logger="lifecycle.airflow.notifier")
+    spec = draft_of("loyalty")
+    run = build_campaign_dag(spec).test(run_conf={"as_of": AS_OF.isoformat()})
+    assert str(run.state) == "failed"
+    states = task_states(spec.dag_id, run.run_id)
+    assert states["check_status"] == states["preflight"] == states["plan"] == ["skipped"]
+    assert states["finalize"] == ["failed"]
+    with create_session() as session:
+        final = session.query(TaskInstance).filter_by(run_id=run.run_id, task_id="finalize")
+        assert final.one().try_number == 1  # not retried
+    summary = [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow.notifier"]
+    assert len(summary) == 1 and "task finalize failed" in summary[0]
+    assert "campaign loyalty is a draft" in summary[0]
+    assert "set `status: live` in include/campaigns/loyalty.yaml" in summary[0]
+    with sqlite_world.engine.connect() as conn:
+        assert conn.execute(sa.select(schema.campaign_runs)).all() == []
+    assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
+    assert sqlite_world.sink.state.snapshot() == []
+
+
+def test_a_draft_takes_dry_runs_and_test_sends(sqlite_world: World) -> None:
+    dag = build_campaign_dag(draft_of("loyalty"))
+    dry = dag.test(run_conf={"as_of": AS_OF.isoformat(), "dry_run": True})
+    assert str(dry.state) == "success"
+    assert run_row(sqlite_world.engine, "loyalty", dry.run_id)["counts"]["planned"] > 0
+    qa = ["qa@lifecycle-demo.shop"]
+    test = dag.test(run_conf={"as_of": AS_OF.isoformat(), "test_recipients": qa, "limit": 1})
+    assert str(test.state) == "success"
+    received = sqlite_world.sink.state.snapshot()
+    assert [m["to"] for m in received] == [qa]
+    assert ledger_rows(sqlite_world.engine, campaign_id="loyalty") == []
+
+
+def test_deliver_sends_nothing_once_the_spec_is_a_draft(sqlite_world: World) -> None:
+    """The spec became a draft after the run passed check_status (marked success here, as if
+    it had passed while the spec was live): deliver reads the spec again and mails nobody."""
+    spec = draft_of("loyalty")
+    run = build_campaign_dag(spec).test(
+        run_conf={"as_of": AS_OF.isoformat()}, mark_success_pattern="check_status"
+    )
+    assert str(run.state) == "failed"
+    states = task_states(spec.dag_id, run.run_id)
+    assert set(states["deliver"]) == {"failed"} and states["finalize"] == ["failed"]
+    rows = ledger_rows(sqlite_world.engine, campaign_id="loyalty")
+    assert {r["status"] for r in rows} == {"planned", "skipped"}  # the planned ones wait
+    assert sqlite_world.sink.state.snapshot() == []
 
 
 def failure_summaries(caplog: pytest.LogCaptureFixture) -> list[str]:

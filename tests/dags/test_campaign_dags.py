@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetOrTimeSchedule, Connection, CronTriggerTimetable, TriggerRule
+from airflow.sdk.definitions.deadline import DeadlineReference
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
 from lifecycle.airflow.campaign_dag import build_campaign_dag
-from lifecycle.airflow.connections import runtime_settings, warehouse_url
+from lifecycle.airflow.connections import SENDGRID_CONN_TYPE, runtime_settings, warehouse_url
 from lifecycle.airflow.features_dag import build_features_dag
 from lifecycle.airflow.notifier import CampaignFailureNotifier
 from lifecycle.airflow.params import (
@@ -23,8 +25,9 @@ from lifecycle.airflow.params import (
     trigger_options,
 )
 from lifecycle.airflow.schedules import FEATURES_ASSET
-from lifecycle.core.campaigns import load_campaigns
-from lifecycle.core.config import load_settings
+from lifecycle.core.campaigns import Approval, load_campaigns
+from lifecycle.core.config import SENDGRID_POOL, load_settings
+from lifecycle.run.rates import task_rate
 
 SPECS = load_campaigns(load_settings().campaigns_dir).specs
 
@@ -38,7 +41,9 @@ def spec_and_dag(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def
 def test_task_graph(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
     _, dag = spec_and_dag
     tasks = dag.task_dict
-    assert set(tasks) == {"preflight", "plan", "deliver", "finalize"}
+    assert set(tasks) == {"check_status", "preflight", "plan", "deliver", "finalize"}
+    assert dag.roots == [tasks["check_status"]]  # the draft gate comes before anything else
+    assert tasks["preflight"].upstream_task_ids == {"check_status"}
     assert tasks["plan"].upstream_task_ids == {"preflight"}
     assert tasks["deliver"].upstream_task_ids == {"plan"}
     assert tasks["finalize"].upstream_task_ids == {"deliver", "preflight"}
@@ -65,14 +70,34 @@ def test_dag_settings_follow_the_spec(spec_and_dag) -> None:  # type: ignore[no-
     assert dag.dag_id == f"campaign_{spec.id}"
     assert dag.max_active_runs == 1
     assert dag.catchup is False
-    assert {"lifecycle", "campaign", *spec.tags} <= set(dag.tags)
+    assert {"lifecycle", "campaign", spec.status, *spec.tags} <= set(dag.tags)
     assert spec.description in dag.doc_md
+    assert f"**Status: {spec.status}.**" in dag.doc_md
+    assert dag.dag_display_name == f"{spec.display_name} ({spec.status})"
     assert spec.template in dag.doc_md
     for task in dag.tasks:
         assert task.owner == spec.owner
         assert task.retries >= 1 and task.retry_exponential_backoff
         assert any(isinstance(cb, CampaignFailureNotifier) for cb in task.on_failure_callback)
     assert set(dag.params) == set(TRIGGER_OPTIONS)
+
+
+def test_the_demo_campaigns_are_live_and_named() -> None:
+    demo_campaigns = ("birthday", "feedback", "loyalty", "onboarding", "reengagement")
+    assert {SPECS[c].status for c in demo_campaigns} == {"live"}
+    assert all(SPECS[c].name for c in demo_campaigns)
+    assert SPECS["birthday"].display_name == "Birthday discount"
+
+
+def test_a_spec_without_status_is_a_draft_and_its_dag_says_so() -> None:
+    spec = SPECS["birthday"].model_copy(update={"status": "draft", "name": None})
+    assert spec.model_fields["status"].default == "draft"  # a missing status is a draft
+    dag = build_campaign_dag(spec)
+    assert dag.dag_display_name == "Birthday (draft)"
+    assert "**Status: draft.**" in dag.doc_md
+    assert "set `status: live` in `include/campaigns/birthday.yaml`" in dag.doc_md
+    assert "draft" in dag.tags
+    assert "draft" in dag.params.get_param("dry_run").schema["description_md"]
 
 
 def test_schedule_follows_the_spec(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
@@ -138,6 +163,25 @@ def test_trigger_form_accepts_a_full_conf() -> None:
 def test_trigger_form_rejects_bad_values_naming_the_field(conf: dict, named: str) -> None:
     with pytest.raises(ParamValidationError, match=f"param {named}"):
         _validated(conf)
+
+
+def test_no_trigger_option_is_marked_required_in_the_form(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    # Airflow's form marks a field required when its schema has a type without "null"
+    # (isParamRequired.tsx in the 3.3 UI): every option here is optional.
+    _, dag = spec_and_dag
+    for name in dag.params:
+        schema_type = dag.params.get_param(name).schema["type"]
+        assert isinstance(schema_type, list) and "null" in schema_type, name
+    conf = {name: None for name in TRIGGER_OPTIONS}  # an empty form is a valid, normal run
+    assert trigger_options(_validated(conf), conf) == TriggerOptions()
+
+
+def test_the_form_says_what_unpause_does(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    text = dag.params.get_param("dry_run").schema["description_md"]
+    assert "**Unpause**" in text and "makes the schedule live" in text
+    shown = "This campaign is **live**" if spec.live else "This campaign is a **draft**"
+    assert shown in text
 
 
 def test_unknown_trigger_option_is_refused_not_ignored() -> None:
@@ -216,15 +260,28 @@ def test_warehouse_connection_without_database_is_a_clear_error() -> None:
         warehouse_url(conn)
 
 
+def test_the_sendgrid_connection_type_is_one_the_ui_knows() -> None:
+    # The SendGrid provider registers no connection type (it is only an email backend) and the
+    # HTTP provider is not installed: `generic` is Airflow's own, with host, login and password.
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    # What the UI's connection form offers (its /ui/connections/hook_meta endpoint).
+    offered = {meta.connection_type for meta in HookMetaService.hook_meta_data()}
+    assert SENDGRID_CONN_TYPE in offered
+    assert "sendgrid" not in offered
+
+
+# `sendgrid` is the type of connections made before: their key keeps working.
+@pytest.mark.parametrize("conn_type", [SENDGRID_CONN_TYPE, "sendgrid"])
 def test_runtime_settings_read_connections_and_keep_the_key_secret(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+    monkeypatch: pytest.MonkeyPatch, tmp_path, conn_type: str
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", f"sqlite:///{tmp_path / 'wh.db'}")
     monkeypatch.setenv(
         "AIRFLOW_CONN_SENDGRID_DEFAULT",
         json.dumps(
             {
-                "conn_type": "sendgrid",
+                "conn_type": conn_type,
                 "password": "SG.very-secret",
                 "host": "127.0.0.1",
                 "port": 8025,
@@ -244,3 +301,38 @@ def test_runtime_settings_fall_back_to_the_environment(monkeypatch: pytest.Monke
     monkeypatch.delenv("AIRFLOW_CONN_SENDGRID_DEFAULT", raising=False)
     monkeypatch.setenv("LIFECYCLE_WAREHOUSE_URL", "sqlite:////elsewhere/wh.db")
     assert runtime_settings().warehouse_url == "sqlite:////elsewhere/wh.db"
+
+
+def test_a_campaign_that_needs_approval_asks_between_plan_and_deliver() -> None:
+    spec = SPECS["loyalty"].model_copy(
+        update={"approval": Approval(approvers=["ops-lead"], expires_after_hours=6)}
+    )
+    dag = build_campaign_dag(spec)
+    approve = dag.task_dict["approve"]
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.upstream_task_ids == {"plan"}
+    assert dag.task_dict["deliver"].upstream_task_ids == {"plan", "approve"}
+    assert approve.assigned_users == [{"id": "ops-lead", "name": "ops-lead"}]
+    assert approve.response_timeout == timedelta(hours=6)
+    assert approve.defaults is None  # no answer is not an approval
+    assert dag.task_dict["finalize"].trigger_rule == TriggerRule.ALL_DONE
+
+
+def test_deliver_runs_in_the_sendgrid_pool_and_every_task_has_a_timeout(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
+    spec, dag = spec_and_dag
+    assert dag.task_dict["deliver"].pool == SENDGRID_POOL
+    for task in dag.tasks:
+        assert task.execution_timeout is not None, task.task_id
+    # A full batch at the task's rate fits twice into its timeout.
+    seconds = spec.delivery.batch_size / task_rate(spec, load_settings())
+    assert dag.task_dict["deliver"].execution_timeout.total_seconds() >= 2 * seconds
+
+
+def test_a_deadline_in_the_spec_is_an_airflow_deadline_alert_with_our_notifier() -> None:
+    assert build_campaign_dag(SPECS["loyalty"]).deadline is None  # none unless the spec asks
+    dag = build_campaign_dag(SPECS["loyalty"].model_copy(update={"deadline_hours": 3}))
+    (alert,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT
+    assert alert.interval == timedelta(hours=3)
+    assert alert.callback.path == "lifecycle.airflow.notifier.CampaignDeadlineNotifier"
+    assert alert.callback.kwargs == {"campaign_id": "loyalty"}

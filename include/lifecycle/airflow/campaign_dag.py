@@ -1,4 +1,5 @@
-"""`campaign_<id>`: one DAG per campaign spec, preflight → plan → deliver → finalize.
+"""`campaign_<id>`: one DAG per campaign spec, check_status → preflight → plan → [approve] →
+deliver → finalize. `check_status` ends a real run of a draft campaign before anything is planned.
 
 The tasks are thin: each reads its settings from the Airflow connections and calls one step
 of the engine's pipeline (imported inside the task, so parsing only reads the YAML specs).
@@ -11,23 +12,36 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from lifecycle.airflow.approval import CampaignApproval
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
 from lifecycle.airflow.errors import explained
-from lifecycle.airflow.notifier import CampaignFailureNotifier
+from lifecycle.airflow.experiment_tasks import winner_phase
+from lifecycle.airflow.notifier import (
+    CampaignDeadlineNotifier,
+    CampaignFailureNotifier,
+    ReportedUpstream,
+)
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
 from lifecycle.core.campaigns import CampaignSpec, SpecError, load_campaigns
+from lifecycle.core.config import SENDGRID_POOL, load_settings
+from lifecycle.run.rates import deliver_timeout
 
 log = logging.getLogger(__name__)
+PREFLIGHT_TIMEOUT = timedelta(minutes=10)
+PLAN_TIMEOUT = timedelta(hours=2)  # a large audience through every policy
+FINALIZE_TIMEOUT = timedelta(minutes=10)
 
 
-def check_campaign_specs(directory: Path) -> None:
+def check_campaign_specs(directory: Path, templates_dir: Path | None = None) -> None:
     """Raise one `SpecError` naming every invalid spec in `directory`, a line each: the import
     error of `dags/campaign_specs.py`, a file without DAGs.
 
@@ -36,14 +50,15 @@ def check_campaign_specs(directory: Path) -> None:
     airflow/dag_processing/collection.py), and the scheduler creates no runs for those
     (`DagModel.dags_needing_dagruns`), so one broken spec would stop every campaign.
     """
-    errors = load_campaigns(directory).errors
+    errors = load_campaigns(directory, templates_dir).errors
     if errors:
         header = "these campaigns have no DAG until their spec is fixed; the others run:"
         raise SpecError("\n".join([header, *errors.values()]))
 
 
 def build_campaign_dag(spec: CampaignSpec) -> DAG:
-    """`campaign_<id>`: preflight → plan → deliver (mapped over ledger batches) → finalize."""
+    """`campaign_<id>`: preflight → plan → deliver (mapped over ledger batches) → finalize,
+    with an approval step (`approval.CampaignApproval`) before deliver if the spec asks for one."""
     asset = campaign_asset(spec.id)
     default_args = {
         "owner": spec.owner,
@@ -56,18 +71,27 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
 
     @dag(
         dag_id=spec.dag_id,
+        dag_display_name=f"{spec.display_name} ({spec.status})",
         description=spec.description[:200],
         doc_md=campaign_doc_md(spec),
         schedule=campaign_schedule(spec),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        tags=["lifecycle", "campaign", *spec.tags],
+        tags=["lifecycle", "campaign", spec.status, *spec.tags],
         params=trigger_params(spec),
         default_args=default_args,
+        deadline=_deadline(spec),
     )
     def campaign() -> None:
-        @task
+        @task(execution_timeout=PREFLIGHT_TIMEOUT)
+        @explained
+        def check_status() -> None:
+            """A draft campaign only rehearses: a real run of it ends here, before planning."""
+            if refused := draft_refusal(spec, get_current_context()):
+                raise AirflowSkipException(refused)  # everything but finalize is skipped
+
+        @task(execution_timeout=PREFLIGHT_TIMEOUT)
         @explained
         def preflight() -> str:
             """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
@@ -81,7 +105,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 phase.preflight(warehouse_engine(settings), spec, settings, as_of=as_of)
             return as_of.isoformat()
 
-        @task
+        @task(execution_timeout=PLAN_TIMEOUT)
         @explained
         def plan(as_of: str) -> list[dict[str, int]]:
             """Write the ledger (planned / skipped and why); return the batches to deliver.
@@ -118,6 +142,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 as_of=datetime.fromisoformat(as_of),
                 dry_run=options.dry_run,
                 limit=options.limit,
+                phase=test_phase(spec, options.dry_run),
             )
             log.info("planned %d emails; skipped %s", result.planned, result.skipped or "none")
             ti.xcom_push(key="campaign_run_id", value=result.run_id)
@@ -135,6 +160,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         @task(
             map_index_template="{{ batch_label }}",
             max_active_tis_per_dagrun=spec.delivery.max_active_batches,
+            pool=SENDGRID_POOL,  # one pool per SendGrid account, shared by every campaign
+            execution_timeout=deliver_timeout(spec, load_settings()),
         )
         @explained
         def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
@@ -150,6 +177,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 f"rows {bounds.first_id}–{bounds.last_id} ({bounds.size})"
             )
             ti = context["ti"]
+            if refused := draft_refusal(spec, context):
+                raise AirflowFailException(refused)  # made a draft after planning: rows wait
             settings = runtime_settings()
             with fail_fast(DeliveryStopped):  # SendGrid refused the API key: stop, do not retry
                 result = phase.deliver(
@@ -162,7 +191,9 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 )
             return result.to_dict()
 
-        @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[asset])
+        @task(
+            trigger_rule=TriggerRule.ALL_DONE, outlets=[asset], execution_timeout=FINALIZE_TIMEOUT
+        )
         @explained
         def finalize(as_of: str) -> dict[str, Any]:
             """Count outcomes onto the campaign run row and announce them as an Asset event.
@@ -175,6 +206,10 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             from lifecycle.store.states import RunStatus
 
             context = get_current_context()
+            if refused := draft_refusal(spec, context):
+                if context["dag_run"].run_type == "manual":
+                    raise AirflowFailException(refused)  # someone asked for it: a failed run
+                raise AirflowSkipException(refused)  # scheduled: a green run that did nothing
             ti = context["ti"]
             run_id = ti.xcom_pull(task_ids="plan", key="campaign_run_id")
             settings = runtime_settings()
@@ -182,8 +217,17 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
                 abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
-                raise AirflowFailException("an earlier task failed (see preflight or plan)")
-            outcome = phase.finalize(warehouse_engine(settings), spec, run_id=run_id)
+                raise ReportedUpstream("an earlier task failed (see preflight or plan)")
+            outcome = phase.finalize(
+                warehouse_engine(settings), spec, run_id=run_id, settings=settings
+            )
+            if outcome.status == RunStatus.REJECTED:
+                raise AirflowSkipException(
+                    f"rejected by {outcome.counts.get('decided_by')}: nothing sent, "
+                    f"{outcome.counts.get('released', 0):,} planned emails released"
+                )
+            if outcome.status == RunStatus.EXPIRED:
+                raise AirflowFailException(_expired_problem(outcome.counts))
             if outcome.status != RunStatus.SUCCESS:
                 raise AirflowFailException(_run_problem(spec.id, outcome.counts))
             counts = outcome.counts
@@ -199,12 +243,33 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         # TaskFlow passes XComArgs where the functions take their values (Airflow resolves them
         # at run time), which mypy cannot see: hence the ignores on the wiring below.
         as_of = preflight()
+        check_status() >> as_of
         batches = plan(as_of)  # type: ignore[arg-type]
         run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
+        if spec.needs_approval:  # a person answers between plan and deliver
+            batches >> CampaignApproval(spec=spec) >> delivered
+        if spec.experiment is not None:  # test slice first, then the winner to the rest
+            delivered = winner_phase(spec, deliver, delivered, run_id, as_of)
         delivered >> finalize(as_of)  # type: ignore[arg-type]
 
     return campaign()
+
+
+def _deadline(spec: CampaignSpec) -> DeadlineAlert | None:
+    """An alert (run by the triggerer) when a run is not finished in time, if the spec sets one."""
+    if spec.deadline_hours is None:
+        return None
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=spec.deadline_hours),
+        callback=AsyncCallback(CampaignDeadlineNotifier, kwargs={"campaign_id": spec.id}),
+    )
+
+
+def test_phase(spec: CampaignSpec, dry_run: bool) -> Literal["test"] | None:
+    """A real run of a spec with an experiment plans its test slice first."""
+    return "test" if spec.experiment is not None and not dry_run else None
 
 
 @contextmanager
@@ -217,13 +282,37 @@ def fail_fast(*problems: type[Exception]) -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
 
 
+def draft_refusal(spec: CampaignSpec, context: Mapping[str, Any]) -> str | None:
+    """Why this run may not go on (a real run of a draft campaign), or None: dry runs and test
+    sends of a draft are fine."""
+    from lifecycle.run.draft import refusal
+
+    try:
+        options = run_options(context)
+    except ValueError:
+        return None  # preflight fails the run, naming the bad option
+    if spec.live or options.dry_run or options.test_recipients:
+        return None
+    return refusal(spec)
+
+
 # --- what went wrong, for the person reading the task log ---------------------------------
 def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
     return f"dry run: {errors:,} of {planned:,} emails do not render: " + "; ".join(examples)
 
 
+def _expired_problem(counts: Mapping[str, Any]) -> str:
+    return (
+        f"nobody approved the run in time: nothing was sent and its {counts['released']:,} "
+        "planned emails were released. Trigger a new run and approve it in the Airflow UI "
+        "(Required actions), or lengthen approval.expires_after_hours in the spec"
+    )
+
+
 def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
     """What went wrong with a finalized run, and what a person should do about it."""
+    from lifecycle.run.finalize import unknown_hint
+
     if counts.get("dry_run"):
         return _render_problem(
             counts["render_errors"], counts["planned"], counts["render_error_examples"]
@@ -241,11 +330,7 @@ def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
             "or clear the failed deliver tasks and finalize right away"
         )
     if counts["unknown"]:
-        problems.append(
-            f"{counts['unknown']:,} emails may or may not have reached SendGrid and are not "
-            "resent automatically: check SendGrid's activity, then `lifecycle requeue-unknown "
-            f"{campaign_id}` for the ones that never arrived"
-        )
+        problems.append(unknown_hint(campaign_id, dict(counts)))
     if counts["failed"] and not counts["sent"]:
         problems.append(f"all {counts['failed']:,} emails failed (see the ledger's errors)")
     return "; ".join(problems)

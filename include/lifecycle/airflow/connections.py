@@ -1,9 +1,9 @@
 """Settings for code running inside Airflow, read from Airflow connections.
 
 `lifecycle_warehouse` names the warehouse: a postgres or sqlite connection, or any SQLAlchemy
-URL in the extra field `sqlalchemy_url`. `sendgrid_default` holds the API key in its password
-field, as Airflow's SendGrid provider expects; an optional host points at another API
-endpoint. Connections are read when a task runs or a request arrives, never while parsing.
+URL in the extra field `sqlalchemy_url`. `sendgrid_default` (type `generic`) holds the API key in
+its password field, as Airflow's SendGrid provider expects; an optional host points at another
+API endpoint. Connections are read when a task runs or a request arrives, never while parsing.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 WAREHOUSE_CONN_ID = "lifecycle_warehouse"
 SENDGRID_CONN_ID = "sendgrid_default"
+# The type to give `sendgrid_default`: Airflow's own generic type (host, login, password), as
+# the SendGrid provider registers none. The key is read from the password whatever the type.
+SENDGRID_CONN_TYPE = "generic"
 
 
 def runtime_settings() -> Settings:

@@ -8,7 +8,9 @@ from lifecycle.core.campaigns import CampaignSpec
 
 def campaign_doc_md(spec: CampaignSpec) -> str:
     lines = [
-        f"# Campaign `{spec.id}`",
+        f"# {spec.display_name} (`{spec.id}`)",
+        "",
+        _status(spec),
         "",
         spec.description,
         "",
@@ -32,9 +34,22 @@ def campaign_doc_md(spec: CampaignSpec) -> str:
         "Trigger with options to rehearse: **Dry run** sends nothing, **Test recipients** "
         "sends only to internal addresses, **Limit** caps the run, **As of** replays a moment.",
         "",
-        f"Spec: `include/campaigns/{spec.id}.yaml`",
+        f"Spec: `{spec.spec_file}`",
     ]
     return "\n".join(lines)
+
+
+def _status(spec: CampaignSpec) -> str:
+    if spec.live:
+        return (
+            "**Status: live.** Its scheduled runs, and triggered runs without *Dry run*, email "
+            "real customers. To stop it, pause the DAG (or set `status: draft` in the spec)."
+        )
+    return (
+        "**Status: draft.** It never emails customers: scheduled runs do nothing, and a "
+        "triggered run without *Dry run* or *Test recipients* stops before planning. To let "
+        f"it send, set `status: live` in `{spec.spec_file}`."
+    )
 
 
 def _segment(spec: CampaignSpec) -> str:

@@ -54,12 +54,15 @@ def trigger_params(spec: CampaignSpec) -> dict[str, Param]:
     return {
         "dry_run": Param(
             False,
-            type="boolean",
+            type=["boolean", "null"],
             title="Dry run",
             description_md=(
                 "Plan the audience and render every email, but **send nothing** and issue no "
                 "coupon. The counts, and any email that does not render, are in the plan task's "
-                "log and on the run's row in `campaign_runs`."
+                "log and on the run's row in `campaign_runs`.\n\n"
+                f"{_status_note(spec)} **Unpause** (the tick box below, on by default) makes "
+                "the schedule live: the scheduler then starts runs by itself, and a live "
+                "campaign's runs email customers. Untick it to rehearse."
             ),
         ),
         "limit": Param(
@@ -80,7 +83,7 @@ def trigger_params(spec: CampaignSpec) -> dict[str, Param]:
         ),
         "test_recipients": Param(
             [],
-            type="array",
+            type=["array", "null"],
             items={"type": "string", "format": "email", "pattern": EMAIL_PATTERN},
             maxItems=10,
             title="Test recipients",
@@ -91,6 +94,15 @@ def trigger_params(spec: CampaignSpec) -> dict[str, Param]:
             ),
         ),
     }
+
+
+def _status_note(spec: CampaignSpec) -> str:
+    if spec.live:
+        return "This campaign is **live**: without *Dry run* this run emails its audience."
+    return (
+        "This campaign is a **draft**: only a dry run or test recipients do anything "
+        f"(set `status: live` in `{spec.spec_file}` to let it send)."
+    )
 
 
 # --- reading it back ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from lifecycle.cli import campaigns, common, dev, feedback, reports, warehouse
+from lifecycle.cli import campaigns, common, dev, feedback, privacy, reports, warehouse
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the traceback of an error instead of one line",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for topic in (warehouse, campaigns, reports, feedback, dev):
+    for topic in (warehouse, campaigns, reports, feedback, privacy, dev):
         topic.register(commands)
     return parser
 

@@ -10,12 +10,14 @@ from sqlalchemy import Engine
 
 from lifecycle.cli.arguments import milliseconds, parse_datetime, port, positive_int, probability
 from lifecycle.cli.common import Commands, engine_from, known_campaign, settings_from
+from lifecycle.cli.progress import working
 from lifecycle.devtools import seed
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
     engine = engine_from(args)
-    result = seed.seed(engine, args.customers, seed=args.seed, as_of=args.as_of)
+    with working(f"seeding {args.customers:,} customers and their orders"):
+        result = seed.seed(engine, args.customers, seed=args.seed, as_of=args.as_of)
     as_of = f"{result.as_of:%Y-%m-%d %H:%M} UTC"
     print(f"seeded {result.customers:,} customers and {result.orders:,} orders as of {as_of}")
     print_summary(engine)

@@ -32,8 +32,9 @@ def cmd_suppressions_sync(args: argparse.Namespace) -> int:
         return 1
     print(
         f"pulled {result.pulled:,} suppressions from {settings.sendgrid_host} "
-        f"({result.added:,} new), pushed {result.pushed:,} unsubscribes, "
-        f"{result.requests:,} API requests"
+        f"({result.added:,} new), pushed {result.pushed:,} unsubscribes and "
+        f"{result.group_pushed:,} topic unsubscribes, lifted {result.lifted:,} topic "
+        f"suppressions, {result.requests:,} API requests"
     )
     return 0
 

@@ -33,6 +33,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             "runs": export.runs_csv,
             "retention": export.retention_csv,
             "cohorts": export.cohorts_csv,
+            "variants": export.variants_csv,
+            "surveys": export.surveys_csv,
         }
         print(csv_for[args.table](report), end="")
     else:
@@ -43,14 +45,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(commands: Commands) -> None:
     report = commands.add_parser(
         "report",
-        help="campaign funnels, conversions, holdout uplift and monthly retention KPIs",
+        help="campaign funnels, conversions, holdout uplift, retention KPIs and survey NPS",
         description="The same figures as the Campaigns dashboard and the retention_report DAG.",
     )
     report.add_argument("--campaign", metavar="ID", help="only this campaign's runs")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(
         "--table",
-        choices=("runs", "retention", "cohorts"),
+        choices=("runs", "retention", "cohorts", "variants", "surveys"),
         default="runs",
         help="which table --format csv prints (default runs)",
     )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from lifecycle.cli.arguments import non_negative_int, parse_datetime
 from lifecycle.cli.common import Commands, engine_from, settings_from
+from lifecycle.cli.progress import working
 from lifecycle.store import warehouse
 
 
@@ -37,7 +38,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     as_of = args.as_of or datetime.now(UTC)
-    snapshot = features.materialize(engine_from(args), as_of, settings)
+    with working(f"computing every customer's features as of {as_of:%Y-%m-%d %H:%M} UTC"):
+        snapshot = features.materialize(engine_from(args), as_of, settings)
     warnings = ", ".join(f"{k}: {n:,}" for k, n in snapshot.warnings.items()) or "none"
     when = f"{snapshot.as_of:%Y-%m-%d %H:%M} UTC"
     print(f"customer_features: {snapshot.row_count:,} customers as of {when}")

@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from lifecycle.core.config import PROJECT_ROOT
+
 ID_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
 LOCALES = ("en", "hy", "ka")
 
@@ -103,6 +105,9 @@ class Delivery(_Model):
     concurrency: int = Field(32, ge=1, le=512, description="requests in flight per batch task")
     batch_size: int = Field(1000, ge=1, le=50_000, description="ledger rows per mapped task")
     max_active_batches: int = Field(2, ge=1, le=32, description="batch tasks running at once")
+    recipients_per_request: int = Field(
+        1, ge=1, le=1000, description="recipients per SendGrid request (one body, substitutions)"
+    )
     asm_group_id: int | None = None
     categories: list[str] = Field(default_factory=list, max_length=10)
     sandbox_mode: bool = False
@@ -123,6 +128,66 @@ class Coupon(_Model):
     valid_days: int = Field(30, ge=1)
 
 
+class Approval(_Model):
+    """A person approves each real run between plan and deliver (Airflow's approval step).
+
+    `approval: required` is the short form; the long form names who may approve (Airflow user
+    ids; empty: anyone who may edit the campaign's DAG) and how long the run waits.
+    """
+
+    required: bool = True
+    approvers: list[str] = Field(default_factory=list, description="Airflow user ids")
+    expires_after_hours: float = Field(
+        24.0, gt=0, le=24 * 14, description="no answer in this time: the run ends expired"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if value == "required":
+            return {"required": True}
+        if isinstance(value, str):
+            raise ValueError(f"{value!r}: write 'approval: required', or a mapping")
+        return value
+
+    @property
+    def expires_after(self) -> timedelta:
+        return timedelta(hours=self.expires_after_hours)
+
+
+class Variant(_Model):
+    """One arm of an A/B/n test: its share of the audience and what differs from the spec."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,30}$")
+    weight: float = Field(gt=0, le=100, description="percent of the audience (all sum to 100)")
+    subject: str | dict[Literal["en", "hy", "ka"], str] | None = Field(
+        None, description="subject line (Jinja), or one per locale; default: subject.txt"
+    )
+    template: str | None = Field(None, description="template folder; default: the spec's")
+    coupon_discount_percent: float | None = Field(None, gt=0, le=100)
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="template_fields with a fixed value in this variant"
+    )
+
+
+class Tracking(_Model):
+    """SendGrid's click tracking (links go through SendGrid, in HTML and text) and open
+    tracking (a pixel), set on every message of the campaign."""
+
+    clicks: bool = False
+    opens: bool = False
+
+
+class Experiment(_Model):
+    """Test then send the winner: `test_percent` of the audience first, split by weight."""
+
+    test_percent: float = Field(20.0, gt=0, lt=100)
+    wait_hours: float = Field(4.0, gt=0, le=24 * 14)
+    metric: Literal["unique_opens", "clicks", "conversions"] = "unique_opens"
+    significance: float = Field(0.05, gt=0, lt=0.5, description="two-sided test level")
+    fallback: str = Field(description="variant sent to the rest when no winner is significant")
+
+
 class CampaignSpec(_Model):
     id: str = Field(pattern=ID_PATTERN)
     description: str
@@ -141,6 +206,19 @@ class CampaignSpec(_Model):
     policies: Policies = Policies()
     delivery: Delivery = Delivery()
     coupon: Coupon | None = None
+    approval: Approval | None = None
+    deadline_hours: float | None = Field(
+        None, gt=0, description="alert when a run is not finished this long after it was queued"
+    )
+    variants: list[Variant] = Field(default_factory=list, description="A/B/n test arms")
+    experiment: Experiment | None = None
+    tracking: Tracking | None = Field(None, description="default: the SendGrid account's")
+    name: str | None = Field(
+        None, max_length=80, description="what people call it, e.g. 'Birthday discount'"
+    )
+    status: Literal["draft", "live"] = Field(
+        "draft", description="a draft never mails customers: dry runs and test sends only"
+    )
     source_path: Path | None = Field(None, exclude=True)
 
     @field_validator("segment", mode="before")
@@ -171,9 +249,81 @@ class CampaignSpec(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _variants_fit(self) -> CampaignSpec:
+        if not self.variants:
+            if self.experiment is not None:
+                raise ValueError(
+                    "field 'experiment': needs variants: add at least two under 'variants'"
+                )
+            return self
+        ids = [variant.id for variant in self.variants]
+        if len(self.variants) < 2 or len(set(ids)) != len(ids):
+            raise ValueError(f"field 'variants': need at least two distinct ids, got {ids}")
+        total = sum(variant.weight for variant in self.variants)
+        if abs(total - 100) > 1e-6:
+            raise ValueError(
+                f"field 'variants': weights sum to {total:g}, not 100: make them percentages "
+                f"of the audience, e.g. {', '.join(f'{i}: {100 / len(ids):g}' for i in ids)}"
+            )
+        for number, variant in enumerate(self.variants):
+            unknown = sorted(set(variant.fields) - set(self.template_fields))
+            if unknown:
+                raise ValueError(
+                    f"field 'variants.{number}.fields': unknown template field {unknown[0]!r}: "
+                    f"use one of template_fields ({', '.join(self.template_fields) or 'none'}) "
+                    "or add it there"
+                )
+            if variant.coupon_discount_percent is not None and self.coupon is None:
+                raise ValueError(
+                    f"field 'variants.{number}.coupon_discount_percent': the campaign has no "
+                    "coupon; add 'coupon:' to the spec or remove the variant's discount"
+                )
+        if self.experiment is not None and self.experiment.fallback not in ids:
+            raise ValueError(
+                f"field 'experiment.fallback': {self.experiment.fallback!r} is not a variant; "
+                f"use one of {', '.join(ids)}"
+            )
+        return self
+
+    @property
+    def variant_ids(self) -> list[str]:
+        return [variant.id for variant in self.variants]
+
+    def variant(self, variant_id: str | None) -> Variant | None:
+        """The variant of that id (None without variants or id)."""
+        return next((v for v in self.variants if v.id == variant_id), None)
+
+    def variant_template(self, variant_id: str | None, occurrence_key: str) -> str:
+        """The template folder a variant's email uses."""
+        variant = self.variant(variant_id)
+        folder = variant.template if variant and variant.template else self.template
+        return folder.format(occurrence_key=occurrence_key)
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approval is not None and self.approval.required
+
     @property
     def dag_id(self) -> str:
         return f"campaign_{self.id}"
+
+    @property
+    def live(self) -> bool:
+        """Only a live campaign mails its audience; a draft can be rehearsed, never sent."""
+        return self.status == "live"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id.replace("_", " ").capitalize()
+
+    @property
+    def spec_file(self) -> str:
+        """The spec's file as people see it: relative to the project when it lives there."""
+        if self.source_path is None:
+            return f"include/campaigns/{self.id}.yaml"
+        path = self.source_path.resolve()
+        return str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path)
 
     def template_for(self, occurrence_key: str) -> str:
         return self.template.format(occurrence_key=occurrence_key)
@@ -216,6 +366,8 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
     """Suggest the known field a misspelt one was probably meant to be."""
     model: Any = CampaignSpec
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list field: same model
+            continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = getattr(field, "annotation", None)
         candidates = [annotation, *getattr(annotation, "__args__", ())]
@@ -227,7 +379,8 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(known)}"
 
 
-def load_spec(path: Path) -> CampaignSpec:
+def load_spec(path: Path, templates_dir: Path | None = None) -> CampaignSpec:
+    """The spec in `path`; with `templates_dir`, every variant's template folder must exist."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -246,7 +399,29 @@ def load_spec(path: Path) -> CampaignSpec:
             f"{path}: field 'template': {spec.template!r} is not a template folder "
             "(lower-case letters, digits, _ and /, optionally {occurrence_key})"
         )
+    if templates_dir is not None:
+        _variant_templates_exist(path, spec, templates_dir)
     return spec
+
+
+def _variant_templates_exist(path: Path, spec: CampaignSpec, templates_dir: Path) -> None:
+    for number, variant in enumerate(spec.variants):
+        folder = variant.template
+        if folder is None:
+            continue
+        if not re.fullmatch(r"[a-z0-9_/]*(\{occurrence_key\}[a-z0-9_/]*)*", folder):
+            raise SpecError(
+                f"{path}: field 'variants.{number}.template': {folder!r} is not a template "
+                "folder (lower-case letters, digits, _ and /, optionally {occurrence_key})"
+            )
+        pattern = folder.replace("{occurrence_key}", "*")
+        if not any(found.is_dir() for found in templates_dir.glob(pattern)):
+            raise SpecError(
+                f"{path}: field 'variants.{number}.template': variant {variant.id!r} has no "
+                f"template: {templates_dir / folder} does not exist; create the folder (one "
+                "per locale with subject.txt, body.html, body.txt) or remove 'template' to "
+                "use the spec's"
+            )
 
 
 @dataclass(frozen=True)
@@ -270,13 +445,14 @@ class Campaigns:
         return self.specs.get(campaign_id)
 
 
-def load_campaigns(directory: Path) -> Campaigns:
-    """Every `*.yaml` spec in `directory`: an invalid file never hides the valid ones."""
+def load_campaigns(directory: Path, templates_dir: Path | None = None) -> Campaigns:
+    """Every `*.yaml` spec in `directory`: an invalid file never hides the valid ones. With
+    `templates_dir`, a variant's template folder that does not exist makes its spec invalid."""
     specs: dict[str, CampaignSpec] = {}
     errors: dict[Path, str] = {}
     for path in sorted(directory.glob("*.yaml")):
         try:
-            spec = load_spec(path)
+            spec = load_spec(path, templates_dir)
         except SpecError as exc:
             errors[path] = str(exc)
         else:

@@ -6,8 +6,10 @@ connections `lifecycle_warehouse` and `sendgrid_default`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, overload
 
@@ -16,6 +18,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 # preflight when emails reach real inboxes (run/preflight.py, `deployment_gaps`).
 DEMO_SENDER_ADDRESS = "Lifecycle Demo Shop, 1 Abovyan St, Yerevan 0001, Armenia"
 DEMO_UNSUBSCRIBE_MAILBOX = "unsubscribe@lifecycle-demo.shop"
+# The Airflow pool every campaign's deliver tasks run in: one per SendGrid account. Its size is
+# `Settings.sendgrid_pool_slots`; `make airflow` and the compose init create it.
+SENDGRID_POOL = "sendgrid"
+DEFAULT_POOL_SLOTS = 4
 
 
 @overload
@@ -25,6 +31,33 @@ def _env(name: str, default: None = None) -> str | None: ...
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _positive(name: str, *, whole: bool = False) -> float | None:
+    """A positive number (`whole`: a positive integer) from the environment, or None when
+    unset; anything else is refused, naming the variable."""
+    text = _env(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and (value.is_integer() or not whole)):
+        kind = "integer" if whole else "number"
+        raise ValueError(f"{name} must be a positive {kind}, got {text!r}")
+    return value
+
+
+def _date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"LIFECYCLE_LEGACY_TOKENS_UNTIL {value!r} is not a YYYY-MM-DD date"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -45,10 +78,49 @@ class Settings:
     unsubscribe_mailbox: str = DEMO_UNSUBSCRIBE_MAILBOX
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
+    # The SendGrid account's send rate (requests/s) shared by every campaign; None: no account
+    # limit, each campaign's own rate_per_second only. Each of the pool's slots gets an equal
+    # share, so all campaigns delivering at once stay within it (`account_share`).
+    sendgrid_rate_per_second: float | None = None
+    sendgrid_pool_slots: int = (
+        DEFAULT_POOL_SLOTS  # deliver tasks of all campaigns at once (the Airflow pool)
+    )
+
+    def account_share(self) -> float | None:
+        """Requests/s one deliver task may use of the account's rate."""
+        if self.sendgrid_rate_per_second is None:
+            return None
+        return self.sendgrid_rate_per_second / self.sendgrid_pool_slots
+
+    # An `unknown` row with no SendGrid event this long after its attempt may be requeued.
+    unknown_quiet_hours: float = 24.0
+    # the preference centre's topics and their SendGrid unsubscribe groups
+    preferences_file: Path = PROJECT_ROOT / "include" / "preferences.yaml"
+    # Secrets of unsubscribe and survey links, newest first: the first signs, every one verifies,
+    # so a secret is rotated by putting a new one in front and dropping the old one later.
+    token_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Links in the old format (the email address readable in the URL) are refused after this day.
+    legacy_tokens_until: date | None = None
+
+    @property
+    def configured_secrets(self) -> tuple[str, ...]:
+        """Token secrets set by the operator, newest first; LIFECYCLE_UNSUBSCRIBE_SECRET (the one
+        setting before rotation existed) comes last. Empty: one is generated under `home`."""
+        listed = self.token_secrets
+        if self.unsubscribe_secret and self.unsubscribe_secret not in listed:
+            listed = (*listed, self.unsubscribe_secret)
+        return listed
 
     @property
     def outbox_dir(self) -> Path:
         return self.home / "outbox"
+
+    def requeue_quiet_period(self) -> timedelta | None:
+        """How long an `unknown` row waits for SendGrid's events before it may be requeued;
+        None without a signed event webhook (no event will ever come to resolve it)."""
+        if not self.sendgrid_webhook_public_key:
+            return None
+        return timedelta(hours=self.unknown_quiet_hours)
 
     def chosen_transport(self) -> str:
         if self.transport:
@@ -76,5 +148,15 @@ def load_settings(**overrides: Any) -> Settings:
         unsubscribe_mailbox=_env("LIFECYCLE_UNSUBSCRIBE_MAILBOX", DEMO_UNSUBSCRIBE_MAILBOX),
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
+        sendgrid_rate_per_second=_positive("LIFECYCLE_SENDGRID_RATE_PER_SECOND"),
+        sendgrid_pool_slots=int(
+            _positive("LIFECYCLE_SENDGRID_POOL_SLOTS", whole=True) or DEFAULT_POOL_SLOTS
+        ),
+        unknown_quiet_hours=float(_env("LIFECYCLE_UNKNOWN_QUIET_HOURS", "24")),
+        preferences_file=Path(
+            _env("LIFECYCLE_PREFERENCES_FILE", str(PROJECT_ROOT / "include" / "preferences.yaml"))
+        ),
+        token_secrets=tuple(_env("LIFECYCLE_TOKEN_SECRETS", "").replace(",", " ").split()),
+        legacy_tokens_until=_date(_env("LIFECYCLE_LEGACY_TOKENS_UNTIL")),
     )
     return replace(settings, **overrides)

@@ -46,7 +46,7 @@ from lifecycle.core.localtime import (
     year_of,
 )
 from lifecycle.core.sources import source_customers, source_orders
-from lifecycle.store.schema import customer_features
+from lifecycle.store.schema import customer_features, survey_responses
 
 # Loyalty tiers by points (the shop gives 10 points per dollar), highest first.
 TIERS = (("platinum", 15_000), ("gold", 5_000), ("silver", 1_000))
@@ -55,8 +55,9 @@ ONBOARDING_STEPS = {0: "day0", 3: "day3", 7: "day7"}
 
 Kind = Literal["number", "text", "date", "datetime", "bool"]
 # customer: the customer row; orders: their order history; order: one delivered order per
-# row (feedback); rfm: scores from the latest materialized snapshot.
-Level = Literal["customer", "orders", "order", "rfm"]
+# row (feedback); rfm: scores from the latest materialized snapshot; survey: their latest
+# survey answer (survey_responses).
+Level = Literal["customer", "orders", "order", "rfm", "survey"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ FEATURES: dict[str, Feature] = {
     "rfm_monetary": Feature("number", "rfm", "monetary score 1-5"),
     "rfm_score": Feature("text", "rfm", "'RFM' digits, e.g. '545'"),
     "rfm_segment": Feature("text", "rfm", "Champions, Loyal, At risk, Lost, ..."),
+    "survey_score": Feature("number", "survey", "score 0-10 of the latest survey answer"),
+    "survey_answered_at": Feature("datetime", "survey", "when it was last given (UTC)"),
+    "survey_local_date": Feature(
+        "date", "survey", "local date of the latest survey answer", "survey_answered_at"
+    ),
+    "survey_response_id": Feature("number", "survey", "the answer: one per surveyed email"),
+    "survey_campaign": Feature("text", "survey", "the campaign that asked"),
+    "survey_occurrence_key": Feature("text", "survey", "the email that asked, e.g. the order id"),
 }
 
 
@@ -192,6 +201,10 @@ def feature_query(
         f = customer_features
         from_clause = from_clause.outerjoin(f, f.c.customer_id == c.c.customer_id)
         columns.update({name: f.c[name] for name, feat in FEATURES.items() if feat.level == "rfm"})
+    if "survey" in levels:
+        latest = _latest_answers(as_of)
+        from_clause = from_clause.outerjoin(latest, latest.c.customer_id == c.c.customer_id)
+        columns.update(_survey_columns(latest, tz))
     return FeatureQuery(as_of, columns, from_clause, where)
 
 
@@ -213,8 +226,12 @@ def _local_today(
 
 
 def _email_columns(email: ColumnElement[str]) -> dict[str, ColumnElement[Any]]:
-    # Portable LIKE patterns: something@something.something, one @, no spaces.
-    well_formed = and_(email.like("%_@_%._%"), not_(email.like("%@%@%")), not_(email.like("% %")))
+    # Portable LIKE patterns: something@something.something, one @, no spaces inside (padding
+    # around the address is trimmed where it is sent: run.plan stores it stripped).
+    address = func.trim(email)
+    well_formed = and_(
+        address.like("%_@_%._%"), not_(address.like("%@%@%")), not_(address.like("% %"))
+    )
     reason = case(
         (or_(email.is_(None), func.trim(email) == ""), literal("missing_email")),
         (not_(well_formed), literal("malformed_email")),
@@ -319,4 +336,32 @@ def _delivered_order_columns(
         "order_delivered_at": o.c.delivered_at,
         "delivered_local_date": delivered_day,
         "days_since_delivery": days_between(today, delivered_day),
+    }
+
+
+def _latest_answers(as_of: datetime) -> FromClause:
+    """Each customer's latest survey answer given by as_of (a re-score is the latest)."""
+    r = survey_responses.c
+    rank = (
+        func.row_number()
+        .over(partition_by=r.customer_id, order_by=(r.updated_at.desc(), r.id.desc()))
+        .label("rank")
+    )
+    ranked = (
+        select(r.id, r.customer_id, r.campaign_id, r.occurrence_key, r.score, r.updated_at, rank)
+        .where(r.updated_at <= as_of)
+        .subquery("ranked_answers")
+    )
+    return select(ranked).where(ranked.c.rank == 1).subquery("latest_answer")
+
+
+def _survey_columns(latest: FromClause, tz: ColumnElement[str]) -> dict[str, ColumnElement[Any]]:
+    a = latest.c
+    return {
+        "survey_score": a.score,
+        "survey_answered_at": a.updated_at,
+        "survey_local_date": local_date(a.updated_at, tz),
+        "survey_response_id": a.id,
+        "survey_campaign": a.campaign_id,
+        "survey_occurrence_key": a.occurrence_key,
     }

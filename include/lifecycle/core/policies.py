@@ -5,11 +5,16 @@ send window in the customer's local time. Reasons, checked in this order:
 
 * ``missing_email`` / ``invalid_email`` — nothing to send to;
 * ``no_consent`` — no marketing consent (when the spec requires it);
+* ``erased`` — the person asked to be erased: the suppression list keeps only the address's
+  hash, and the row stores neither the address nor the template variables;
 * ``suppressed`` — on the suppression list, globally or in the spec's ASM group;
 * ``holdout`` — in the campaign's control group (drawn among the reachable customers only, so
   it measures the campaign and nothing else);
 * ``frequency_cap`` — already N marketing emails in the rolling window, counting what other
-  campaigns sent, have in flight or planned, and what this chunk plans first.
+  campaigns sent, have in flight or planned, and what this chunk plans first;
+* ``duplicate_address`` — another customer's email of the same occurrence goes to the same inbox
+  (addresses compared trimmed and case-insensitively): the one planned earlier keeps it, else
+  the lowest customer id among those still to be sent.
 
 Send window: a customer outside it (local time) is not dropped. The row is planned with
 ``send_after`` = the next local window opening and picked up by the first run after that.
@@ -21,9 +26,9 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, String, func, select
 
-from lifecycle.core import localtime, segments
+from lifecycle.core import addresses, localtime, segments
 from lifecycle.core.campaigns import CampaignSpec, SendWindow
 from lifecycle.store import ledger
 from lifecycle.store.schema import suppressions
@@ -44,13 +49,26 @@ def suppression_scopes(spec: CampaignSpec) -> list[str]:
 
 
 def suppressed_emails(conn: Connection, emails: list[str], scopes: list[str]) -> set[str]:
-    """The lower-cased addresses among `emails` that are suppressed in any of `scopes`."""
+    """The inboxes (trimmed, lower-cased) among `emails` suppressed in any of `scopes`."""
+    stored = func.lower(func.trim(suppressions.c.email), type_=String)
     found: set[str] = set()
-    for part in ledger.chunked(sorted(set(emails))):
-        query = select(suppressions.c.email).where(
-            ledger.is_in(conn, suppressions.c.email, part), suppressions.c.scope.in_(scopes)
+    for part in ledger.chunked(sorted({addresses.inbox(e) for e in emails})):
+        query = select(stored).where(
+            ledger.is_in(conn, stored, part), suppressions.c.scope.in_(scopes)
         )
         found.update(conn.execute(query).scalars())
+    return found
+
+
+def erased_inboxes(conn: Connection, emails: list[str]) -> set[str]:
+    """The inboxes among `emails` whose owner was erased (suppressed by hash, in every scope)."""
+    by_hash = {addresses.hashed(e): addresses.inbox(e) for e in emails}
+    found: set[str] = set()
+    for part in ledger.chunked(sorted(by_hash)):
+        query = select(suppressions.c.email).where(
+            ledger.is_in(conn, suppressions.c.email, part), suppressions.c.scope == "global"
+        )
+        found.update(by_hash[h] for h in conn.execute(query).scalars())
     return found
 
 
@@ -103,8 +121,9 @@ def evaluate(
     if rules.requires_consent:
         skip(~audience["marketing_consent"].astype(bool), SkipReason.NO_CONSENT)
 
-    lowered = audience["email"].fillna("").str.strip().str.lower()
+    lowered = audience["email"].fillna("").map(addresses.inbox)
     candidates = lowered[reason.isna()].tolist()
+    skip(lowered.isin(erased_inboxes(conn, candidates)), SkipReason.ERASED)
     blocked = suppressed_emails(conn, candidates, suppression_scopes(spec))
     skip(lowered.isin(blocked), SkipReason.SUPPRESSED)
 
@@ -125,8 +144,29 @@ def evaluate(
         over = (already + order_in_chunk) >= cap.max_emails
         skip(over.reindex(audience.index, fill_value=False).astype(bool), SkipReason.FREQUENCY_CAP)
 
+    skip(_second_in_inbox(conn, audience, lowered, reason.isna(), spec.id), SkipReason.DUPLICATE)
+
     timing = schedule(audience["timezone"], as_of, rules.send_window)
     return pd.DataFrame(
         {"reason": reason, "send_after": timing["send_after"], "expires_at": timing["expires_at"]},
         index=audience.index,
     )
+
+
+def _second_in_inbox(
+    conn: Connection, audience: pd.DataFrame, inboxes: pd.Series, sendable: pd.Series, campaign: str
+) -> pd.Series:
+    """Sendable rows whose inbox gets this occurrence's email through another customer: one
+    already in the ledger, or a lower customer id in this chunk (chunks come in id order)."""
+    keys = audience["occurrence_key"].map(str)
+    holders = ledger.inbox_holders(conn, campaign, inboxes[sendable].tolist())
+    held_by = pd.Series(
+        [holders.get(pair) for pair in zip(keys, inboxes, strict=True)],
+        index=audience.index,
+        dtype=object,
+    )
+    ids = audience["customer_id"].astype(int)
+    taken = held_by.notna() & (held_by != ids)
+    ranked = pd.DataFrame({"key": keys, "inbox": inboxes, "id": ids})[sendable & ~taken]
+    later = ranked.sort_values("id").duplicated(["key", "inbox"])
+    return (taken | later.reindex(audience.index, fill_value=False)) & sendable

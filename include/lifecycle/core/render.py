@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import traceback
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 from jinja2 import (
@@ -26,10 +28,11 @@ from jinja2 import (
 )
 from jinja2.defaults import DEFAULT_NAMESPACE
 
-from lifecycle.core.campaigns import LOCALES, CampaignSpec
+from lifecycle.core import substitutions
+from lifecycle.core.campaigns import LOCALES, CampaignSpec, Variant
 from lifecycle.core.config import Settings
 from lifecycle.core.formatting import Formatter
-from lifecycle.core.samples import SAMPLE_OCCURRENCE_KEYS, sample_context
+from lifecycle.core.samples import SAMPLE_OCCURRENCE_KEYS, sample_context, with_variant
 from lifecycle.core.templates import (
     LAYOUTS,
     PARTS,
@@ -37,6 +40,9 @@ from lifecycle.core.templates import (
     TemplateLoader,
     TemplateProblem,
 )
+
+# A variant's subject line (Jinja): one for every locale, or one per locale; None: subject.txt
+Subject = str | Mapping[Any, str] | None
 
 FALLBACK_LOCALE = "en"
 
@@ -57,6 +63,29 @@ def _language(locale: str | None) -> str | None:
     return re.split(r"[-_.@]", locale.strip(), maxsplit=1)[0].lower() or None
 
 
+@dataclass(frozen=True)
+class UtmSettings:
+    """brand.yaml `utm`: the values and parameter names of the UTM tags on every link."""
+
+    source: str = "lifecycle"
+    medium: str = "email"
+    names: dict[str, str] = field(
+        default_factory=lambda: {
+            "source": "utm_source",
+            "medium": "utm_medium",
+            "campaign": "utm_campaign",
+            "content": "utm_content",
+        }
+    )
+
+    def query(self, campaign_id: str, variant_id: str | None) -> str:
+        """`utm_source=...&utm_medium=email&utm_campaign=<campaign>[&utm_content=<variant>]`."""
+        values = {"source": self.source, "medium": self.medium, "campaign": campaign_id}
+        if variant_id is not None:
+            values["content"] = variant_id
+        return urlencode({self.names[key]: value for key, value in values.items()})
+
+
 class Renderer:
     """Renders `templates/<template>/<locale>/` for one email; see `get_renderer`."""
 
@@ -67,6 +96,7 @@ class Renderer:
         brand_file = layouts / "brand.yaml"
         brand = yaml.safe_load(brand_file.read_text(encoding="utf-8"))
         strings = brand.pop("strings")
+        self.utm = UtmSettings(**brand.pop("utm", {}))
         partials = {p.stem: p.read_text(encoding="utf-8") for p in layouts.glob("partials/*")}
         # What `[[ ... ]]` can name (at load) and what every render sees, per locale.
         self.static = {
@@ -91,9 +121,11 @@ class Renderer:
             cache_size=-1,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=substitutions.finalize,
         )
         self.available = self._scan()
         self._compiled: dict[tuple[str, str], tuple[Template, ...]] = {}
+        self._subjects: dict[str, Template] = {}
 
     def _scan(self) -> dict[str, frozenset[str]]:
         """{template name: locales with all three parts}, e.g. {'onboarding/day0': {'en', ...}}."""
@@ -135,21 +167,84 @@ class Renderer:
             compiled = self._compiled[key] = parts
         return compiled
 
+    def _subject_template(self, source: str) -> Template:
+        """A variant's subject line (Jinja source from its spec), compiled once."""
+        compiled = self._subjects.get(source)
+        if compiled is None:
+            try:
+                compiled = self._subjects[source] = self.env.from_string(source)
+            except TemplateSyntaxError as exc:
+                reason = exc.message or "syntax error"
+                raise TemplateProblem("variant subject", None, reason) from None
+        return compiled
+
     def render(
-        self, template: str, locale: str | None, default_locale: str, context: dict[str, Any]
+        self,
+        template: str,
+        locale: str | None,
+        default_locale: str,
+        context: dict[str, Any],
+        *,
+        subject: Subject = None,
     ) -> Rendered:
-        """Subject, HTML and text of one email. Raises `TemplateProblem` naming file and line."""
+        """Subject, HTML and text of one email. Raises `TemplateProblem` naming file and line.
+
+        `subject` (a variant's, one for all locales or one per locale) replaces subject.txt.
+        """
+        locale_used, values = self.values(template, locale, default_locale, context)
+        return self.render_values(template, locale_used, values, subject=subject)
+
+    def values(
+        self, template: str, locale: str | None, default_locale: str, context: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The locale an email renders in and the values its templates see."""
         locale_used = self.resolve_locale(template, locale, default_locale)
-        parts = self._templates_for(template, locale_used)
-        values = self._values(context, locale_used)
+        return locale_used, self._values(context, locale_used)
+
+    def render_values(
+        self, template: str, locale_used: str, values: dict[str, Any], *, subject: Subject = None
+    ) -> Rendered:
+        parts = self._parts(template, locale_used, subject)
         try:
             # Template.render() copies the context twice per call; one shared dict is enough.
-            subject, html, text = (
+            line, html, text = (
                 "".join(t.root_render_func(t.new_context(values, shared=True))) for t in parts
             )
         except Exception as exc:
             raise self._problem(exc, parts, values, template, locale_used) from exc
-        return Rendered(" ".join(subject.split()), html, text.strip() + "\n", locale_used)
+        return Rendered(" ".join(line.split()), html, text.strip() + "\n", locale_used)
+
+    def render_subject(
+        self, template: str, locale_used: str, values: dict[str, Any], *, subject: Subject = None
+    ) -> str:
+        parts = self._parts(template, locale_used, subject)
+        try:
+            line = "".join(parts[0].root_render_func(parts[0].new_context(values, shared=True)))
+        except Exception as exc:
+            raise self._problem(exc, parts, values, template, locale_used) from exc
+        return " ".join(line.split())
+
+    def _parts(self, template: str, locale_used: str, subject: Subject) -> tuple[Template, ...]:
+        """The compiled subject, HTML and text; a variant's `subject` replaces subject.txt."""
+        parts = self._templates_for(template, locale_used)
+        line = subject.get(locale_used) if isinstance(subject, Mapping) else subject
+        if line is not None:
+            parts = (self._subject_template(line), *parts[1:])
+        return parts
+
+    def render_shared(
+        self, template: str, locale_used: str, values: dict[str, Any], paths: list[str]
+    ) -> substitutions.SharedBody:
+        """HTML and text once for all recipients whose values differ from `values` only at
+        `paths`, those as substitution tags. Raises `substitutions.NotExpressible` for the first
+        of `paths` the templates use other than by outputting it."""
+        tags = substitutions.Tags()
+        symbolic = substitutions.with_slots(values, paths, tags)
+        parts = self._templates_for(template, locale_used)
+        html, text = (
+            "".join(t.root_render_func(t.new_context(symbolic, shared=True))) for t in parts[1:]
+        )
+        return substitutions.shared_body(html, text, tags)
 
     def _values(self, context: dict[str, Any], locale: str) -> dict[str, Any]:
         static = self.static.get(locale)
@@ -164,6 +259,10 @@ class Renderer:
             "first_name": first_name or static["t"]["fallback_name"],
             "fmt": fmt,
         }
+        variant = context.get("variant")
+        values["utm_query"] = self.utm.query(
+            context["campaign"]["id"], variant["id"] if variant else None
+        )
         coupon = context.get("coupon")
         if coupon is not None:  # the terms, formatted once for the subject, HTML and text
             values["coupon"] = {
@@ -202,12 +301,25 @@ class Renderer:
         """Render every template x locale `spec` can use with sample data; raise the first
         `TemplateProblem`. With a missing first name too, so the fallback path is exercised."""
         keys = occurrence_keys if occurrence_keys is not None else self.occurrence_keys(spec)
-        for key in keys:
-            template = spec.template_for(key)
-            for locale in LOCALES:
-                for with_name in (True, False):
-                    context = sample_context(spec, key, locale, with_name=with_name)
-                    self.render(template, locale, spec.default_locale, context)
+        arms: list[Variant | None] = [*spec.variants] or [None]
+        for variant in arms:
+            subject = variant.subject if variant else None
+            for key in keys:
+                template = spec.variant_template(variant.id if variant else None, key)
+                for locale in LOCALES:
+                    for with_name in (True, False):
+                        context = sample_context(spec, key, locale, with_name=with_name)
+                        if variant is None:
+                            self.render(template, locale, spec.default_locale, context)
+                            continue
+                        context = with_variant(context, spec, variant.id)
+                        try:
+                            self.render(
+                                template, locale, spec.default_locale, context, subject=subject
+                            )
+                        except TemplateProblem as exc:
+                            reason = f"variant {variant.id!r}: {exc.reason}"
+                            raise TemplateProblem(exc.file, exc.line, reason) from None
 
     def occurrence_keys(self, spec: CampaignSpec) -> list[str]:
         """Sample keys: for a template like 'onboarding/{occurrence_key}', the folders on disk."""

@@ -16,12 +16,15 @@ SAMPLE_DATA: dict[str, Any] = {
     "order_placed_at": "2026-11-18T14:05:00+00:00",
     "loyalty_tier": "gold",
     "loyalty_points": 1250,
+    "survey_score": 4,
+    "survey_occurrence_key": "100234",
 }
 SAMPLE_OCCURRENCE_KEYS = {
     "birthday_year": "2026",
     "order_id": "100234",
     "loyalty_tier": "gold",
     "lapse_started_on": "2026-08-20",
+    "survey_response_id": "17",
 }
 SAMPLE_NAMES = {"en": ("Emma", "Walker"), "hy": ("Անի", "Պետրոսյան"), "ka": ("ნინო", "ბერიძე")}
 SAMPLE_TIMEZONES = {"en": "America/New_York", "hy": "Asia/Yerevan", "ka": "Asia/Tbilisi"}
@@ -65,6 +68,19 @@ def sample_context(
         }
         if with_coupon
         else None,
+        "variant": None,
         "unsubscribe_url": "https://example.com/lifecycle/unsubscribe/sample-token",
+        "rating_url": lambda score: f"https://example.com/lifecycle/feedback/sample-{score}",
         "local_date": as_of.astimezone(zone_or_utc(timezone)).date(),
     }
+
+
+def with_variant(context: dict[str, Any], spec: CampaignSpec, variant_id: str) -> dict[str, Any]:
+    """A sample context as the variant's emails see it: its fields and coupon discount."""
+    variant = spec.variant(variant_id)
+    assert variant is not None, variant_id
+    coupon = context["coupon"]
+    if coupon is not None and variant.coupon_discount_percent is not None:
+        coupon = {**coupon, "discount_percent": variant.coupon_discount_percent}
+    data = {**context["data"], **variant.fields}
+    return {**context, "data": data, "coupon": coupon, "variant": {"id": variant.id}}

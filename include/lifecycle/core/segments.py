@@ -426,12 +426,16 @@ def holdout_mask(customer_ids: pd.Series, campaign_id: str, percent: float) -> p
     A splitmix64 hash of the customer id keyed by the campaign: stable across processes,
     versions and chunkings, vectorised, and independent between campaigns.
     """
-    key = int.from_bytes(hashlib.blake2b(campaign_id.encode(), digest_size=8).digest(), "big")
+    bucket = customer_hash(customer_ids, campaign_id) % np.uint64(10_000)
+    return pd.Series(bucket < np.uint64(round(percent * 100)), index=customer_ids.index)
+
+
+def customer_hash(customer_ids: pd.Series, key: str) -> np.ndarray:
+    """splitmix64 of each customer id xor a 64-bit digest of `key`, as uint64."""
+    salt = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
     with np.errstate(over="ignore"):
-        x = customer_ids.to_numpy(dtype=np.uint64) ^ np.uint64(key)
+        x = customer_ids.to_numpy(dtype=np.uint64) ^ np.uint64(salt)
         x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    bucket = x % np.uint64(10_000)
-    return pd.Series(bucket < np.uint64(round(percent * 100)), index=customer_ids.index)
+        return x ^ (x >> np.uint64(31))

@@ -26,6 +26,12 @@ LOAD_TIME_NAMES = ("brand", "t", "partials", "locale")  # what `[[ ... ]]` can n
 _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PLACEHOLDER = re.compile(r"@@J(\d+)@@|<!--J(\d+)-->")
 _STATIC = re.compile(r"\[\[\s*([A-Za-z_][\w.]*)\s*\]\]")
+_HREF = re.compile(
+    r"""(?P<lead>\bhref\s*=\s*)(?P<q>["'])(?P<url>https?://.*?)(?P=q)""", re.I | re.S
+)
+_TEXT_URL = re.compile(r"""https?://(?:\{\{.*?\}\}|[^\s{}<>"'])+""")
+_URL_TRAIL = ".,;:!?)"  # sentence punctuation after a URL in text is not part of it
+UTM_QUERY = "{{ utm_query }}"  # the UTM parameters, per email (`render.Renderer.utm_query`)
 
 
 class TemplateProblem(ValueError):
@@ -88,6 +94,42 @@ def inline_css(source: str, css: str, filename: str) -> _Inlined:
     return _Inlined("".join(parts), lines)
 
 
+def tag_links(source: str, *, html: bool) -> str:
+    """`source` with the UTM parameters added to every http(s) link, as Jinja text.
+
+    HTML: every `href` that is an http(s) URL; text: every http(s) URL. The parameters join the
+    existing query string (or start one) before any `#anchor`; `mailto:`, `tel:`, anchors and
+    links made wholly at render time (the unsubscribe link) are left alone, and so is a link
+    that already carries `utm_` parameters.
+    """
+    joiner = "&amp;" if html else "&"
+
+    def tagged(url: str) -> str:
+        if "utm_" in url:
+            return url
+        masked = _JINJA_TAG.sub(lambda m: "x" * len(m.group(0)), url)  # '#', '?' of Jinja
+        cut = masked.find("#")
+        cut = len(url) if cut < 0 else cut
+        query = masked[:cut]
+        if "?" not in query:
+            separator = "?"
+        elif query.endswith(("?", "&", "&amp;")):
+            separator = ""
+        else:
+            separator = joiner
+        return f"{url[:cut]}{separator}{UTM_QUERY}{url[cut:]}"
+
+    if html:
+        return _HREF.sub(lambda m: f"{m['lead']}{m['q']}{tagged(m['url'])}{m['q']}", source)
+
+    def in_text(match: re.Match[str]) -> str:
+        url = match.group(0)
+        kept = url.rstrip(_URL_TRAIL)
+        return tagged(kept) + url[len(kept) :]
+
+    return _TEXT_URL.sub(in_text, source)
+
+
 class TemplateLoader(FileSystemLoader):
     """Loads templates from disk and prepares each source once, for one locale:
 
@@ -95,7 +137,8 @@ class TemplateLoader(FileSystemLoader):
        values from brand.yaml for the template's locale (the text goes in as template
        source, so a brand.yaml string may itself hold `{{ ... }}` evaluated per email);
        `[[ partials.coupon ]]` inserts `_layouts/partials/coupon.html` (on one line);
-    2. `.html` sources get the email CSS inlined.
+    2. every link of the bodies gets the UTM parameters (`tag_links`);
+    3. `.html` sources get the email CSS inlined.
 
     Layouts are shared by all locales: `_layouts/hy/base.html` is `_layouts/base.html` prepared
     for hy (see `TemplateEnvironment.join_path`).
@@ -113,6 +156,8 @@ class TemplateLoader(FileSystemLoader):
         path = f"{LAYOUTS}/{part}" if folder == LAYOUTS else template
         source, filename, uptodate = super().get_source(environment, path)
         source = self._substitute(source, filename, locale)
+        if part != "subject.txt":
+            source = tag_links(source, html=part.endswith(".html"))
         if part.endswith(".html"):
             environment.parse(source, template, filename)  # syntax errors with the file's lines
             inlined = inline_css(source, self.css, filename)

@@ -14,7 +14,7 @@ from email.policy import EmailPolicy
 from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
 
-from lifecycle.delivery import Envelope, Message
+from lifecycle.delivery import BulkMessage, Envelope, Message
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.states import LedgerStatus
 
@@ -76,6 +76,7 @@ def build_email(message: Message, envelope: Envelope) -> EmailMessage:
 
 class OutboxTransport:
     throttled = False
+    max_recipients = 1  # one file per email: a shared body would gain nothing
 
     def __init__(self, directory: Path, envelope: Envelope) -> None:
         self.directory = directory
@@ -98,6 +99,9 @@ class OutboxTransport:
             raise
         message_id = str(email["Message-ID"]).strip("<>")[:64]
         return Outcome(message.send_id, LedgerStatus.SENT, message_id)
+
+    async def send_bulk(self, message: BulkMessage) -> list[Outcome]:
+        raise NotImplementedError("the outbox takes one recipient per message (max_recipients)")
 
     async def close(self) -> None:
         return None

@@ -1,4 +1,9 @@
-"""SendGrid v3 mail/send over keep-alive HTTP (aiohttp), one request per recipient.
+"""SendGrid v3 mail/send over keep-alive HTTP (aiohttp): one request per recipient (`send`),
+or one body for up to 1,000 recipients with their own substitutions (`send_bulk`).
+
+A request's answer applies to every recipient in it: 202 -> all sent, a dropped connection ->
+all unknown. A bulk request is checked against SendGrid's per-request limits before it is sent
+(`check_bulk`); one that breaks them fails its rows, not retryable, and is never sent.
 
 Retry policy — retry only what surely was not accepted:
 
@@ -19,6 +24,7 @@ campaign plans the row again (see `ledger.requeue_retryable`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -27,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from lifecycle.delivery import DeliveryStopped, Envelope, Message
+from lifecycle.delivery import BulkMessage, DeliveryStopped, Envelope, Message
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.states import FailReason, LedgerStatus, SkipReason
 
@@ -37,6 +43,40 @@ PATH = "/v3/mail/send"
 # more likely a wrong clock or header than a reason to stall the whole run.
 RATE_LIMIT_WAIT_MAX_S = 120.0
 RATE_LIMIT_JITTER_S = 0.5  # spreads the requests that all resume at the reset
+# SendGrid's per-request limits (OpenAPI `tsg_mail_v3.json`, /work/shared/notes/sendgrid.md).
+MAX_PERSONALIZATIONS = 1000
+MAX_SUBSTITUTIONS_BYTES = 10_000  # per personalization: tags and values, UTF-8
+MAX_CUSTOM_ARGS_BYTES = 10_000  # per personalization, as compact JSON, UTF-8
+
+
+class BulkLimitError(ValueError):
+    """A bulk request SendGrid would refuse; says which limit and which recipient row."""
+
+
+def substitutions_size(substitutions: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in substitutions.items())
+
+
+def check_bulk(message: BulkMessage) -> None:
+    """Raise `BulkLimitError` unless SendGrid accepts `message`'s personalizations."""
+    count = len(message.personalizations)
+    if not 0 < count <= MAX_PERSONALIZATIONS:
+        raise BulkLimitError(f"{count} personalizations: SendGrid takes 1 to 1,000 per request")
+    seen: set[str] = set()
+    for item in message.personalizations:
+        email = item.to_email.lower()
+        if email in seen:
+            raise BulkLimitError(f"row {item.send_id}: {email} is already in this request")
+        seen.add(email)
+        size = substitutions_size(item.substitutions)
+        if size > MAX_SUBSTITUTIONS_BYTES:
+            raise BulkLimitError(
+                f"row {item.send_id}: substitutions of {size} bytes, SendGrid takes "
+                f"{MAX_SUBSTITUTIONS_BYTES:,} per recipient"
+            )
+        args = json.dumps(item.custom_args, ensure_ascii=False, separators=(",", ":"))
+        if len(args.encode()) >= MAX_CUSTOM_ARGS_BYTES:
+            raise BulkLimitError(f"row {item.send_id}: custom_args of 10,000 bytes or more")
 
 
 def payload(message: Message, envelope: Envelope) -> dict[str, Any]:
@@ -56,6 +96,45 @@ def payload(message: Message, envelope: Envelope) -> dict[str, Any]:
         body["reply_to"] = _address(envelope.reply_to_email, envelope.reply_to_name)
     if message.headers:
         body["headers"] = message.headers
+    if envelope.categories:
+        body["categories"] = list(envelope.categories)
+    if envelope.asm_group_id is not None:
+        body["asm"] = {"group_id": envelope.asm_group_id}
+    if envelope.sandbox_mode:
+        body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    tracking: dict[str, Any] = {}
+    if envelope.click_tracking is not None:
+        enable = envelope.click_tracking
+        tracking["click_tracking"] = {"enable": enable, "enable_text": enable}
+    if envelope.open_tracking is not None:
+        tracking["open_tracking"] = {"enable": envelope.open_tracking}
+    if tracking:
+        body["tracking_settings"] = tracking
+    return body
+
+
+def bulk_payload(message: BulkMessage, envelope: Envelope) -> dict[str, Any]:
+    """One request: the shared body, and per recipient their address, subject, headers
+    (List-Unsubscribe), custom_args (send_id) and substitutions."""
+    body: dict[str, Any] = {
+        "personalizations": [
+            {
+                "to": [_address(item.to_email, item.to_name)],
+                "subject": item.subject,
+                "headers": item.headers,
+                "custom_args": item.custom_args,
+                "substitutions": item.substitutions,
+            }
+            for item in message.personalizations
+        ],
+        "from": _address(envelope.sender_email, envelope.sender_name),
+        "content": [
+            {"type": "text/plain", "value": message.text},
+            {"type": "text/html", "value": message.html},
+        ],
+    }
+    if envelope.reply_to_email:
+        body["reply_to"] = _address(envelope.reply_to_email, envelope.reply_to_name)
     if envelope.categories:
         body["categories"] = list(envelope.categories)
     if envelope.asm_group_id is not None:
@@ -82,6 +161,7 @@ def _errors(text: str) -> str:
 
 class SendGridTransport:
     throttled = True
+    max_recipients = MAX_PERSONALIZATIONS
 
     def __init__(
         self,
@@ -160,9 +240,25 @@ class SendGridTransport:
 
     async def send(self, message: Message) -> Outcome:
         body = json.dumps(payload(message, self.envelope), ensure_ascii=False).encode()
-        last = Outcome(
-            message.send_id, LedgerStatus.FAILED, retryable=True, reason=FailReason.NOT_ATTEMPTED
-        )
+        return dataclasses.replace(await self._post(body), send_id=message.send_id)
+
+    async def send_bulk(self, message: BulkMessage) -> list[Outcome]:
+        """One outcome per recipient of `message`, all alike: the request's answer."""
+        try:
+            check_bulk(message)
+        except BulkLimitError as exc:
+            error = f"not sent: {exc}"
+            outcome = Outcome(
+                0, LedgerStatus.FAILED, error=error, retryable=False, reason=FailReason.REJECTED
+            )
+        else:
+            body = json.dumps(bulk_payload(message, self.envelope), ensure_ascii=False).encode()
+            outcome = await self._post(body)
+        return [dataclasses.replace(outcome, send_id=i) for i in message.send_ids]
+
+    async def _post(self, body: bytes) -> Outcome:
+        """The request's outcome, for send_id 0: the caller puts in its rows' ids."""
+        last = Outcome(0, LedgerStatus.FAILED, retryable=True, reason=FailReason.NOT_ATTEMPTED)
         for attempt in range(self.max_attempts):
             await self._wait_for_pause()
             try:
@@ -171,14 +267,14 @@ class SendGridTransport:
                     if 200 <= status < 300 and self.envelope.sandbox_mode:
                         # validated by SendGrid, never delivered: the row stays sendable later
                         return Outcome(
-                            message.send_id,
+                            0,
                             LedgerStatus.SKIPPED,
                             http_status=status,
                             reason=SkipReason.SANDBOX,
                         )
                     if 200 <= status < 300:
                         message_id = response.headers.get("X-Message-Id")
-                        return Outcome(message.send_id, LedgerStatus.SENT, message_id, status)
+                        return Outcome(0, LedgerStatus.SENT, message_id, status)
                     text = await response.text()
                     if status in (401, 403):
                         raise DeliveryStopped(
@@ -189,7 +285,7 @@ class SendGridTransport:
                     if status not in SAFE_TO_RETRY:
                         unknown = status == 504
                         return Outcome(
-                            message.send_id,
+                            0,
                             LedgerStatus.UNKNOWN if unknown else LedgerStatus.FAILED,
                             http_status=status,
                             error=error,
@@ -197,7 +293,7 @@ class SendGridTransport:
                             reason=FailReason.GATEWAY_TIMEOUT if unknown else FailReason.REJECTED,
                         )
                     last = Outcome(
-                        message.send_id,
+                        0,
                         LedgerStatus.FAILED,
                         http_status=status,
                         error=error,
@@ -209,7 +305,7 @@ class SendGridTransport:
                         continue
             except aiohttp.ClientConnectorError as exc:  # nothing was sent
                 last = Outcome(
-                    message.send_id,
+                    0,
                     LedgerStatus.FAILED,
                     error=f"connection failed: {exc.os_error!r}"[:500],
                     retryable=True,
@@ -217,7 +313,7 @@ class SendGridTransport:
                 )
             except aiohttp.ConnectionTimeoutError:  # connect timeout: nothing was sent
                 last = Outcome(
-                    message.send_id,
+                    0,
                     LedgerStatus.FAILED,
                     error="connect timeout",
                     retryable=True,
@@ -225,7 +321,7 @@ class SendGridTransport:
                 )
             except (TimeoutError, aiohttp.ClientError) as exc:
                 return Outcome(
-                    message.send_id,
+                    0,
                     LedgerStatus.UNKNOWN,
                     error=f"{type(exc).__name__} after the request was sent"[:500],
                     reason=FailReason.TIMEOUT

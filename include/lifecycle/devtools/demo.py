@@ -13,21 +13,29 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from croniter import croniter
+from rich import box
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import Engine, func, select
 
 from lifecycle.core import features
 from lifecycle.core.campaigns import CampaignSpec, load_campaigns
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
-from lifecycle.devtools import seed, simulate
+from lifecycle.devtools import orders, seed, simulate
 from lifecycle.store import schema, warehouse
 from lifecycle.store.states import LedgerStatus
 
 DEMO_CUSTOMERS = 20_000
+WIDTH = 100  # the demo's output fits a 100-column terminal
 
 
 class DemoError(RuntimeError):
@@ -59,7 +67,7 @@ def airflow_env(settings: Settings, airflow_home: Path) -> dict[str, str]:
 def run_airflow(args: list[str], env: dict[str, str], log_path: Path) -> float:
     """Run an `airflow` command, its output into `log_path`; seconds taken."""
     started = time.monotonic()
-    with log_path.open("w") as log:
+    with log_path.open("w") as log, working(f"airflow {' '.join(args[:3])}"):
         done = subprocess.run(
             ["airflow", *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT
         )
@@ -124,7 +132,8 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
         as_of = snapshot.as_of if snapshot else seeded_as_of(engine)
     else:
         step("2/5", f"seeding {customers:,} demo customers")
-        result = seed.seed(engine, customers)
+        with working("seeding customers and orders"):
+            result = seed.seed(engine, customers)
         print(f"      {result.customers:,} customers, {result.orders:,} orders")
         as_of = result.as_of
     step("3/5", f"Airflow metadata DB in {airflow_home}")
@@ -142,15 +151,79 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
         run_campaign(engine, spec, settings, conf, env, logs) for spec in campaigns.specs.values()
     ]
     print()
-    print(table(outcomes))
+    OUT.print(table(outcomes))
     report(outcomes, already_sent, settings, logs)
-    # The outbox reports no deliveries, opens or clicks: simulate some (labelled simulated)
-    # so the dashboard has something to show. They happen after the sends, i.e. up to now.
-    events = simulate.simulate_events(engine, as_of=datetime.now(UTC))
+    after_the_emails(engine, campaigns.specs, datetime.now(UTC))
+    print("See it in Airflow: `make airflow`, then http://127.0.0.1:8080 (Campaigns in the nav).")
+    return 0
+
+
+def after_the_emails(engine: Engine, specs: dict[str, CampaignSpec], now: datetime) -> None:
+    """What the demo tells once the campaigns ran: the emails still waiting, and (simulated)
+    what customers did next."""
+    tell_waiting(waiting_emails(engine), specs, now)
+    # The outbox reports no deliveries, opens or clicks, and demo customers order nothing
+    # because of an email: simulate both (labelled simulated) so the dashboard tells the
+    # story. They happen after the sends, i.e. up to now.
+    events = simulate.simulate_events(engine, as_of=now)
     if events.sends:
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in events.events.items())
-        print(f"Simulated engagement for {events.sends:,} sends ({kinds}); labelled simulated.")
-    return 0
+        say(f"SIMULATED engagement for {events.sends:,} sends ({kinds}).")
+    bought = orders.simulate_orders(engine, now=now)
+    if bought.emailed or bought.held_out:
+        say(
+            f"SIMULATED orders after the emails: {bought.emailed:,} by emailed customers and "
+            f"{bought.held_out:,} by the holdout groups (${bought.revenue:,.2f}), so the "
+            "dashboard shows conversions, revenue and uplift. The dashboard labels them."
+        )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    campaign_id: str
+    emails: int
+    opens_at: datetime  # the earliest send window opening among them (UTC)
+
+
+def waiting_emails(engine: Engine) -> list[Waiting]:
+    """Planned emails per campaign, waiting for their customers' send window."""
+    ledger = schema.send_ledger
+    query = (
+        select(ledger.c.campaign_id, func.count(), func.min(ledger.c.send_after))
+        .where(ledger.c.status == LedgerStatus.PLANNED, ledger.c.send_after.is_not(None))
+        .group_by(ledger.c.campaign_id)
+        .order_by(ledger.c.campaign_id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [Waiting(c, n, t if t.tzinfo else t.replace(tzinfo=UTC)) for c, n, t in rows]
+
+
+def next_run(spec: CampaignSpec, after: datetime) -> str:
+    """When the campaign would next run after `after`, if unpaused in Airflow."""
+    if spec.schedule.cron:
+        zone = ZoneInfo(spec.schedule.timezone)
+        at = croniter(spec.schedule.cron, after.astimezone(zone)).get_next(datetime)
+        return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    snapshot = after.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    return f"after the {snapshot:%Y-%m-%d %H:%M} UTC features snapshot"
+
+
+def tell_waiting(waiting: list[Waiting], specs: dict[str, CampaignSpec], now: datetime) -> None:
+    total = sum(w.emails for w in waiting)
+    if not total:
+        return
+    first = min(w.opens_at for w in waiting)
+    runs = "; ".join(
+        f"{w.campaign_id} {w.emails:,}, next run {next_run(spec, max(now, w.opens_at))}"
+        for w in waiting
+        if (spec := specs.get(w.campaign_id)) is not None
+    )
+    say(
+        f"{total:,} emails are still waiting for their customers' local send window (the "
+        f"earliest opening: {first:%Y-%m-%d %H:%M} UTC). With the campaigns unpaused in Airflow, "
+        f"the first run inside each window sends them: {runs}."
+    )
 
 
 def seeded_as_of(engine: Engine) -> datetime:
@@ -177,31 +250,28 @@ def run_campaign(
     return CampaignOutcome(spec.id, run_counts_since(engine, spec.id, before), emls, seconds)
 
 
-def table(outcomes: list[CampaignOutcome]) -> str:
-    header = ("campaign", "planned", "sent", "waiting", "failed", "skipped (why)", ".eml total")
-    rows = [header]
+def table(outcomes: list[CampaignOutcome]) -> Table:
+    """Per campaign: planned, sent, waiting, failed, skipped by reason; wraps within WIDTH."""
+    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    grid.add_column("campaign")
+    for name in ("planned", "sent", "waiting", "failed"):
+        grid.add_column(name, justify="right")
+    grid.add_column("skipped (why)", ratio=1)
+    grid.add_column(".eml", justify="right")
     for outcome in outcomes:
         counts = outcome.counts
         skipped = counts.get("skipped") or {}
         why = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items())) or "-"
-        rows.append(
-            (
-                outcome.campaign_id,
-                f"{counts.get('planned', 0):,}",
-                f"{counts.get('sent', 0):,}",
-                f"{counts.get('waiting', 0):,}",
-                f"{int(counts.get('failed', 0)) + int(counts.get('unknown', 0)):,}",
-                why,
-                f"{outcome.eml_files:,}",
-            )
+        grid.add_row(
+            outcome.campaign_id,
+            f"{counts.get('planned', 0):,}",
+            f"{counts.get('sent', 0):,}",
+            f"{counts.get('waiting', 0):,}",
+            f"{int(counts.get('failed', 0)) + int(counts.get('unknown', 0)):,}",
+            why,
+            f"{outcome.eml_files:,}",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return grid
 
 
 def report(
@@ -210,25 +280,37 @@ def report(
     sent_now = sum(int(o.counts.get("sent", 0)) for o in outcomes)
     print()
     if sent_now == 0 and already_sent:
-        print(
+        say(
             f"Nothing new was sent: the {already_sent:,} emails of these audiences were already "
             "sent by an earlier run. The send ledger holds one row per campaign, occurrence and "
             "customer, so running again never sends the same email twice."
         )
     else:
         print(f"Sent {sent_now:,} emails this time (outbox transport: written, not mailed).")
-    waiting = sum(int(o.counts.get("waiting", 0)) for o in outcomes)
-    if waiting:
-        print(
-            f"{waiting:,} emails wait for the customers' local send window; the next scheduled "
-            "run sends them."
-        )
     print(f"The .eml files are in {settings.outbox_dir}/<campaign>/; task logs in {logs}/.")
-    print("See it in Airflow: `make airflow`, then http://127.0.0.1:8080 (Campaigns in the nav).")
 
 
 def step(number: str, text: str) -> None:
     print(f"[{number}] {text}", flush=True)
+
+
+def say(text: str) -> None:
+    """A paragraph of the demo's story, wrapped to WIDTH."""
+    OUT.print(text, highlight=False, markup=False)
+
+
+@contextmanager
+def working(text: str) -> Iterator[None]:
+    """A spinner on stderr while a long step runs, only on a terminal."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        yield
+        return
+    with err.status(text):
+        yield
+
+
+OUT = Console(width=WIDTH, highlight=False)
 
 
 def main() -> int:

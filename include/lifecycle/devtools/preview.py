@@ -11,9 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import Engine, select
 
-from lifecycle.core import sources
+from lifecycle.core import sources, variants
 from lifecycle.core.campaigns import LOCALES, CampaignSpec, load_campaigns
 from lifecycle.core.config import Settings
 from lifecycle.core.render import Rendered, get_renderer
@@ -54,7 +55,9 @@ def preview_customer(
     row = _email_row(engine, settings, spec, customer_id, key)
     if locale:
         row = replace(row, locale=locale)
-    return Composer(spec, settings, as_of).email(row, sample_coupon(spec, as_of)).rendered
+    return (
+        Composer(spec, settings, as_of).email(row, sample_coupon(spec, as_of, row.variant)).rendered
+    )
 
 
 def _email_row(
@@ -69,15 +72,17 @@ def _email_row(
     for name in spec.template_fields:
         if known.get(name) is not None:
             data[name] = json_safe(known[name])
+    variant = variants.assign(pd.Series([customer_id]), spec).iloc[0]
     return EmailRow(
         send_id=-1,  # nothing is stored
         customer_id=customer_id,
         occurrence_key=key,
-        template=spec.template_for(key),
+        template=spec.variant_template(variant, key),
         email=row["email"],
         locale=row["locale"],
         timezone=row["timezone"],
         context={"first_name": row["first_name"], "last_name": row["last_name"], "data": data},
+        variant=variant,
     )
 
 

@@ -3,7 +3,9 @@
 The outbox transport writes .eml files, so nothing ever reports a delivery, an open or a
 click. For a populated demo dashboard this generates them: about 97% delivered, the rest
 bounced; of those delivered about 38% opened, a quarter of the openers click, and a few
-unsubscribe or report spam. The dashboard and `lifecycle report` label them as simulated.
+unsubscribe or report spam. Variants named in `OPENED_BY_VARIANT` open more often (a simulated
+A/B response, so the demo's test has a winner). The dashboard and `lifecycle report` label
+them as simulated.
 
 Deterministic: the outcome of a send depends only on (seed, ledger row id), so a rerun or a
 larger ledger gives every existing send the same events. Sends that already have any event
@@ -38,6 +40,9 @@ UNSUBSCRIBED = 0.004  # of delivered
 SPAM_REPORTED = 0.001  # of delivered
 CHUNK = 5_000
 HORIZON = timedelta(hours=73)  # the longest nominal delay: a late open plus its click
+# SIMULATED A/B response, for the demo: sends of these variants open this often instead of
+# OPENED, so the demo's subject-line test has a winner (see include/campaigns/winback_ab.yaml).
+OPENED_BY_VARIANT = {"personal": 0.55}
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def events_for(seed: int, send: dict, as_of: datetime) -> list[dict]:
         ]
     delivered_at = sent_at + timedelta(seconds=2 + 28 * u("delivered_at"))
     events = [event("delivered", delivered_at)]
-    if u("open") < OPENED:
+    if u("open") < OPENED_BY_VARIANT.get(send.get("variant") or "", OPENED):
         # Most opens come within hours; an exponential with a 6-hour mean, capped at 3 days.
         delay = min(-6 * math.log(1 - u("open_at")), 72)
         opened_at = delivered_at + timedelta(hours=delay)
@@ -79,6 +84,8 @@ def events_for(seed: int, send: dict, as_of: datetime) -> list[dict]:
             url = (
                 f"https://shop.example.com/?utm_source=lifecycle&utm_campaign={send['campaign_id']}"
             )
+            if send.get("variant"):
+                url += f"&utm_content={send['variant']}"
             clicked_at = opened_at + timedelta(minutes=1 + 29 * u("click_at"))
             events.append(event("click", clicked_at, url=url))
     if u("unsubscribe") < UNSUBSCRIBED:
@@ -119,6 +126,7 @@ def _sends_without_events(
             ledger.c.email,
             ledger.c.message_id,
             ledger.c.sent_at,
+            ledger.c.variant,
         )
         .where(
             ledger.c.status == LedgerStatus.SENT,

@@ -26,11 +26,14 @@ from typing import NamedTuple
 
 import httpx
 
-from lifecycle.core.config import PROJECT_ROOT, load_settings
+from lifecycle.core.config import DEFAULT_POOL_SLOTS, PROJECT_ROOT, SENDGRID_POOL, load_settings
 
 DEFAULT_PORT = 8080
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
 ADMIN_USER = "admin"
+POOL_DESCRIPTION = (
+    "SendGrid account: the deliver tasks of every campaign (LIFECYCLE_SENDGRID_POOL_SLOTS)"
+)
 
 
 class StandaloneError(RuntimeError):
@@ -66,6 +69,7 @@ class Standalone:
     airflow_home: Path
     port: int
     log_path: Path | None
+    pool_slots: int = DEFAULT_POOL_SLOTS
     # pid -> start time: a pid the kernel reuses for another process is not ours.
     seen: dict[int, int] = field(default_factory=dict)
 
@@ -91,7 +95,8 @@ class Standalone:
         return response.json()["access_token"]
 
     def wait_healthy(self, timeout: float = 180) -> None:
-        """Wait until the metadata DB, scheduler, dag-processor and triggerer report healthy."""
+        """Wait until the metadata DB, scheduler, dag-processor and triggerer report healthy,
+        then create the SendGrid pool."""
         deadline = time.monotonic() + timeout
         status: object = "no answer"
         while time.monotonic() < deadline:
@@ -105,11 +110,32 @@ class Standalone:
             except (httpx.HTTPError, ValueError) as exc:
                 status = repr(exc)
             if _all_healthy(status) and (self.airflow_home / PASSWORD_FILE).exists():
+                self.ensure_pool()
                 return
             time.sleep(1)
         raise StandaloneError(
             f"airflow standalone not healthy after {timeout:.0f}s: {status}\n{self.log_tail()}"
         )
+
+    def ensure_pool(self) -> None:
+        """The SendGrid pool every deliver task runs in, sized from the settings (a task in a
+        pool that does not exist is never scheduled)."""
+        pool = {
+            "name": SENDGRID_POOL,
+            "slots": self.pool_slots,
+            "description": POOL_DESCRIPTION,
+        }
+        api = httpx.Client(
+            base_url=f"{self.url}/api/v2",
+            headers={"Authorization": f"Bearer {self.api_token()}"},
+            timeout=30,
+        )
+        with api:
+            created = api.post("/pools", json=pool)
+            if created.status_code == 409:  # there already: take the configured size
+                api.patch(f"/pools/{SENDGRID_POOL}", json=pool).raise_for_status()
+            else:
+                created.raise_for_status()
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -182,7 +208,8 @@ def start_standalone(
             stderr=None if echo else subprocess.STDOUT,
             start_new_session=True,
         )
-    return Standalone(process, airflow_home, port, log_path)
+    slots = int(full_env.get("LIFECYCLE_SENDGRID_POOL_SLOTS") or DEFAULT_POOL_SLOTS)
+    return Standalone(process, airflow_home, port, log_path, slots)
 
 
 def _all_healthy(status: object) -> bool:

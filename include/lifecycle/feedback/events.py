@@ -6,7 +6,7 @@ retries non-2xx for 24 h) or an operator sees a clear 4xx. A valid batch is writ
 transaction with insert-ignore on `sg_event_id` and on a natural key, so replays and duplicate
 deliveries change nothing. Events are linked to the ledger by our `custom_args` (`send_id`,
 `campaign`) exactly as received: an event that arrives before its send is recorded is kept,
-and reporting joins later.
+and reporting joins later. An event for an `unknown` row resolves it (`store.unknown`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy import Engine
 
-from lifecycle.feedback import suppressions
-from lifecycle.store import dialect
+from lifecycle.feedback import privacy, suppressions
+from lifecycle.store import dialect, unknown
 from lifecycle.store.schema import engagement_events
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -52,6 +52,7 @@ class IngestResult:
     received: int
     stored: int  # new events (the rest were duplicates of stored ones)
     suppressions: int  # new suppression rows
+    resolved_unknown: int = 0  # `unknown` ledger rows these events showed SendGrid accepted
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -210,7 +211,8 @@ def to_row(event: Any, index: int, received_at: datetime) -> dict[str, Any]:
     _check_group_id(event, index)
     message = _text(event, "sg_message_id", 1000, index)
     return {
-        "sg_event_id": _text(event, "sg_event_id", 128, index),
+        # "" is no id: stored as NULL, or it would deduplicate every later event without one
+        "sg_event_id": _text(event, "sg_event_id", 128, index) or None,
         "event": name,
         "email": _text(event, "email", 320, index),
         "occurred_at": _occurred_at(event, index),
@@ -264,8 +266,12 @@ def suppression_for(row: dict[str, Any]) -> dict[str, Any] | None:
         reason = DROPPED_SUPPRESSING.get(str(row["reason"] or "").strip().lower())
     elif event in ("spamreport", "unsubscribe"):
         reason = event
-    elif event == "group_unsubscribe" and isinstance(payload.get("asm_group_id"), int):
-        scope, reason = f"group:{payload['asm_group_id']}", "group_unsubscribe"
+    elif event == "group_unsubscribe":
+        # Without its group (never seen from SendGrid, but signed) the customer still asked
+        # out of something: suppressed globally rather than mailed again.
+        group = payload.get("asm_group_id")
+        scope = f"group:{group}" if isinstance(group, int) else "global"
+        reason = "group_unsubscribe"
     if reason is None:
         return None
     return suppressions.row(email, scope, reason, "webhook", row["occurred_at"])
@@ -291,6 +297,7 @@ def ingest(engine: Engine, rows: list[dict[str, Any]]) -> IngestResult:
     implied = [s for s in map(suppression_for, unique) if s is not None]
     with engine.begin() as conn:
         stored = 0
+        unique = privacy.forget_erased_events(conn, unique)
         if unique:
             statement = (
                 dialect.insert(conn, engagement_events)
@@ -299,7 +306,11 @@ def ingest(engine: Engine, rows: list[dict[str, Any]]) -> IngestResult:
             )
             stored = len(conn.execute(statement, unique).all())
         added = suppressions.add(conn, implied)
-    return IngestResult(received=len(rows), stored=stored, suppressions=added)
+        proving = [row["send_id"] for row in unique if row["send_id"] is not None]
+        resolved = unknown.resolve(conn, send_ids=proving) if proving else 0
+    return IngestResult(
+        received=len(rows), stored=stored, suppressions=added, resolved_unknown=resolved
+    )
 
 
 def ingest_body(engine: Engine, body: bytes, received_at: datetime) -> IngestResult:

@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
+from lifecycle.core import addresses, policies
 from lifecycle.core.config import Settings
 from lifecycle.store import dialect
-from lifecycle.store.schema import suppressions
+from lifecycle.store.schema import resubscribes, suppressions
 
 PAGE_LIMIT = 500  # SendGrid's maximum page size for the suppression lists
 PUSH_CHUNK = 1_000
@@ -46,6 +48,10 @@ def row(email: str, scope: str, reason: str, source: str, at: datetime) -> dict[
 def add(conn: Connection, rows: list[dict[str, Any]]) -> int:
     """Insert suppressions; existing (email, scope) pairs are kept. Returns how many are new."""
     valid = [r for r in rows if r["email"] and len(r["email"]) <= 320]
+    # An erased person's address comes back from SendGrid's lists and events: their hashed
+    # suppression covers it, and the plaintext is not stored again.
+    erased = policies.erased_inboxes(conn, [r["email"] for r in valid])
+    valid = [r for r in valid if addresses.inbox(r["email"]) not in erased]
     if not valid:
         return 0
     statement = (
@@ -177,6 +183,13 @@ class SuppressionClient:
     def add_global_unsubscribes(self, emails: list[str]) -> None:
         self.request("POST", "/v3/asm/suppressions/global", json={"recipient_emails": emails})
 
+    def add_group_suppressions(self, group_id: int, emails: list[str]) -> None:
+        path = f"/v3/asm/groups/{group_id}/suppressions"
+        self.request("POST", path, json={"recipient_emails": emails})
+
+    def delete_group_suppression(self, group_id: int, email: str) -> None:
+        self.request("DELETE", f"/v3/asm/groups/{group_id}/suppressions/{quote(email, safe='@')}")
+
 
 # --- sync ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -185,6 +198,8 @@ class SyncResult:
     added: int  # of those, new to our table
     pushed: int  # our unsubscribes sent to SendGrid's global list
     requests: int
+    group_pushed: int = 0  # our topic unsubscribes sent to SendGrid's groups
+    lifted: int = 0  # group suppressions lifted: ours at SendGrid, SendGrid's in ours
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -211,16 +226,23 @@ def watermarks(engine: Engine) -> dict[str, int]:
 
 
 def pulled_rows(
-    client: SuppressionClient, now: datetime, since: dict[str, int]
+    client: SuppressionClient,
+    now: datetime,
+    since: dict[str, int],
+    groups: dict[int, set[str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """SendGrid's suppressions (lists from `since[reason]` on; groups whole) as rows of ours."""
+    """SendGrid's suppressions (lists from `since[reason]` on; groups whole) as rows of ours.
+    `groups` receives each group's whole list (as inboxes)."""
     for name, reason in (*LISTS.items(), ("unsubscribes", "unsubscribe")):
         for item in client.suppression_list(name, since.get(reason, 0)):
             if not isinstance(item.get("email"), str):
                 continue
             yield row(item["email"], "global", reason, "sync", _created(item, now))
     for group_id in client.group_ids():
-        for email in client.group_suppressions(group_id):
+        emails = client.group_suppressions(group_id)
+        if groups is not None:
+            groups[group_id] = {addresses.inbox(email) for email in emails}
+        for email in emails:
             yield row(email, f"group:{group_id}", "group_unsubscribe", "sync", now)
 
 
@@ -256,17 +278,83 @@ def push_unsubscribes(engine: Engine, client: SuppressionClient, now: datetime) 
     return len(rows)
 
 
+def _pending_group_pushes(conn: Connection) -> dict[int, list[tuple[int, str]]]:
+    """Our topic unsubscribes not yet at SendGrid: group id → [(row id, email)]."""
+    query = select(suppressions.c.id, suppressions.c.email, suppressions.c.scope).where(
+        suppressions.c.source == "link",
+        suppressions.c.scope.like("group:%"),
+        suppressions.c.pushed_at.is_(None),
+    )
+    pending: dict[int, list[tuple[int, str]]] = {}
+    for row_id, email, scope in conn.execute(query.order_by(suppressions.c.id)):
+        pending.setdefault(int(scope.removeprefix("group:")), []).append((row_id, email))
+    return pending
+
+
+def push_group_changes(engine: Engine, client: SuppressionClient, now: datetime) -> tuple[int, int]:
+    """Topic choices made on our preference page, to SendGrid's groups: unsubscribes added
+    (marked `pushed_at`), resubscribes lifted (their row deleted). Returns (added, lifted)."""
+    with engine.connect() as conn:
+        pending = _pending_group_pushes(conn)
+        lifts = conn.execute(select(resubscribes).order_by(resubscribes.c.id)).all()
+    pushed = 0
+    for group_id, rows in pending.items():
+        for start in range(0, len(rows), PUSH_CHUNK):
+            part = rows[start : start + PUSH_CHUNK]
+            client.add_group_suppressions(group_id, [email for _, email in part])
+            with engine.begin() as conn:
+                ids = [row_id for row_id, _ in part]
+                conn.execute(
+                    update(suppressions).where(suppressions.c.id.in_(ids)).values(pushed_at=now)
+                )
+            pushed += len(part)
+    for lift in lifts:
+        client.delete_group_suppression(int(lift.scope.removeprefix("group:")), lift.email)
+        with engine.begin() as conn:
+            conn.execute(delete(resubscribes).where(resubscribes.c.id == lift.id))
+    return pushed, len(lifts)
+
+
+def lift_resubscribed(engine: Engine, groups: dict[int, set[str]]) -> int:
+    """Group suppressions SendGrid no longer has (the person chose the group again there) are
+    lifted in ours; our own not pushed yet are kept."""
+    lifted = 0
+    with engine.begin() as conn:
+        for group_id, theirs in groups.items():
+            query = select(suppressions.c.id, suppressions.c.email).where(
+                suppressions.c.scope == f"group:{group_id}",
+                ~((suppressions.c.source == "link") & suppressions.c.pushed_at.is_(None)),
+            )
+            gone = [i for i, email in conn.execute(query) if addresses.inbox(email) not in theirs]
+            if gone:
+                lifted += conn.execute(
+                    delete(suppressions).where(suppressions.c.id.in_(gone))
+                ).rowcount
+    return lifted
+
+
 def sync(engine: Engine, client: SuppressionClient, now: datetime) -> SyncResult:
-    """Pull SendGrid's new suppressions into ours, then push our unsubscribes. Idempotent."""
+    """Push our topic choices to SendGrid's groups, pull SendGrid's new suppressions (and the
+    group suppressions it lifted) into ours, then push our global unsubscribes. Idempotent."""
     pulled = added = 0
     requests_before = client.requests
-    for chunk in _chunks(pulled_rows(client, now, watermarks(engine)), PAGE_LIMIT * 4):
+    group_pushed, lifted = push_group_changes(engine, client, now)
+    groups: dict[int, set[str]] = {}
+    for chunk in _chunks(pulled_rows(client, now, watermarks(engine), groups), PAGE_LIMIT * 4):
         pulled += len(chunk)
         with engine.begin() as conn:
             added += add(conn, chunk)
+    lifted += lift_resubscribed(engine, groups)
     pushed = push_unsubscribes(engine, client, now)
     requests = client.requests - requests_before
-    return SyncResult(pulled=pulled, added=added, pushed=pushed, requests=requests)
+    return SyncResult(
+        pulled=pulled,
+        added=added,
+        pushed=pushed,
+        requests=requests,
+        group_pushed=group_pushed,
+        lifted=lifted,
+    )
 
 
 def sync_with_settings(engine: Engine, settings: Settings, now: datetime) -> SyncResult:

@@ -1,4 +1,4 @@
-"""A report as CSV tables (runs, retention, cohorts) and as a plain-text summary.
+"""A report as CSV tables (runs, retention, cohorts, surveys) and as a plain-text summary.
 
 The CSV columns are a contract with whoever downloads them (`lifecycle report --format csv`,
 the dashboard's exports): change them only on purpose.
@@ -12,6 +12,7 @@ import io
 from lifecycle.reporting.performance import FUNNEL_STEPS
 from lifecycle.reporting.report import Report
 from lifecycle.reporting.statistics import Uplift
+from lifecycle.reporting.variants import ATTRIBUTION, METRICS, Experiment
 
 RUN_COLUMNS = ("campaign_id", "run_id", "run_key", "as_of", "status", *FUNNEL_STEPS)
 
@@ -108,6 +109,128 @@ def cohorts_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
+VARIANT_COLUMNS = (
+    "campaign_id",
+    "variant",
+    "sent",
+    "delivered",
+    "opened",
+    "open_rate",
+    "clicked",
+    "click_rate",
+    "conversions",
+    "conversion_rate",
+    "conversion_ci_low",
+    "conversion_ci_high",
+    "revenue",
+    "revenue_per_send",
+    "revenue_per_send_ci_low",
+    "revenue_per_send_ci_high",
+    "difference_vs",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "winner_opens",
+    "winner_clicks",
+    "winner_conversions",
+    "attribution",
+)
+
+
+def variants_csv(report: Report) -> str:
+    """One row per variant of each A/B/n campaign: funnel, conversion and revenue with 95%
+    intervals, the difference in conversion from the first variant, and the winner."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(VARIANT_COLUMNS)
+    for campaign in report.campaigns:
+        test = campaign.experiment
+        if test is None:
+            continue
+        differences = {d.variant: d for d in test.differences}
+        for v in test.variants:
+            converted = v.proportion("converted")
+            bounds = converted.interval
+            revenue_ci = v.revenue_per_send_ci
+            diff = differences.get(v.variant)
+            diff_ci = diff.interval if diff else None
+            writer.writerow(
+                [
+                    campaign.campaign_id,
+                    v.variant,
+                    v.sent,
+                    v.steps["delivered"],
+                    v.steps["opened"],
+                    _blank(v.proportion("opened").rate),
+                    v.steps["clicked"],
+                    _blank(v.proportion("clicked").rate),
+                    v.conversions,
+                    _blank(converted.rate),
+                    _blank(bounds[0] if bounds else None),
+                    _blank(bounds[1] if bounds else None),
+                    f"{v.revenue:.2f}",
+                    _blank(v.revenue / v.sent if v.sent else None),
+                    _blank(revenue_ci[0] if revenue_ci else None),
+                    _blank(revenue_ci[1] if revenue_ci else None),
+                    diff.baseline if diff else "",
+                    _blank(diff.difference if diff else None),
+                    _blank(diff_ci[0] if diff_ci else None),
+                    _blank(diff_ci[1] if diff_ci else None),
+                    *(
+                        "yes" if test.verdicts[metric].winner == v.variant else ""
+                        for metric in METRICS
+                    ),
+                    ATTRIBUTION,
+                ]
+            )
+    return buffer.getvalue()
+
+
+def surveys_csv(report: Report) -> str:
+    """One row per surveyed campaign and month of sending: response rate, NPS, scores."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "campaign_id",
+            "month",
+            "sent",
+            "responses",
+            "response_rate",
+            "response_rate_ci_low",
+            "response_rate_ci_high",
+            "promoters",
+            "passives",
+            "detractors",
+            "nps",
+            "nps_ci_low",
+            "nps_ci_high",
+            *(f"score_{score}" for score in range(11)),
+        ]
+    )
+    for m in report.surveys:
+        rate, nps = m.response_rate_interval, m.nps_interval
+        writer.writerow(
+            [
+                m.campaign_id,
+                m.month.isoformat(),
+                m.sent,
+                m.responses,
+                _blank(m.response_rate),
+                _blank(rate[0] if rate else None),
+                _blank(rate[1] if rate else None),
+                m.promoters,
+                m.passives,
+                m.detractors,
+                _blank(m.nps),
+                _blank(nps[0] if nps else None),
+                _blank(nps[1] if nps else None),
+                *m.distribution,
+            ]
+        )
+    return buffer.getvalue()
+
+
 def _blank(value: object) -> object:
     if value is None:
         return ""
@@ -121,6 +244,8 @@ def format_table(report: Report) -> str:
         lines.append(
             f"NOTE: {report.simulated_events:,} engagement events are SIMULATED (demo data)."
         )
+    if report.simulated_orders:
+        lines.append(f"NOTE: {report.simulated_orders:,} orders are SIMULATED (demo data).")
     header = (
         f"{'campaign':<18}{'runs':>5}{'sent':>8}{'deliv':>8}{'opened':>8}{'clicked':>8}"
         f"{'bounce':>7}{'unsub':>6}{'spam':>5}{'conv':>6}{'revenue':>11}  uplift (95% CI)"
@@ -138,6 +263,8 @@ def format_table(report: Report) -> str:
         if perf.skipped:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(perf.skipped.items()))
             lines.append(f"{'':<18}skipped: {reasons}")
+        if campaign.experiment is not None:
+            lines += _variant_lines(campaign.experiment)
     if report.months:
         lines += [
             "",
@@ -148,7 +275,44 @@ def format_table(report: Report) -> str:
                 f"{m.month:%Y-%m}    {m.active_end:>9,}{m.new_customers:>7,}"
                 f"{_pct(m.crr):>8}{_pct(m.churn_rate):>9}{_pct(m.repeat_purchase_rate):>9}"
             )
+    if report.surveys:
+        lines += [
+            "",
+            f"{'survey':<18}{'month':<9}{'sent':>7}{'answers':>8}{'rate %':>8}"
+            f"{'NPS':>7}  NPS 95% CI",
+        ]
+        for survey in report.surveys:
+            bounds = survey.nps_interval
+            shown = f"[{bounds[0]:+.0f}, {bounds[1]:+.0f}]" if bounds else "—"
+            rate = None if survey.response_rate is None else survey.response_rate * 100
+            nps = "—" if survey.nps is None else f"{survey.nps:+.0f}"
+            lines.append(
+                f"{survey.campaign_id:<18}{survey.month:%Y-%m}  {survey.sent:>7,}"
+                f"{survey.responses:>8,}"
+                f"{_pct(rate):>8}{nps:>7}  {shown}"
+            )
     return "\n".join(lines)
+
+
+def _variant_lines(test: Experiment) -> list[str]:
+    lines = []
+    for v in test.variants:
+        converted = v.proportion("converted")
+        bounds = converted.interval
+        ci = f"[{_pct(bounds[0] * 100)}, {_pct(bounds[1] * 100)}]" if bounds else ""
+        lines.append(
+            f"{'':<18}variant {v.variant:<10}{v.sent:>8,} sent  opened "
+            f"{_pct(_times100(v.proportion('opened').rate))}%  clicked "
+            f"{_pct(_times100(v.proportion('clicked').rate))}%  converted "
+            f"{_pct(_times100(converted.rate))}% {ci}  revenue {v.revenue:,.2f}"
+        )
+    for metric, verdict in test.verdicts.items():
+        lines.append(f"{'':<18}winner on {metric}: {verdict.winner or 'none'} ({verdict.reason})")
+    return lines
+
+
+def _times100(value: float | None) -> float | None:
+    return None if value is None else value * 100
 
 
 def describe_uplift(uplift: Uplift) -> str:

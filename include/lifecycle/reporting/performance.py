@@ -1,6 +1,7 @@
 """What a run's emails did: the funnel, conversions, revenue and uplift over the holdout.
 
-* **Funnel**: ledger rows (audience), skipped by reason, planned (not skipped), sent, failed,
+* **Funnel**: ledger rows (audience), skipped by reason, planned (not skipped), waiting (planned,
+  not sent yet: outside the customer's send window), sent, failed,
   unknown (may or may not have reached SendGrid), then the distinct sends with a delivered,
   open, click, bounce (or dropped), unsubscribe and spam report event.
 * **Conversions**: a send converts when its customer places an order within `conversion_days`
@@ -24,6 +25,7 @@ FUNNEL_STEPS = (
     "audience",
     "skipped",
     "planned",
+    "waiting",  # planned, not sent yet: waiting for the customer's send window (or a retry)
     "sent",
     "failed",
     "unknown",  # may or may not have reached SendGrid; never resent automatically
@@ -97,6 +99,8 @@ def run_performance(
             perf.skipped[reason] = perf.skipped.get(reason, 0) + row.count
         else:
             perf.funnel["planned"] += row.count
+        if row.status == LedgerStatus.PLANNED:
+            perf.funnel["waiting"] += row.count
         if row.status in COUNTED_STATES:
             perf.funnel[row.status] += row.count
     for step in steps:
@@ -109,13 +113,11 @@ def run_performance(
     return result
 
 
-def conversions_by_run(
-    sends: pd.DataFrame, orders: pd.DataFrame, conversion_days: int
-) -> dict[int, Conversions]:
-    """Conversions of each run with sent or holdout rows (`queries.sent_and_holdout`), from
-    the orders (`queries.orders`) placed within `conversion_days` after each row's start."""
-    if sends.empty:
-        return {}
+def with_conversions(
+    sends: pd.DataFrame, orders: pd.DataFrame, conversion_days: float
+) -> pd.DataFrame:
+    """`sends` with columns converted (an order within `conversion_days` after its start) and
+    revenue (of those orders)."""
     window = pd.Timedelta(days=conversion_days)
     matched = sends.merge(orders, on="customer_id")
     matched = matched[
@@ -123,10 +125,17 @@ def conversions_by_run(
         & (matched["placed_at"] <= matched["start"] + window)
     ]
     per_send = matched.groupby("send_id")["amount"].sum()
-    sends = sends.assign(
+    return sends.assign(
         converted=sends["send_id"].isin(per_send.index),
         revenue=sends["send_id"].map(per_send).fillna(0.0),
     )
+
+
+def conversions_by_run(sends: pd.DataFrame) -> dict[int, Conversions]:
+    """Conversions of each run with sent or holdout rows (`queries.sent_and_holdout` with
+    `with_conversions`: orders placed within the conversion window after each row's start)."""
+    if sends.empty:
+        return {}
     result = {}
     for run_id, group in sends.groupby("run_id"):
         sent, held = group[group["sent"]], group[~group["sent"]]

@@ -136,9 +136,32 @@ def step_counts(conn: Connection, run_ids: Sequence[int], as_of: datetime) -> li
     return [StepCount(run_id, name, count) for run_id, name, count in conn.execute(query)]
 
 
+def variant_step_counts(
+    conn: Connection, run_ids: Sequence[int], as_of: datetime
+) -> list[tuple[str, str, str, int]]:
+    """(campaign, variant, funnel step, distinct sends) from the events that occurred by as_of,
+    for the rows sent with a variant."""
+    ledger, events = schema.send_ledger, schema.engagement_events
+    step = case(EVENT_STEPS, value=events.c.event)
+    query = (
+        select(ledger.c.campaign_id, ledger.c.variant, step, func.count(distinct(events.c.send_id)))
+        .select_from(events.join(ledger, ledger.c.id == events.c.send_id))
+        .where(
+            ledger.c.run_id.in_(run_ids),
+            ledger.c.variant.is_not(None),
+            events.c.event.in_(EVENT_STEPS),
+            events.c.occurred_at <= as_of,
+        )
+        .group_by(ledger.c.campaign_id, ledger.c.variant, step)
+    )
+    return [
+        (campaign, variant, name, count) for campaign, variant, name, count in conn.execute(query)
+    ]
+
+
 def sent_and_holdout(conn: Connection, run_ids: Sequence[int]) -> pd.DataFrame:
     """Sent rows and holdout rows (skipped for `holdout`), with the instant their conversion
-    clock starts: columns send_id, run_id, customer_id, sent (bool), start (UTC).
+    clock starts: columns send_id, run_id, customer_id, sent (bool), start (UTC), variant.
 
     A holdout row's clock starts when its email would have gone out (`send_after`, else
     `planned_at`)."""
@@ -154,9 +177,11 @@ def sent_and_holdout(conn: Connection, run_ids: Sequence[int]) -> pd.DataFrame:
             ledger.c.customer_id,
             sent.label("sent"),
             start.label("start"),
+            ledger.c.variant,
         ).where(ledger.c.run_id.in_(run_ids), or_(sent, holdout))
     ).all()
-    frame = pd.DataFrame(rows, columns=["send_id", "run_id", "customer_id", "sent", "start"])
+    columns = ["send_id", "run_id", "customer_id", "sent", "start", "variant"]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["sent"] = frame["sent"].astype(bool)
     frame["start"] = _utc(frame["start"])
     return frame
@@ -191,6 +216,20 @@ def signups(conn: Connection, settings: Settings, as_of: datetime) -> pd.DataFra
     frame["customer_id"] = frame["customer_id"].astype("int64")
     frame["signup_at"] = _utc(frame["signup_at"])
     return frame[frame["signup_at"] <= as_of].reset_index(drop=True)
+
+
+# Orders the demo simulates after its emails have ids from here on (lifecycle.devtools.orders).
+SIMULATED_ORDER_IDS = 10**12
+
+
+def simulated_orders(conn: Connection, as_of: datetime) -> int:
+    """Orders the demo simulated, placed by as_of. Asked only of a warehouse with simulated
+    events (the demo's): elsewhere the `orders` table may not exist."""
+    orders = schema.orders
+    query = select(func.count()).where(
+        orders.c.id >= SIMULATED_ORDER_IDS, orders.c.placed_at <= as_of
+    )
+    return conn.execute(query).scalar_one()
 
 
 def simulated_events(conn: Connection, campaign_id: str | None) -> int:

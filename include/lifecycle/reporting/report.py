@@ -11,7 +11,7 @@ Revenue adds up order amounts as stored: orders in several currencies are refuse
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote
 
@@ -21,8 +21,17 @@ from sqlalchemy import Connection, Engine
 from lifecycle.core.config import Settings
 from lifecycle.reporting import queries
 from lifecycle.reporting.kpis import CohortValue, MonthKpis, cohort_values, monthly_kpis
-from lifecycle.reporting.performance import Performance, conversions_by_run, run_performance
+from lifecycle.reporting.performance import (
+    Performance,
+    conversions_by_run,
+    run_performance,
+    with_conversions,
+)
+from lifecycle.reporting.surveys import SurveyMonth, survey_months
+from lifecycle.reporting.variants import Experiment, experiments
+from lifecycle.store import unknown
 from lifecycle.store.states import RunStatus
+from lifecycle.store.unknown import UnknownStates
 
 CLI_RUN_PREFIX = "cli__"  # run keys of real runs that `lifecycle run` makes
 
@@ -57,6 +66,9 @@ class CampaignReport:
     runs: int
     last_run_at: datetime | None
     performance: Performance
+    experiment: Experiment | None = None  # A/B/n results, when the campaign has variants
+    # sends once `unknown`: resolved from SendGrid's events, awaiting them, requeue-able
+    unknown: UnknownStates = field(default_factory=lambda: UnknownStates(0, 0, 0))
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -64,6 +76,8 @@ class CampaignReport:
             "runs": self.runs,
             "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
             **self.performance.to_dict(),
+            "experiment": self.experiment.to_dict() if self.experiment else None,
+            "unknown_states": self.unknown.to_dict(),
         }
 
 
@@ -90,6 +104,8 @@ class Report:
     days: list[DayActivity]  # the last `days` UTC days, oldest first
     simulated_events: int  # engagement events generated for the demo, not real
     currency: str | None  # of every amount (None without orders)
+    surveys: list[SurveyMonth]  # NPS per surveyed campaign and month of sending, oldest first
+    simulated_orders: int = 0  # orders the demo simulated after its emails, not real
 
     @property
     def total(self) -> Performance:
@@ -104,6 +120,7 @@ class Report:
             "conversion_days": self.conversion_days,
             "active_days": self.active_days,
             "simulated_events": self.simulated_events,
+            "simulated_orders": self.simulated_orders,
             "currency": self.currency,
             "total": self.total.to_dict(),
             "campaigns": [c.to_dict() for c in self.campaigns],
@@ -111,6 +128,7 @@ class Report:
             "months": [m.to_dict() for m in self.months],
             "cohorts": [c.to_dict() for c in self.cohorts],
             "days": [d.to_dict() for d in self.days],
+            "surveys": [s.to_dict() for s in self.surveys],
         }
 
 
@@ -134,10 +152,26 @@ def build_report(
     with engine.connect() as conn:
         runs = queries.real_runs(conn, campaign_id, as_of)
         orders = queries.orders(conn, settings, as_of)
-        performance = _performance(conn, [run.id for run in runs], orders, as_of, conversion_days)
+        run_ids = [run.id for run in runs]
+        sends = with_conversions(queries.sent_and_holdout(conn, run_ids), orders, conversion_days)
+        performance = _performance(conn, run_ids, sends, as_of)
+        tests = experiments(
+            sends,
+            queries.variant_step_counts(conn, run_ids, as_of),
+            {run.id: run.campaign_id for run in runs},
+        )
         signups = queries.signups(conn, settings, as_of)
         simulated = queries.simulated_events(conn, campaign_id)
+        simulated_orders = queries.simulated_orders(conn, as_of) if simulated else 0
         activity = _daily_activity(conn, as_of, days, campaign_id)
+        quiet = settings.requeue_quiet_period()
+        unknown_states = {
+            cid: unknown.states(
+                conn, campaign_id=cid, requeueable_before=as_of - quiet if quiet else None
+            )
+            for cid in {run.campaign_id for run in runs}
+        }
+        surveyed = survey_months(conn, _months_back(as_of, months), as_of, campaign_id)
     run_reports = [
         RunReport(
             run_id=run.id,
@@ -155,14 +189,22 @@ def build_report(
         as_of=as_of,
         conversion_days=conversion_days,
         active_days=active_days,
-        campaigns=_by_campaign(run_reports),
+        campaigns=_by_campaign(run_reports, unknown_states, tests),
         runs=run_reports,
         months=monthly_kpis(orders, as_of, months, active_days),
         cohorts=cohort_values(signups, orders),
         days=activity,
         simulated_events=simulated,
+        simulated_orders=simulated_orders,
         currency=orders["currency"].iloc[0] if len(orders) else None,
+        surveys=sorted(surveyed, key=lambda s: (s.month, s.campaign_id)),
     )
+
+
+def _months_back(as_of: datetime, months: int) -> datetime:
+    """The start (UTC) of the calendar month `months - 1` months before as_of's."""
+    index = as_of.year * 12 + as_of.month - 1 - (months - 1)
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
 
 
 def dag_run_path(campaign_id: str, run_key: str) -> str | None:
@@ -173,11 +215,7 @@ def dag_run_path(campaign_id: str, run_key: str) -> str | None:
 
 
 def _performance(
-    conn: Connection,
-    run_ids: list[int],
-    orders: pd.DataFrame,
-    as_of: datetime,
-    conversion_days: int,
+    conn: Connection, run_ids: list[int], sends: pd.DataFrame, as_of: datetime
 ) -> dict[int, Performance]:
     if not run_ids:
         return {}
@@ -185,7 +223,7 @@ def _performance(
         run_ids,
         queries.ledger_counts(conn, run_ids),
         queries.step_counts(conn, run_ids, as_of),
-        conversions_by_run(queries.sent_and_holdout(conn, run_ids), orders, conversion_days),
+        conversions_by_run(sends),
     )
 
 
@@ -212,7 +250,11 @@ def _daily_activity(
     ]
 
 
-def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
+def _by_campaign(
+    runs: list[RunReport],
+    unknown_states: dict[str, UnknownStates],
+    tests: dict[str, Experiment],
+) -> list[CampaignReport]:
     grouped: dict[str, list[RunReport]] = defaultdict(list)
     for run in runs:
         grouped[run.campaign_id].append(run)
@@ -222,5 +264,14 @@ def _by_campaign(runs: list[RunReport]) -> list[CampaignReport]:
         for run in campaign_runs:
             total.add(run.performance)
         last = max(run.started_at for run in campaign_runs)
-        reports.append(CampaignReport(campaign_id, len(campaign_runs), last, total))
+        reports.append(
+            CampaignReport(
+                campaign_id,
+                len(campaign_runs),
+                last,
+                total,
+                experiment=tests.get(campaign_id),
+                unknown=unknown_states[campaign_id],
+            )
+        )
     return reports

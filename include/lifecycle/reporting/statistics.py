@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 Z_95 = 1.959963984540054
 
@@ -95,3 +96,39 @@ class Uplift:
             "ci_high": bounds[1] if bounds else None,
             "significant": self.significant,
         }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which variant won on one metric, or why none did."""
+
+    winner: str | None
+    reason: str
+
+
+def pick_winner(counts: dict[str, tuple[int, int]], level: float = 0.05) -> Verdict:
+    """The variant with the highest rate (`counts`: variant → (successes, trials)), only when
+    the Newcombe interval of its lead over every other variant, at `level` (two-sided),
+    excludes zero."""
+    z = NormalDist().inv_cdf(1 - level / 2)
+    measured = {v: k / n for v, (k, n) in counts.items() if n > 0}
+    if len(measured) < 2:
+        return Verdict(None, "fewer than two variants were sent")
+    ranked = sorted(measured, key=lambda v: measured[v], reverse=True)
+    best, runner_up = ranked[0], ranked[1]
+    if measured[best] == measured[runner_up]:
+        return Verdict(None, f"tie: {best} and {runner_up} both at {measured[best]:.2%}")
+    k1, n1 = counts[best]
+    for other in ranked[1:]:
+        low, high = newcombe_interval(k1, n1, *counts[other], z=z)
+        if low <= 0:
+            return Verdict(
+                None,
+                f"{best} leads {other} by {measured[best] - measured[other]:+.2%} "
+                f"[{low:+.2%}, {high:+.2%}], not significant at {level:g}",
+            )
+    return Verdict(
+        best,
+        f"{best} at {measured[best]:.2%} beats every other variant "
+        f"(runner-up {runner_up} at {measured[runner_up]:.2%}), significant at {level:g}",
+    )

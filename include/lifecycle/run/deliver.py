@@ -4,6 +4,11 @@ Rows are claimed (`planned` → `sending`, stamped with the attempt), composed, 
 outcomes recorded in bulk. Rows a previous attempt left in `sending` may have been sent: they
 become `unknown` and are never sent again automatically. Claimed rows this attempt did not hand
 to the transport go back to `planned`.
+
+With `delivery.recipients_per_request` N > 1 one request carries up to N rows (`run.bulk`),
+and its answer is every one of its rows' outcome. An attempt never holds more than
+`crash_bound` claimed rows without a recorded outcome (FLUSH_EVERY + 3 × concurrency × N), so
+a crash leaves at most that many `unknown`.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from sqlalchemy import Engine, Row
 
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
-from lifecycle.delivery import DeliveryStopped, Message
+from lifecycle.delivery import BulkMessage, DeliveryStopped, Message
 from lifecycle.delivery.ratelimit import TokenBucket
 from lifecycle.run.clock import now
 from lifecycle.run.compose import Composer, make_transport
 from lifecycle.run.plan import Batch
+from lifecycle.run.rates import task_rate
 from lifecycle.run.rows import EmailRow, from_ledger
 from lifecycle.store import ledger, runs
 from lifecycle.store.ledger import Outcome
@@ -32,6 +38,12 @@ from lifecycle.store.states import FailReason, LedgerStatus, RunStatus, SkipReas
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY = 500  # outcomes recorded per UPDATE round trip
+
+
+def crash_bound(concurrency: int, per_request: int = 1) -> int:
+    """The most rows one attempt holds claimed with no outcome written: all that killing it
+    can leave `unknown`. Claiming waits (recording what is done) to stay within it."""
+    return FLUSH_EVERY + 3 * concurrency * per_request
 
 
 @dataclass
@@ -85,6 +97,9 @@ def deliver(
         run = runs.get_run(conn, run_id)
         if run.status == RunStatus.STOPPED:
             raise DeliveryStopped(f"the run was stopped: {(run.counts or {}).get('stopped')}")
+        if run.status in (RunStatus.REJECTED, RunStatus.EXPIRED):
+            log.warning("run %d was %s at approval: nothing is sent", run_id, run.status)
+            return result
         result.interrupted = ledger.mark_interrupted(
             conn, run_id, batch.first_id, batch.last_id, attempt
         )
@@ -131,83 +146,116 @@ async def _deliver(
 ) -> None:
     composer = Composer(spec, settings, run.as_of)
     transport = make_transport(settings, spec)
-    # rate_per_second is the campaign's total: each of the parallel batch tasks gets its share.
-    limiter = TokenBucket(spec.delivery.rate_per_second / spec.delivery.max_active_batches)
+    limiter = TokenBucket(task_rate(spec, settings))
     slots = asyncio.Semaphore(spec.delivery.concurrency)
-    claim_size = max(50, spec.delivery.concurrency)
+    per_request = min(spec.delivery.recipients_per_request, transport.max_recipients)
+    bound = crash_bound(spec.delivery.concurrency, per_request)
+    claim_size = min(max(50, spec.delivery.concurrency, 4 * per_request), bound)
+    held = 0  # rows claimed by this attempt whose outcome is not written yet
+    progress = asyncio.Event()  # an outcome arrived or was written
+    recording: asyncio.Task[None] | None = None
     outcomes: list[Outcome] = []
     unsent: set[int] = set()  # claimed by us, not handed to the transport (or refused 401/403)
-    in_flight: set[asyncio.Task[Outcome]] = set()
+    in_flight: set[asyncio.Task[Outcome | list[Outcome]]] = set()
     stop: list[DeliveryStopped] = []
 
-    def finished(task: asyncio.Task[Outcome], send_id: int) -> None:
+    def finished(task: asyncio.Task[Outcome | list[Outcome]], send_ids: list[int]) -> None:
         in_flight.discard(task)
         slots.release()
+        progress.set()  # wakes a waiting claim once this callback has run
         if task.cancelled():
-            outcomes.append(
-                Outcome(
-                    send_id, LedgerStatus.UNKNOWN, error="cancelled", reason=FailReason.INTERRUPTED
-                )
+            outcomes.extend(
+                Outcome(i, LedgerStatus.UNKNOWN, error="cancelled", reason=FailReason.INTERRUPTED)
+                for i in send_ids
             )
             return
         error = task.exception()
         if isinstance(error, DeliveryStopped):
             stop.append(error)
-            unsent.add(send_id)
+            unsent.update(send_ids)
         elif error is not None:
             message = f"{type(error).__name__}: {error}"[:1000]
-            outcomes.append(
-                Outcome(
-                    send_id, LedgerStatus.UNKNOWN, error=message, reason=FailReason.TRANSPORT_ERROR
-                )
+            outcomes.extend(
+                Outcome(i, LedgerStatus.UNKNOWN, error=message, reason=FailReason.TRANSPORT_ERROR)
+                for i in send_ids
             )
         else:
-            outcomes.append(task.result())
+            answer = task.result()
+            outcomes.extend(answer if isinstance(answer, list) else [answer])
 
     async def flush() -> None:
+        nonlocal held
         while outcomes:
             done = outcomes[:]
             outcomes.clear()
             await asyncio.to_thread(_record, engine, done, attempt)
+            held -= len(done)
+            progress.set()
             for outcome in done:
                 result.add(outcome)
 
+    def start_flush() -> asyncio.Task[None]:
+        """The running write of outcomes, or a new one (raising if the last one failed)."""
+        nonlocal recording
+        if recording is None or recording.done():
+            if recording is not None:
+                recording.result()  # surfaces a failed write
+            recording = asyncio.create_task(flush())
+        return recording
+
+    async def room_to_claim() -> None:
+        while held + claim_size > bound and not stop:
+            if outcomes or (recording is not None and not recording.done()):
+                await start_flush()
+            else:  # everything held is in flight or queued: wait for an outcome
+                progress.clear()
+                await progress.wait()
+
     # Claiming and rendering run ahead of sending (one chunk), so the connections stay busy.
-    ready: asyncio.Queue[list[Message] | None] = asyncio.Queue(maxsize=1)
+    ready: asyncio.Queue[list[Message | BulkMessage] | None] = asyncio.Queue(maxsize=1)
 
     async def produce() -> None:
+        nonlocal held
         try:
             while not stop:
+                await room_to_claim()
                 rows = await asyncio.to_thread(_claim, engine, run, batch, attempt, claim_size)
                 if not rows:
                     break
+                held += len(rows)
                 unsent.update(row.send_id for row in rows)
-                messages, failures = await asyncio.to_thread(composer.compose, engine, rows)
+                requests, failures = await asyncio.to_thread(
+                    composer.compose, engine, rows, per_request
+                )
                 unsent.difference_update(failure.send_id for failure in failures)
                 outcomes.extend(failures)
-                await ready.put(messages)
+                await ready.put(requests)
         finally:
             await ready.put(None)
 
     producer = asyncio.create_task(produce())
-    recording: asyncio.Task[None] | None = None
     try:
-        while (messages := await ready.get()) is not None:
-            for message in messages:
+        while (requests := await ready.get()) is not None:
+            for request in requests:
                 await slots.acquire()
                 if stop:
                     slots.release()
                     break
+                send_ids = (
+                    request.send_ids if isinstance(request, BulkMessage) else [request.send_id]
+                )
                 if transport.throttled:
-                    await limiter.acquire()
-                unsent.discard(message.send_id)
-                task = asyncio.create_task(transport.send(message))
+                    await limiter.acquire(len(send_ids))
+                unsent.difference_update(send_ids)
+                task: asyncio.Task[Outcome | list[Outcome]] = asyncio.create_task(
+                    transport.send_bulk(request)
+                    if isinstance(request, BulkMessage)
+                    else transport.send(request)
+                )
                 in_flight.add(task)
-                task.add_done_callback(functools.partial(finished, send_id=message.send_id))
+                task.add_done_callback(functools.partial(finished, send_ids=send_ids))
             if len(outcomes) >= FLUSH_EVERY and (recording is None or recording.done()):
-                if recording is not None:
-                    await recording  # surfaces a failed write
-                recording = asyncio.create_task(flush())
+                start_flush()
         await producer
         while in_flight:
             await asyncio.wait(set(in_flight))

@@ -19,7 +19,7 @@ class DryRun:
 
     def __init__(self, spec: CampaignSpec, settings: Settings, as_of: datetime) -> None:
         self.composer = Composer(spec, settings, as_of)
-        self.coupon = sample_coupon(spec, as_of)
+        self.coupons = {v: sample_coupon(spec, as_of, v) for v in [None, *spec.variant_ids]}
         self.planned = 0
         self.skipped: Counter[str] = Counter()
         self.render_errors = 0
@@ -33,7 +33,8 @@ class DryRun:
                 continue
             self.planned += 1
             try:
-                self.composer.email(from_planned(row, send_id=-(index + 1)), self.coupon)
+                coupon = self.coupons[row.get("variant")]
+                self.composer.email(from_planned(row, send_id=-(index + 1)), coupon)
             except Exception as exc:  # reported like a real run's render_error, never raised
                 self.render_errors += 1
                 if len(self.examples) < self.EXAMPLES:

@@ -13,19 +13,19 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from lifecycle.core import policies, segments
+from lifecycle.core import addresses, policies, segments, variants
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.run.clock import now, utc
 from lifecycle.run.dry_run import DryRun
 from lifecycle.run.rows import stored_context
 from lifecycle.store import ledger, runs
-from lifecycle.store.states import LedgerStatus, RunStatus
+from lifecycle.store.states import LedgerStatus, RunStatus, SkipReason
 
 MAX_ATTEMPTS = 3  # delivery attempts per row, counting the automatic re-plans of failures
 MAX_BATCHES = 1000  # Airflow's max_map_length is 1024
@@ -72,6 +72,8 @@ def plan(
     as_of: datetime,
     dry_run: bool = False,
     limit: int | None = None,
+    phase: Literal["test", "rest"] | None = None,
+    winner: str | None = None,
 ) -> PlanResult:
     """Evaluate the audience and policies, write the ledger, return batches of due rows.
 
@@ -80,7 +82,11 @@ def plan(
     `limit` plans at most that many sendable customers in this run (for local debugging, or a
     cautious first send); rows of earlier runs (waiting, or failed and retryable) wait for a run
     without a limit.
+    `phase` (specs with an `experiment`): "test" plans the test slice only, every variant by
+    weight; "rest" plans everyone else with the `winner` variant.
     """
+    if (phase == "rest") != (winner is not None):
+        raise ValueError("the rest of an experiment, and only it, is planned with a winner")
     as_of, started = utc(as_of), now()
     with engine.begin() as conn:
         run_id = runs.ensure_run(conn, spec.id, run_key, as_of, dry_run, started)
@@ -107,6 +113,9 @@ def plan(
                 runs.lock_for_planning(conn, run_id)
             if dry_run or limit is not None:  # count only emails not planned before
                 chunk = _not_in_ledger(conn, spec, chunk)
+            if phase is not None:
+                tested = variants.in_test_slice(chunk["customer_id"].astype(int), spec)
+                chunk = chunk[tested if phase == "test" else ~tested]
             chunk = chunk.reset_index(drop=True)
             verdict = policies.evaluate(conn, chunk, spec, as_of)
             if remaining is not None:
@@ -114,7 +123,7 @@ def plan(
                 keep = sendable <= remaining
                 chunk, verdict = chunk[keep], verdict[keep]
                 remaining -= int(verdict["reason"].isna().sum())
-            rows = _ledger_rows(chunk, verdict, spec, run_id, started)
+            rows = _ledger_rows(chunk, verdict, spec, run_id, started, winner)
             if rehearsal is not None:
                 rehearsal.add(rows)
             else:
@@ -174,19 +183,25 @@ def _ledger_rows(
     spec: CampaignSpec,
     run_id: int,
     planned_at: datetime,
+    winner: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The ledger rows of an audience chunk: `planned` (with its send window) or `skipped`
-    with the policy's reason."""
+    """The ledger rows of an audience chunk: `planned` (with its send window and variant) or
+    `skipped` with the policy's reason (no variant: the holdout stays outside the variants).
+    With a `winner`, every planned row gets that variant."""
     rows: list[dict[str, Any]] = []
-    for record, reason, send_after, expires_at in zip(
+    for record, reason, send_after, expires_at, assigned in zip(
         chunk.to_dict("records"),
         verdict["reason"],
         verdict["send_after"],
         verdict["expires_at"],
+        variants.assign(chunk["customer_id"].astype(int), spec),
         strict=True,
     ):
         key = str(record["occurrence_key"])
         sending = not isinstance(reason, str)
+        variant = (winner or assigned) if sending else None
+        if reason == SkipReason.ERASED:  # nothing of an erased person is written again
+            record = {**record, "email": None}
         rows.append(
             {
                 "campaign_id": spec.id,
@@ -195,11 +210,15 @@ def _ledger_rows(
                 "run_id": run_id,
                 "status": LedgerStatus.PLANNED if sending else LedgerStatus.SKIPPED,
                 "reason": None if sending else reason,
-                "template": spec.template_for(key),
-                "email": record["email"] if isinstance(record["email"], str) else None,
+                "template": spec.variant_template(variant, key),
+                "variant": variant,
+                "email": record["email"].strip() if isinstance(record["email"], str) else None,
+                "inbox": addresses.inbox(record["email"])
+                if isinstance(record["email"], str)
+                else None,
                 "locale": record["locale"] if isinstance(record["locale"], str) else None,
                 "timezone": record["timezone"],
-                "context": stored_context(record, spec),
+                "context": {} if reason == SkipReason.ERASED else stored_context(record, spec),
                 "planned_at": planned_at,
                 "send_after": send_after if sending else None,
                 "expires_at": expires_at if sending else None,

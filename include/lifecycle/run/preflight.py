@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -11,8 +12,11 @@ from sqlalchemy import Engine
 from lifecycle.core import render, segments, templates
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import DEMO_SENDER_ADDRESS, DEMO_UNSUBSCRIBE_MAILBOX, Settings
+from lifecycle.run import bulk
 from lifecycle.run.clock import utc
 from lifecycle.store import warehouse
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -43,9 +47,13 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
         )
     try:
         segments.segment_for(spec, settings)
-        render.get_renderer(settings).preflight(spec)
+        renderer = render.get_renderer(settings)
+        renderer.preflight(spec)
     except (segments.SegmentError, templates.TemplateProblem) as exc:
         raise PreflightError(f"campaign {spec.id}: {exc}") from None
+    if spec.delivery.recipients_per_request > 1:
+        for finding in bulk.findings(renderer, spec):
+            log.warning("campaign %s, recipients_per_request: %s", spec.id, finding)
 
 
 def reaches_real_inboxes(settings: Settings) -> bool:
@@ -67,8 +75,11 @@ def deployment_gaps(settings: Settings) -> list[str]:
     if not reaches_real_inboxes(settings):
         return []
     gaps = []
-    if not settings.unsubscribe_secret:  # at least one configured, the same on every host
-        gaps.append("LIFECYCLE_UNSUBSCRIBE_SECRET (a per-host generated one breaks links)")
+    if not settings.configured_secrets:  # at least one configured, the same on every host
+        gaps.append(
+            "LIFECYCLE_TOKEN_SECRETS or LIFECYCLE_UNSUBSCRIBE_SECRET "
+            "(a per-host generated one breaks links)"
+        )
     if not settings.sendgrid_webhook_public_key:
         gaps.append("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY (SendGrid's Signed Event Webhook key)")
     if settings.sender_address == DEMO_SENDER_ADDRESS:

@@ -53,14 +53,14 @@ def first_line(error: BaseException) -> str:
 
 
 def redact(text: str, settings: Settings) -> str:
-    """`text` without the secrets of `settings` (warehouse password, API key, unsubscribe
-    secret)."""
+    """`text` without the secrets of `settings` (warehouse password, API key, link token
+    secrets)."""
     url = settings.warehouse_url
     try:
-        secrets = [make_url(url).password, settings.sendgrid_api_key, settings.unsubscribe_secret]
+        secrets = [make_url(url).password, settings.sendgrid_api_key, *settings.configured_secrets]
     except Exception:  # a URL SQLAlchemy cannot parse: shown as `safe_url` shows it
         text = text.replace(url, safe_url(url))
-        secrets = [settings.sendgrid_api_key, settings.unsubscribe_secret]
+        secrets = [settings.sendgrid_api_key, *settings.configured_secrets]
     for secret in secrets:
         if secret and len(str(secret)) >= 4:
             text = text.replace(str(secret), "***")

@@ -36,6 +36,7 @@ class EmailRow:
     locale: str | None
     timezone: str | None
     context: Mapping[str, Any]  # as the ledger stores it: first_name, last_name, data
+    variant: str | None = None  # the A/B/n variant (spec `variants`), None without
 
 
 def json_safe(value: Any) -> Any:
@@ -73,6 +74,7 @@ def from_ledger(row: Row[Any]) -> EmailRow:
         locale=row.locale,
         timezone=row.timezone,
         context=row.context or {},
+        variant=row.variant,
     )
 
 
@@ -86,18 +88,22 @@ def from_planned(values: Mapping[str, Any], send_id: int) -> EmailRow:
         locale=values["locale"],
         timezone=values["timezone"],
         context=values["context"],
+        variant=values.get("variant"),
     )
 
 
-def from_audience(record: Mapping[Hashable, Any], spec: CampaignSpec, send_id: int) -> EmailRow:
+def from_audience(
+    record: Mapping[Hashable, Any], spec: CampaignSpec, send_id: int, variant: str | None = None
+) -> EmailRow:
     key = str(record["occurrence_key"])
     return EmailRow(
         send_id=send_id,
         customer_id=int(record["customer_id"]),
         occurrence_key=key,
-        template=spec.template_for(key),
+        template=spec.variant_template(variant, key),
         email=record["email"],
         locale=record["locale"] if isinstance(record["locale"], str) else None,
         timezone=record["timezone"],
         context=stored_context(record, spec),
+        variant=variant,
     )

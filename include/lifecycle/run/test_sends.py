@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from lifecycle.core import segments
+from lifecycle.core import segments, variants
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings
 from lifecycle.delivery import Message, Transport
@@ -44,10 +44,10 @@ def send_tests(
     with engine.begin() as conn:
         run_id = runs.ensure_run(conn, spec.id, run_key, as_of, True, now())
         done = runs.tested(conn, run_id)
-    composer, coupon = Composer(spec, settings, as_of), sample_coupon(spec, as_of)
+    composer = Composer(spec, settings, as_of)
     messages: list[tuple[int, Message]] = []
     for row in audience_sample(engine, spec, settings, as_of, limit):
-        rendered = composer.email(row, coupon).message
+        rendered = composer.email(row, sample_coupon(spec, as_of, row.variant)).message
         for recipient in recipients:
             if (row.customer_id, recipient) not in done:
                 test = dataclasses.replace(
@@ -91,9 +91,10 @@ def audience_sample(
     rows: list[EmailRow] = []
     for chunk in segments.audience(engine, spec, as_of, settings, chunk_size=max(limit, 1000)):
         valid = chunk[chunk["email_valid"].astype(bool)].head(limit - len(rows))
-        for record in valid.to_dict("records"):
+        assigned = variants.assign(valid["customer_id"].astype(int), spec)
+        for record, variant in zip(valid.to_dict("records"), assigned, strict=True):
             # no ledger row: test sends never touch the ledger
-            rows.append(from_audience(record, spec, send_id=-(len(rows) + 1)))
+            rows.append(from_audience(record, spec, send_id=-(len(rows) + 1), variant=variant))
         if len(rows) >= limit:
             break
     return rows

@@ -114,6 +114,27 @@ def existing_keys(
     return found
 
 
+def inbox_holders(
+    conn: Connection, campaign_id: str, inboxes: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """(occurrence key, inbox) → the customer whose email of `campaign_id` to that inbox is
+    sent, on its way or planned. `inboxes` are trimmed and lower-cased (`core.addresses.inbox`).
+    """
+    holders: dict[tuple[str, str], int] = {}
+    for part in chunked(sorted(set(inboxes))):
+        query = (
+            select(L.c.occurrence_key, L.c.inbox, func.min(L.c.customer_id))
+            .where(
+                L.c.campaign_id == campaign_id,
+                is_in(conn, L.c.inbox, part),
+                L.c.status.in_(TAKEN),
+            )
+            .group_by(L.c.occurrence_key, L.c.inbox)
+        )
+        holders.update({(str(k), str(i)): int(c) for k, i, c in conn.execute(query)})
+    return holders
+
+
 def requeue_retryable(
     conn: Connection, campaign_id: str, as_of: datetime, max_attempts: int
 ) -> int:
@@ -205,6 +226,7 @@ DELIVERY_COLUMNS = (
     L.c.locale,
     L.c.timezone,
     L.c.context,
+    L.c.variant,
 )
 
 
@@ -276,17 +298,39 @@ def claim(
 
 
 def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: datetime) -> None:
-    """Store outcomes in bulk. Only rows this attempt claimed are touched."""
-    if not outcomes:
+    """Store outcomes in bulk. Only rows this attempt claimed are touched. Outcomes alike but
+    for the row (a bulk request's rows) are stored with one UPDATE."""
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for o in outcomes:
+        key = (o.status, o.reason, o.message_id, o.http_status, o.error, o.retryable)
+        alike.setdefault(key, []).append(o.send_id)
+    single = [(key, ids) for key, ids in alike.items() if len(ids) == 1]
+    claimed = (
+        L.c.claimed_by == attempt,
+        or_(L.c.status == LedgerStatus.SENDING, L.c.status == LedgerStatus.UNKNOWN),
+    )
+    for (status, reason, message_id, http_status, error, retryable), ids in alike.items():
+        if len(ids) == 1:
+            continue
+        for part in chunked(ids):
+            conn.execute(
+                update(L)
+                .where(is_in(conn, L.c.id, part), *claimed)
+                .values(
+                    status=status,
+                    reason=reason,
+                    message_id=message_id,
+                    http_status=http_status,
+                    error=error,
+                    retryable=retryable,
+                    sent_at=now if status == LedgerStatus.SENT else None,
+                )
+            )
+    if not single:
         return
     statement = (
         update(L)
-        .where(
-            L.c.id == bindparam("b_id"),
-            L.c.claimed_by == attempt,
-            # no IN with executemany
-            or_(L.c.status == LedgerStatus.SENDING, L.c.status == LedgerStatus.UNKNOWN),
-        )
+        .where(L.c.id == bindparam("b_id"), *claimed)  # no IN with executemany
         .values(
             status=bindparam("b_status"),
             reason=bindparam("b_reason"),
@@ -301,16 +345,16 @@ def record(conn: Connection, outcomes: Sequence[Outcome], attempt: str, now: dat
         statement,
         [
             {
-                "b_id": o.send_id,
-                "b_status": o.status,
-                "b_reason": o.reason,
-                "b_message_id": o.message_id,
-                "b_http_status": o.http_status,
-                "b_error": o.error,
-                "b_retryable": o.retryable,
-                "b_sent_at": now if o.status == LedgerStatus.SENT else None,
+                "b_id": ids[0],
+                "b_status": status,
+                "b_reason": reason,
+                "b_message_id": message_id,
+                "b_http_status": http_status,
+                "b_error": error,
+                "b_retryable": retryable,
+                "b_sent_at": now if status == LedgerStatus.SENT else None,
             }
-            for o in outcomes
+            for (status, reason, message_id, http_status, error, retryable), ids in single
         ],
     )
 
@@ -374,18 +418,21 @@ def run_counts(conn: Connection, run_id: int, as_of: datetime) -> dict[str, Any]
     return counts
 
 
-def requeue_unknown(conn: Connection, campaign_id: str, ids: Sequence[int] | None = None) -> int:
-    """A human decided these `unknown` rows never arrived: they go back to `planned`."""
-    where = [L.c.campaign_id == campaign_id, L.c.status == LedgerStatus.UNKNOWN]
-    if ids is None:
-        return conn.execute(
-            update(L).where(*where).values(status=LedgerStatus.PLANNED, reason=None)
-        ).rowcount
-    total = 0
-    for part in chunked(list(ids)):
-        total += conn.execute(
-            update(L)
-            .where(*where, is_in(conn, L.c.id, part))
-            .values(status=LedgerStatus.PLANNED, reason=None)
-        ).rowcount
-    return total
+# --- approval -----------------------------------------------------------------------------
+def planned_rows(conn: Connection, run_id: int, limit: int) -> list[Row[Any]]:
+    """The first `limit` rows the run will send (due now or waiting), to preview."""
+    query = (
+        select(*DELIVERY_COLUMNS)
+        .where(L.c.run_id == run_id, L.c.status == LedgerStatus.PLANNED)
+        .order_by(L.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+def release_planned(conn: Connection, run_id: int) -> int:
+    """A run that will not send (rejected, or its approval expired) lets go of its planned rows:
+    they no longer count towards frequency caps, and a later run plans them afresh."""
+    return conn.execute(
+        delete(L).where(L.c.run_id == run_id, L.c.status == LedgerStatus.PLANNED)
+    ).rowcount

@@ -131,3 +131,19 @@ def record_test_sends(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     )
     for row in rows:
         conn.execute(upsert, row)
+
+
+def experiment_of(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    """The winner decision recorded on the run, if any."""
+    return conn.execute(select(R.c.experiment).where(R.c.id == run_id)).scalar_one_or_none()
+
+
+def record_experiment(conn: Connection, run_id: int, decision: dict[str, Any]) -> dict[str, Any]:
+    """Record the run's winner decision once; returns the one that stands (a retry gets the
+    first, so every remaining email goes out with the same variant)."""
+    conn.execute(
+        update(R).where(R.c.id == run_id, R.c.experiment.is_(None)).values(experiment=decision)
+    )
+    recorded = experiment_of(conn, run_id)
+    assert recorded is not None
+    return recorded

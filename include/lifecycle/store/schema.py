@@ -104,6 +104,8 @@ campaign_runs = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
     Column("counts", JSON),  # {"planned": n, "sent": n, "skipped": {"reason": n}, ...}
+    # test-then-winner: the variant chosen for the rest, the test's figures and the reason
+    Column("experiment", JSON),
     UniqueConstraint("campaign_id", "run_key"),
     _one_of("status", RunStatus),
 )
@@ -123,6 +125,8 @@ send_ledger = Table(
     Column("reason", String(64)),  # why skipped, failed or unknown
     Column("template", String(128), nullable=False),
     Column("email", String(320)),
+    # the email's inbox: trimmed, lower-cased (one email per inbox, issue 14)
+    Column("inbox", String(320)),
     Column("locale", String(16)),
     Column("timezone", String(64)),
     Column("context", JSON),  # per-recipient template variables (first name, order id, tier...)
@@ -137,6 +141,12 @@ send_ledger = Table(
     Column("http_status", Integer),
     Column("error", Text),
     Column("retryable", Boolean),
+    Column("variant", String(32)),  # the A/B/n variant sent (spec `variants`); NULL without
+    # An `unknown` row that SendGrid's events showed it accepted (now `sent`): the proving
+    # engagement_events row, its event name and when it occurred (migration 0005).
+    Column("resolved_event_id", BigInteger),
+    Column("resolved_by", String(32)),
+    Column("resolved_at", UtcDateTime),
     UniqueConstraint("campaign_id", "occurrence_key", "customer_id"),
     _one_of("status", LedgerStatus),
     _one_of("reason", [*SkipReason, *FailReason], nullable=True),
@@ -144,6 +154,7 @@ send_ledger = Table(
     Index("ix_send_ledger_customer_sent", "customer_id", "sent_at"),
     Index("ix_send_ledger_message_id", "message_id"),
     Index("ix_send_ledger_run_id", "run_id", "status"),
+    Index("ix_send_ledger_campaign_inbox", "campaign_id", "inbox"),
 )
 
 # Emails rendered for a real customer but delivered only to internal test recipients.
@@ -199,6 +210,18 @@ suppressions = Table(
     UniqueConstraint("email", "scope"),
 )
 
+# Topics chosen again on the preference page whose SendGrid group suppression is still to be
+# lifted: the suppression sync deletes it at SendGrid, then the row (issue 14).
+resubscribes = Table(
+    "resubscribes",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False),  # lower-cased
+    Column("scope", String(32), nullable=False),  # "group:<asm id>"
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("email", "scope"),
+)
+
 coupons = Table(
     "coupons",
     marketing,
@@ -212,6 +235,24 @@ coupons = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("redeemed_at", UtcDateTime),
     UniqueConstraint("campaign_id", "customer_id", "occurrence_key"),
+)
+
+# One answer per surveyed email (ledger row): a second answer changes the score, never adds a row.
+survey_responses = Table(
+    "survey_responses",
+    marketing,
+    Column("id", Integer, primary_key=True),
+    Column("send_id", BigInteger, nullable=False, unique=True),  # send_ledger.id surveyed
+    Column("campaign_id", String(64), nullable=False),
+    Column("occurrence_key", String(128), nullable=False),  # e.g. the order id
+    Column("customer_id", BigInteger, nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("comment", Text),  # the customer's own words: personal data
+    Column("answered_at", UtcDateTime, nullable=False),  # first answer
+    Column("updated_at", UtcDateTime, nullable=False),  # latest change of score or comment
+    CheckConstraint("score BETWEEN 0 AND 10", name="score"),
+    Index("ix_survey_responses_customer", "customer_id", "updated_at"),
+    Index("ix_survey_responses_campaign", "campaign_id", "answered_at"),
 )
 
 # --- customer features (issue 3) ----------------------------------------------------------

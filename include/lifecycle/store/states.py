@@ -8,7 +8,8 @@ A ledger row moves like this (one row per campaign, occurrence key and customer)
 
     planned ──claim──► sending ──202──► sent
        ▲                  │ ├──4xx/5xx──► failed ──(retryable, next run)──► planned
-       │                  │ └──timeout / crash──► unknown ──(a human: requeue-unknown)──► planned
+       │                  │ └──timeout / crash──► unknown ──SendGrid's event──► sent
+       │                  │                              └──(no event: requeue-unknown)──► planned
        └── waiting for the customer's send window (send_after in the future)
     skipped (reason): never sent — policy at planning, suppressed or expired later
 """
@@ -42,6 +43,8 @@ class SkipReason(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     EXPIRED = "expired"  # its send window closed before a run could send it
     SANDBOX = "sandbox"  # validated by SendGrid's sandbox mode, not delivered
+    DUPLICATE = "duplicate_address"  # another customer's email of this occurrence, same inbox
+    ERASED = "erased"  # the person was erased; only the address's hash is kept
 
 
 class FailReason(StrEnum):
@@ -68,6 +71,8 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"  # rows unknown or left undelivered, or nothing could be sent
     STOPPED = "stopped"  # SendGrid refused the key or the sender: the whole run stopped
+    REJECTED = "rejected"  # the approver said no: nothing sent, its planned rows released
+    EXPIRED = "expired"  # nobody approved in time: nothing sent, its planned rows released
 
 
 class TestSendStatus(StrEnum):

@@ -6,20 +6,21 @@ this module knows nothing of Airflow. Without Airflow, for local previews and wi
 `uvicorn --factory lifecycle.web.dashboard:local_app`.
 
 Routes (relative to the mount point): `/` the page, `/report.json`, and CSV exports
-`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`. Every route takes
-`campaign` (one campaign only) and `days` (conversion window, default 7).
+`/export/runs.csv`, `/export/retention.csv`, `/export/cohorts.csv`, `/export/variants.csv`.
+Every route takes `campaign` (one campaign only) and `days` (conversion window, default 7).
+`/runs/{id}/preview` renders the first emails of a planned run (the approver's link).
 """
 
 from __future__ import annotations
 
 import logging
+import pathlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request, params
+from fastapi import FastAPI, Path, Query, Request, params
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
@@ -29,21 +30,25 @@ from lifecycle.reporting import export, queries
 from lifecycle.reporting.performance import Performance
 from lifecycle.reporting.report import Report, build_report
 from lifecycle.store import warehouse
-from lifecycle.web import charts
+from lifecycle.store.unknown import UnknownStates
+from lifecycle.web import charts, previews
 from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
-PAGES = Path(__file__).with_name("static")
+PAGES = pathlib.Path(__file__).with_name("static")
 CACHE_SECONDS = 60
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "AMD": "֏", "GEL": "₾"}
 EXPORTS: dict[str, Callable[[Report], str]] = {
     "runs": export.runs_csv,
     "retention": export.retention_csv,
     "cohorts": export.cohorts_csv,
+    "variants": export.variants_csv,
+    "surveys": export.surveys_csv,
 }
 STEP_LABELS = {
     "audience": "Audience",
     "planned": "Passed the policies",
+    "waiting": "Waiting for the send window",
     "sent": "Sent",
     "delivered": "Delivered",
     "opened": "Opened",
@@ -55,6 +60,11 @@ PROBLEM_LABELS = {
     "bounced": "Bounced",
     "unsubscribed": "Unsubscribed",
     "spam_reports": "Marked as spam",
+}
+UNKNOWN_LABELS = {
+    "resolved": "resolved as sent by SendGrid's events",
+    "awaiting_events": "awaiting events",
+    "requeueable": "requeue-able (no event)",
 }
 
 # Query parameters every route takes (module level: FastAPI resolves them by name).
@@ -123,6 +133,19 @@ def create_app(
         headers = {"Content-Disposition": f'attachment; filename="lifecycle-{name}-{stamp}.csv"'}
         return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
 
+    @app.get("/runs/{run_id}/preview", response_class=HTMLResponse)
+    def run_preview(run_id: Annotated[int, Path(ge=1)]) -> HTMLResponse:
+        """The first emails a planned run would send, rendered (linked from its approval)."""
+        engine, current = engine_and_settings()
+        try:
+            run, emails = previews.run_emails(engine, current, run_id)
+        except LookupError as exc:
+            return HTMLResponse(str(exc), status_code=404)
+        html = pages.get_template("run_preview.html").render(
+            campaign=run.campaign_id, run_id=run_id, status=run.status, emails=emails
+        )
+        return HTMLResponse(html)
+
     return app
 
 
@@ -142,13 +165,14 @@ def view(report: Report) -> dict[str, Any]:
         "symbol": symbol,
         "total": total,
         "last_month": last_month,
-        "funnels": [_funnel(c.campaign_id, c.performance) for c in report.campaigns],
+        "funnels": [_funnel(c.campaign_id, c.performance, c.unknown) for c in report.campaigns],
         "uplifts": [
             (c.campaign_id, c.performance.uplift)
             for c in report.campaigns
             if c.performance.uplift.interval is not None
         ],
         "uplift_chart": _uplift_chart(report),
+        "experiments": [c.experiment for c in report.campaigns if c.experiment is not None],
         "activity_chart": charts.line_chart(
             "Emails per day",
             [f"{d.day:%b %d}" for d in report.days],
@@ -184,7 +208,7 @@ def view(report: Report) -> dict[str, Any]:
     }
 
 
-def _funnel(campaign_id: str, perf: Performance) -> dict[str, Any]:
+def _funnel(campaign_id: str, perf: Performance, unknown: UnknownStates) -> dict[str, Any]:
     top = perf.funnel["audience"] or 1
     steps = [
         {
@@ -204,6 +228,13 @@ def _funnel(campaign_id: str, perf: Performance) -> dict[str, Any]:
         "steps": steps,
         "problems": problems,
         "skipped": sorted(perf.skipped.items(), key=lambda item: -item[1]),
+        # sends once of unknown fate, by what became of them (empty when there were none)
+        "unknown": [
+            {"key": key, "label": label, "count": getattr(unknown, key)}
+            for key, label in UNKNOWN_LABELS.items()
+        ]
+        if unknown.resolved or unknown.unresolved
+        else [],
         "conversions": perf.conversions,
         "revenue": perf.revenue,
     }

@@ -1,4 +1,5 @@
-"""The public web app: SendGrid's event webhook and the unsubscribe pages.
+"""The public web app: SendGrid's event webhook, the unsubscribe pages and the feedback page
+(`survey_page`).
 
 No login protects these routes; each is protected by its own proof instead (the webhook by
 SendGrid's ECDSA signature, an unsubscribe by its HMAC token). The Airflow plugin mounts
@@ -14,19 +15,19 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine, select
 
 from lifecycle.core.config import Settings, load_settings
-from lifecycle.feedback import events, suppressions, unsubscribe
+from lifecycle.feedback import events, unsubscribe
 from lifecycle.store import warehouse
 from lifecycle.store.schema import send_ledger
+from lifecycle.web import preferences, survey_page
 from lifecycle.web.settings import SettingsSource, provider
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,6 @@ class _Context:
     def pages(self) -> Environment:
         loader = FileSystemLoader(self.settings.templates_dir / "_pages")
         return Environment(loader=loader, autoescape=select_autoescape(default=True))
-
-    def strings(self, locale: str) -> dict[str, str]:
-        path = self.settings.templates_dir / "_pages" / "unsubscribe" / f"{locale}.yaml"
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 async def limited_body(request: Request) -> bytes:
@@ -132,42 +129,17 @@ def create_app(settings: SettingsSource, *, clock: Callable[[], float] = time.ti
         received_at = datetime.fromtimestamp(context.clock(), UTC)
         return events.ingest_body(context.engine, body, received_at).to_dict()
 
-    def page(status: str, locale: str, code: int = 200, **values: Any) -> HTMLResponse:
-        html = context.pages.get_template("unsubscribe/page.html").render(
-            status=status,
-            locale=locale,
-            t=context.strings(locale),
-            sender_address=context.settings.sender_address,
-            **values,
-        )
-        return HTMLResponse(html, status_code=code)
-
     def verified(token: str) -> unsubscribe.Unsubscribe | None:
         try:
-            return unsubscribe.verify(context.settings, token)
+            today = datetime.fromtimestamp(context.clock(), UTC).date()
+            return unsubscribe.verify(context.settings, context.engine, token, today)
         except unsubscribe.InvalidToken as exc:
             log.info("unsubscribe refused: %s", exc)
             return None
 
-    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
-    def confirm_unsubscribe(token: str) -> HTMLResponse:
-        who = verified(token)
-        if who is None:
-            return page("invalid", "en", 400)
-        locale = customer_locale(context.engine, who.customer_id)
-        return page("confirm", locale, email=_mask(who.email))
+    preferences.register(app, context, verified, customer_locale, _mask)
 
-    # Also the RFC 8058 one-click target: mail clients POST "List-Unsubscribe=One-Click" here.
-    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
-    def perform_unsubscribe(token: str) -> HTMLResponse:
-        who = verified(token)
-        if who is None:
-            return page("invalid", "en", 400)
-        at = datetime.fromtimestamp(context.clock(), UTC)
-        suppressions.unsubscribe(context.engine, who.email, at)
-        locale = customer_locale(context.engine, who.customer_id)
-        return page("done", locale, email=_mask(who.email))
-
+    app.include_router(survey_page.router(context))
     return app
 
 

@@ -2,14 +2,16 @@
 
 `POST /v3/mail/send` checks the bearer key and the body (`validation`) and answers 400 with
 SendGrid's error shape (any malformed body, never a 500), or 202 with an `X-Message-Id` (200
-in sandbox mode). Accepted messages are kept in a `SinkState` that in-process tests read
-directly (`GET /_sink/messages` out of process; `/_sink/stats` counts).
+in sandbox mode). Accepted emails, one per personalization with its substitutions applied
+(`personalize`), are kept in a `SinkState` that in-process tests read directly
+(`GET /_sink/messages` out of process; `/_sink/stats` counts).
 
 Faults on demand (at start, or `POST /_sink/faults` with the same JSON fields):
 latency (every request), and per-request probabilities of a 429 with `X-RateLimit-*`
 headers, a 500/503, a dropped connection (closed before the request is read, nothing stored)
 and a slow response (stored, answered after `slow_ms`). `fail_next` forces the next N
-requests into one fault kind, for deterministic tests.
+requests into one fault kind, for deterministic tests; it alone offers a 504 (stored, as
+SendGrid may have accepted the message behind a gateway timeout).
 
 Other modules add routes with `build_app(state, extensions=[register])`, `register(app)`
 receiving the application (the state is `app[STATE]`).
@@ -29,10 +31,10 @@ from typing import Any
 
 from aiohttp import web
 
-from lifecycle.devtools.sink import suppressions
+from lifecycle.devtools.sink import personalize, suppressions
 from lifecycle.devtools.sink.validation import validate
 
-FAULT_KINDS = ("429", "500", "503", "drop", "slow")
+FAULT_KINDS = ("429", "500", "503", "504", "drop", "slow")
 # Adds routes (or middleware) to the sink's application, e.g. `suppressions.register`.
 Extension = Callable[[web.Application], None]
 
@@ -183,28 +185,32 @@ async def mail_send(request: web.Request) -> web.StreamResponse:
 
     message_id = secrets.token_urlsafe(16)[:22]
     sandbox = body.get("mail_settings", {}).get("sandbox_mode", {}).get("enable", False)
-    record = {
-        "message_id": message_id,
-        "received_at": time.time(),
-        "to": [a["email"].lower() for p in body["personalizations"] for a in p["to"]],
-        "custom_args": {
-            **(body.get("custom_args") or {}),
-            **(body["personalizations"][0].get("custom_args") or {}),
-        },
-        "subject": body.get("subject"),
-        "categories": body.get("categories") or [],
-        "sandbox": sandbox,
-    }
-    if state.keep_bodies:
-        record["body"] = body
+    received_at = time.time()
+    # One record per email, i.e. per personalization, as the recipient receives it.
+    records = [
+        {
+            "message_id": message_id,
+            "received_at": received_at,
+            **email,
+            "categories": body.get("categories") or [],
+            "sandbox": sandbox,
+            **({"body": body} if state.keep_bodies else {}),
+        }
+        for email in personalize.emails(body, with_content=state.keep_bodies)
+    ]
+    if fault == "504":
+        state.stats["504"] += 1
+        with state.lock:
+            state.messages.extend(records)
+        return _error("Gateway timeout (injected by the sink; the message was kept).", status=504)
     if fault == "slow":
         state.stats["slow"] += 1
         with state.lock:
-            state.messages.append(record)
+            state.messages.extend(records)
         await asyncio.sleep(state.faults.slow_ms / 1000)
     else:
         with state.lock:
-            state.messages.append(record)
+            state.messages.extend(records)
     state.stats["accepted"] += 1
     return web.Response(status=200 if sandbox else 202, headers={"X-Message-Id": message_id})
 

@@ -3,7 +3,8 @@
 `register(app)` adds the routes to the sink's aiohttp app; the data lives in a
 `SuppressionStore` (seed it in tests, read `app[SUPPRESSIONS]`). Behaviour follows the real
 API where our sync depends on it: limit <= 500 with offset paging, `start_time` (created at or
-after) and a `Link: rel="next"` header; groups listed whole; POST to the global list; Bearer
+after) and a `Link: rel="next"` header; groups listed whole, added to (POST) and lifted from
+(DELETE one address); POST to the global list; Bearer
 auth; and optional rate limiting (429 with `X-RateLimit-Reset`) so that the client's waiting
 is exercised over real HTTP.
 """
@@ -144,6 +145,35 @@ async def group_suppressions(request: web.Request) -> web.Response:
     return web.json_response(emails)
 
 
+async def add_to_group(request: web.Request) -> web.Response:
+    """Like SendGrid: a group that does not exist puts the addresses on the global list."""
+    try:
+        group_id = int(request.match_info["group_id"])
+        emails = (await request.json())["recipient_emails"]
+    except (ValueError, KeyError, TypeError):
+        return _errors(400, "recipient_emails is required")
+    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+        return _errors(400, "recipient_emails must be a list of strings")
+    store = request.app[SUPPRESSIONS]
+    if group_id not in store.groups:
+        return await add_global(request)
+    members = store.groups[group_id]
+    members.extend(email for email in dict.fromkeys(emails) if email not in members)
+    return web.json_response({"recipient_emails": emails}, status=201)
+
+
+async def delete_from_group(request: web.Request) -> web.Response:
+    groups = request.app[SUPPRESSIONS].groups
+    try:
+        members = groups[int(request.match_info["group_id"])]
+    except (KeyError, ValueError):
+        return _errors(404, "unknown group")
+    email = request.match_info["email"]
+    if email in members:
+        members.remove(email)
+    return web.Response(status=204)
+
+
 def register(app: web.Application, store: SuppressionStore | None = None) -> None:
     """Add the suppression endpoints (and their store at `app[SUPPRESSIONS]`) to the sink."""
     app[SUPPRESSIONS] = store or SuppressionStore()
@@ -153,3 +183,5 @@ def register(app: web.Application, store: SuppressionStore | None = None) -> Non
     app.router.add_get("/v3/asm/suppressions/global/{email}", get_global)
     app.router.add_get("/v3/asm/groups", list_groups)
     app.router.add_get("/v3/asm/groups/{group_id}/suppressions", group_suppressions)
+    app.router.add_post("/v3/asm/groups/{group_id}/suppressions", add_to_group)
+    app.router.add_delete("/v3/asm/groups/{group_id}/suppressions/{email}", delete_from_group)

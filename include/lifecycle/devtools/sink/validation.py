@@ -1,7 +1,8 @@
 """SendGrid's documented rules for a `POST /v3/mail/send` body, with its 400 messages.
 
 Checked: field types, required fields, 1000 personalizations / recipients, no duplicate
-recipient, string custom_args < 10,000 UTF-8 bytes, at most 10 unique non-empty ASCII
+recipient, string custom_args < 10,000 UTF-8 bytes, string substitutions of at most 10,000
+bytes per personalization, at most 10 unique non-empty ASCII
 categories of <= 255 chars, non-empty content with text/plain then text/html first, reply_to
 or reply_to_list, mail/tracking settings and asm. `validate` returns the first problem as
 (message, field), the shape of SendGrid's error.
@@ -15,6 +16,8 @@ from typing import Any
 
 MAX_RECIPIENTS = 1000
 MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_SUBSTITUTIONS_BYTES = 10_000  # per personalization, tags and values (UTF-8)
+MAX_SUBSTITUTIONS = 10_000
 MAX_ADDRESS_LENGTH = 320
 MAX_CATEGORIES = 10
 MAX_CATEGORY_LENGTH = 255
@@ -158,7 +161,24 @@ def _personalization(
         return problem
     if "from" in item and (problem := _address(item["from"], f"{where}.from")):
         return problem
+    if problem := _substitutions(item.get("substitutions", {}), where):
+        return problem
     return _custom_args(message_args, item.get("custom_args", {}), where)
+
+
+def _substitutions(substitutions: dict[str, Any], where: str) -> Problem | None:
+    field_name = f"{where}.substitutions"
+    if any(not isinstance(value, str) for value in substitutions.values()):
+        return "Substitutions values must be strings.", field_name
+    if len(substitutions) > MAX_SUBSTITUTIONS:
+        return "Substitutions may have at most 10000 properties.", field_name
+    size = sum(
+        len(key.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
+        for key, value in substitutions.items()
+    )
+    if size > MAX_SUBSTITUTIONS_BYTES:
+        return "The total size of substitutions may not exceed 10000 bytes.", field_name
+    return None
 
 
 def _personalizations(body: dict[str, Any]) -> Problem | None:
@@ -273,16 +293,18 @@ def _categories(body: dict[str, Any]) -> Problem | None:
 
 
 def _settings(body: dict[str, Any]) -> Problem | None:
-    """mail_settings / tracking_settings hold objects whose `enable` is a boolean."""
+    """mail_settings / tracking_settings hold objects whose `enable` (and click tracking's
+    `enable_text`) are booleans."""
     for group in ("mail_settings", "tracking_settings"):
         for name, setting in body.get(group, {}).items():
             where = f"{group}.{name}"
             if problem := _wrong_type(setting, "object", where):
                 return problem
-            if "enable" in setting and (
-                problem := _wrong_type(setting["enable"], "boolean", f"{where}.enable")
-            ):
-                return problem
+            for flag in ("enable", "enable_text"):
+                if flag in setting and (
+                    problem := _wrong_type(setting[flag], "boolean", f"{where}.{flag}")
+                ):
+                    return problem
     return None
 
 

@@ -1,0 +1,206 @@
+"""Approval end to end in a real `airflow standalone`: three campaigns that need approval wait
+between plan and deliver; one is approved, one rejected, one left to time out, all answered
+through the REST API, as the Airflow UI's "Required actions" page does. The one left waiting
+also misses its deadline: both its alerts reach a local SMTP server and a chat webhook."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import sqlalchemy as sa
+import yaml
+from alert_receivers import alert_receivers
+from processes import still_running
+from test_e2e_airflow import AS_OF, family, free_port
+
+from lifecycle.core import features
+from lifecycle.core.config import DEFAULT_POOL_SLOTS, PROJECT_ROOT, SENDGRID_POOL, load_settings
+from lifecycle.devtools import seed
+from lifecycle.devtools.sink.thread import run_sink_in_thread
+from lifecycle.devtools.standalone import Standalone, start_standalone
+from lifecycle.store import schema, warehouse
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "SG.approval-key"
+ANSWERS = {"approved": "Approve", "rejected": "Reject", "expired": None}
+
+
+def write_specs(directory: Path) -> None:
+    """Three copies of the loyalty campaign that need approval (the last one expires in 36 s)."""
+    directory.mkdir()
+    base = yaml.safe_load((PROJECT_ROOT / "include/campaigns/loyalty.yaml").read_text())
+    for name in ANSWERS:
+        hours = 0.01 if name == "expired" else 1
+        spec = {
+            **base,
+            "id": name,
+            "approval": {"approvers": ["admin"], "expires_after_hours": hours},
+        }
+        if name == "expired":
+            spec["deadline_hours"] = 0.005  # 18 s after it was queued: it is still waiting then
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+
+def hitl_path(dag_id: str, run_id: str) -> str:
+    return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+
+
+def wait_for(api: httpx.Client, path: str, airflow: Standalone, seen: set) -> dict:
+    deadline = time.monotonic() + 480
+    while (response := api.get(path)).status_code != 200:
+        assert time.monotonic() < deadline, airflow.log_tail()
+        seen |= family(airflow.process.pid)
+        time.sleep(2)
+    return response.json()
+
+
+def wait_awaiting_input(
+    api: httpx.Client, dag_id: str, run_id: str, airflow: Standalone, seen: set
+) -> None:
+    """An answer racing the task's switch to awaiting input can make Airflow run the task again
+    (which asks again); the UI only offers the answer once the task waits."""
+    path, state = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve", None
+    deadline = time.monotonic() + 480
+    while (state := api.get(path).json().get("state")) != "awaiting_input":
+        assert time.monotonic() < deadline, (state, airflow.log_tail())
+        seen |= family(airflow.process.pid)
+        time.sleep(1)
+
+
+def respond(api: httpx.Client, path: str, answer: str) -> None:
+    """Answer as the UI does. Airflow's SQLite metadata DB, busy with the scheduler and the
+    triggerer, may answer 500 (database locked): the write was rolled back, so ask again; a 409
+    then means an earlier try did land."""
+    for attempt in range(5):
+        response = api.patch(path, json={"chosen_options": [answer]})
+        if response.status_code == 200 or (attempt and response.status_code == 409):
+            return
+        assert response.status_code == 500, response.text
+        time.sleep(2)
+    raise AssertionError(f"no answer recorded: {response.text}")
+
+
+def wait_for_state(api: httpx.Client, dag_id: str, run_id: str, seen: set, pid: int) -> str:
+    state, deadline = "queued", time.monotonic() + 480
+    while state not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(2)
+        seen |= family(pid)
+        state = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
+    return state
+
+
+def campaign_runs(engine: sa.Engine) -> dict[str, tuple[str, dict]]:
+    runs = schema.campaign_runs
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(runs.c.campaign_id, runs.c.status, runs.c.counts))
+        return {campaign: (status, counts) for campaign, status, counts in rows}
+
+
+def ledger_statuses(engine: sa.Engine) -> dict[tuple[str, str], int]:
+    ledger = schema.send_ledger
+    query = sa.select(ledger.c.campaign_id, ledger.c.status, sa.func.count()).group_by(
+        ledger.c.campaign_id, ledger.c.status
+    )
+    with engine.connect() as conn:
+        return {(c, s): n for c, s, n in conn.execute(query)}
+
+
+def test_approve_reject_and_time_out_through_the_rest_api(tmp_path: Path, sqlite_url: str) -> None:
+    engine = warehouse.make_engine(sqlite_url)
+    seed.seed(engine, 400, seed=11, as_of=AS_OF)
+    features.materialize(engine, AS_OF, load_settings(warehouse_url=sqlite_url))
+    write_specs(tmp_path / "campaigns")
+    seen: set[psutil.Process] = set()
+    with run_sink_in_thread(api_keys=[API_KEY]) as sink, alert_receivers() as (alerts, conns):
+        airflow = start_standalone(
+            tmp_path / "airflow",
+            free_port(),
+            env={
+                "LIFECYCLE_HOME": str(tmp_path / "home"),
+                "LIFECYCLE_CAMPAIGNS_DIR": str(tmp_path / "campaigns"),
+                "LIFECYCLE_UNSUBSCRIBE_SECRET": "approval-secret",
+                "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": sqlite_url,
+                "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
+                    {"conn_type": "sendgrid", "password": API_KEY, "host": sink.url}
+                ),
+                **conns,
+            },
+        )
+        try:
+            airflow.wait_healthy(timeout=600)
+            api = httpx.Client(
+                base_url=f"{airflow.url}/api/v2",
+                headers={"Authorization": f"Bearer {airflow.api_token()}"},
+                timeout=120,  # a loaded 2-core machine stalls the single api-server worker
+            )
+            runs: dict[str, str] = {}
+            for name in ANSWERS:
+                dag_id = f"campaign_{name}"
+                wait_for(api, f"/dags/{dag_id}", airflow, seen)
+                api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+                conf = {"as_of": AS_OF.isoformat()}
+                run = api.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+                runs[name] = run.raise_for_status().json()["dag_run_id"]
+
+            for name, answer in ANSWERS.items():
+                detail = wait_for(api, hitl_path(f"campaign_{name}", runs[name]), airflow, seen)
+                body = detail["body"]
+                assert "Audience" in body and "Holdout" in body and "waiting" in body
+                assert "Coupons to be issued: none" in body
+                assert detail["assigned_users"] == [{"id": "admin", "name": "admin"}]
+                assert sink.state.snapshot() == []  # nothing leaves before the answer
+                if answer is not None:  # once the task waits, as a person would see it
+                    wait_awaiting_input(api, f"campaign_{name}", runs[name], airflow, seen)
+                    respond(api, hitl_path(f"campaign_{name}", runs[name]), answer)
+
+            # The approver's link: the run's first emails, rendered, behind Airflow's login.
+            preview = body.split("](")[1].split(")")[0]
+            page = httpx.get(preview, headers=api.headers, timeout=30)
+            assert page.status_code == 200 and "<iframe sandbox" in page.text
+            assert httpx.get(preview, timeout=30).status_code == 401
+
+            pid = airflow.process.pid
+            states = {n: wait_for_state(api, f"campaign_{n}", runs[n], seen, pid) for n in ANSWERS}
+            assert states == {"approved": "success", "rejected": "success", "expired": "failed"}
+            assert api.get(f"/pools/{SENDGRID_POOL}").json()["slots"] == DEFAULT_POOL_SLOTS
+            deadline = time.monotonic() + 90  # the triggerer sends the deadline alert
+            while len(alerts.emails) + len(alerts.posts) < 4 and time.monotonic() < deadline:
+                time.sleep(1)
+        finally:
+            airflow.stop()
+    outcome = campaign_runs(engine)
+    statuses = ledger_statuses(engine)
+    received = sink.state.snapshot()
+    engine.dispose()
+
+    assert {name: status for name, (status, _) in outcome.items()} == {
+        "approved": "success",
+        "rejected": "rejected",
+        "expired": "expired",
+    }
+    assert outcome["rejected"][1]["decided_by"] == "admin"
+    assert outcome["expired"][1]["released"] > 0 and outcome["expired"][1]["decided_by"] is None
+    assert {m["custom_args"]["campaign"] for m in received} == {"approved"}
+    assert len(received) == statuses[("approved", "sent")]
+    for name in ("rejected", "expired"):  # released: nothing planned, nothing sent
+        assert (name, "planned") not in statuses and (name, "sent") not in statuses
+        assert outcome[name][1]["released"] > 0
+    # Two alerts, each by email and webhook, all about the run left waiting.
+    subjects = sorted(str(m["Subject"]) for m in alerts.emails)
+    assert subjects == [
+        "Campaign expired: run failed (finalize)",
+        "Campaign expired: run missed its deadline",
+    ]
+    assert len(alerts.posts) == 2
+    texts = alerts.texts()
+    assert sum("nobody approved the run in time" in t for t in texts) == 2
+    assert sum("answer a waiting approval" in t for t in texts) == 2
+    assert all(runs["expired"] in t for t in texts)
+    assert still_running(seen) == []
+    assert airflow.processes() == set()
