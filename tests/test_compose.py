@@ -288,6 +288,8 @@ def test_what_real_sending_needs_reaches_every_component_as_given(
         assert env["LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"] == key, name
         for setting in REQUIRED_SETTINGS:
             assert env[setting] == dotenv[setting], (name, setting)
+
+
 def test_init_creates_the_sendgrid_pool_sized_from_the_setting(
     dotenv: dict[str, str],
 ) -> None:
