@@ -39,6 +39,8 @@ SECRETS = [
     "AIRFLOW_ADMIN_PASSWORD",
     "LIFECYCLE_UNSUBSCRIBE_SECRET",
 ]
+# Not secret, but required: real sending refuses the demo's values (run/preflight.py).
+REQUIRED_SETTINGS = ["LIFECYCLE_SENDER_ADDRESS", "LIFECYCLE_UNSUBSCRIBE_MAILBOX"]
 SHARED_SETTINGS = [
     "AIRFLOW__CORE__FERNET_KEY",
     "AIRFLOW__API_AUTH__JWT_SECRET",
@@ -48,6 +50,8 @@ SHARED_SETTINGS = [
     "AIRFLOW__CELERY__BROKER_URL",
     "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE",
     "LIFECYCLE_WAREHOUSE_URL",
+    *REQUIRED_SETTINGS,
+    "LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY",
 ]
 VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
 
@@ -79,7 +83,7 @@ def compose(env: dict[str, str]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def dotenv() -> dict[str, str]:
-    return {name: secrets.token_hex(16) for name in SECRETS}
+    return {name: secrets.token_hex(16) for name in SECRETS + REQUIRED_SETTINGS}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,7 @@ def test_has_every_service_of_the_official_celery_shape(services: dict[str, Any]
 
 
 def test_every_secret_is_required_from_the_environment(dotenv: dict[str, str]) -> None:
-    for name in SECRETS:
+    for name in SECRETS + REQUIRED_SETTINGS:
         with pytest.raises(MissingVariable, match=name):
             compose({k: v for k, v in dotenv.items() if k != name})
         with pytest.raises(MissingVariable, match=name):
@@ -122,7 +126,8 @@ def test_no_secret_value_is_written_in_the_file() -> None:
                 assert re.fullmatch(r"\$\{\w+(:\?[^}]*|:-)?\}", str(value)), (name, key, value)
     # Any password inside a URL or a connection comes from a variable as well.
     placeholders = {name: f"<{name}>" for name in SECRETS}
-    for name, service in compose(placeholders)["services"].items():
+    required = {name: "x" for name in REQUIRED_SETTINGS}
+    for name, service in compose({**placeholders, **required})["services"].items():
         for key, value in env_of(service).items():
             for password in re.findall(r"//[^:/@\s]*:([^@]+)@", value):
                 assert password in placeholders.values(), (name, key)
@@ -269,6 +274,20 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image() -> None:
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for entry in (".env", ".venv", ".local", ".git"):
         assert entry in ignored
+
+
+def test_what_real_sending_needs_reaches_every_component_as_given(
+    dotenv: dict[str, str],
+) -> None:
+    """The webhook key may stay empty until SendGrid is set up (preflight refuses real sending
+    without it); the sender's addresses are never replaced by the demo's."""
+    key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE-test-key"
+    services = compose({**dotenv, "LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY": key})["services"]
+    for name in AIRFLOW_SERVICES:
+        env = env_of(services[name])
+        assert env["LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"] == key, name
+        for setting in REQUIRED_SETTINGS:
+            assert env[setting] == dotenv[setting], (name, setting)
 
 
 def test_init_creates_the_sendgrid_pool_sized_from_the_setting(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from babel.dates import format_date
 from babel.numbers import format_currency
 from sqlalchemy import func, select
 
@@ -59,7 +61,7 @@ def test_preview_for_a_real_customer(engine, settings):
 
 def test_preview_all_writes_every_template_and_locale_with_an_index(tmp_path):
     settings = load_settings(home=tmp_path, templates_dir=PROJECT_ROOT / "templates")
-    pages = preview.preview_all(settings, tmp_path / "out")
+    pages = preview.preview_all(settings, tmp_path / "out", as_of=AS_OF)
     templates = get_renderer(settings).templates()
     assert {(p.template, p.locale) for p in pages} == {
         (t, loc) for t in templates for loc in LOCALES
@@ -82,3 +84,25 @@ def test_cli_preview(tmp_path, engine, settings, monkeypatch, capsys):
     assert main(["--warehouse", url, "preview", "birthday", "--out", str(out)]) == 2
     assert main(["preview", "--all", "--out", str(tmp_path / "all")]) == 0
     assert "index.html" in capsys.readouterr().out
+
+
+def birthday_coupon_line(out: Path) -> str:
+    text = (out / "birthday" / "en.txt").read_text(encoding="utf-8")
+    return next(line for line in text.splitlines() if line.startswith("Valid until"))
+
+
+@pytest.mark.parametrize("as_of", [None, "2031-03-01T12:00:00Z"])
+def test_previews_show_coupons_valid_from_today_or_the_given_day(tmp_path, as_of):
+    """A preview's coupon expires `valid_days` after today (or --as-of), as the customer would
+    see it, never after a fixed sample date long past."""
+    spec = load_campaigns(load_settings().campaigns_dir).specs["birthday"]
+    assert spec.coupon is not None
+    seen = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
+    expires = (seen + timedelta(days=spec.coupon.valid_days)).astimezone(
+        ZoneInfo("America/New_York")  # the English sample customer's zone
+    )
+    out = tmp_path / "all"
+    argv = ["preview", "--all", "--out", str(out), *(["--as-of", as_of] if as_of else [])]
+    assert main(argv) == 0
+    expected = f"Valid until {format_date(expires.date(), format='long', locale='en')}."
+    assert birthday_coupon_line(out) == expected

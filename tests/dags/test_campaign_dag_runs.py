@@ -402,3 +402,72 @@ def test_deliver_sends_nothing_once_the_spec_is_a_draft(sqlite_world: World) -> 
     rows = ledger_rows(sqlite_world.engine, campaign_id="loyalty")
     assert {r["status"] for r in rows} == {"planned", "skipped"}  # the planned ones wait
     assert sqlite_world.sink.state.snapshot() == []
+
+
+def failure_summaries(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "lifecycle.airflow.notifier"]
+
+
+def test_missing_source_tables_fail_plan_once_with_one_line_and_a_hint(
+    sqlite_world: World, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    caplog.set_level("INFO")
+    schema.source.drop_all(sqlite_world.engine)
+    run_id, state = run_dag("campaign_loyalty", {"as_of": AS_OF.isoformat()})
+    assert state == "failed"
+    assert task_states("campaign_loyalty", run_id)["plan"] == ["failed"]
+    with create_session() as session:
+        plan = session.query(TaskInstance).filter_by(run_id=run_id, task_id="plan").one()
+        assert plan.try_number == 1  # a missing table is not retried with backoff
+    line = (
+        "AirflowFailException: the warehouse at sqlite:///"
+        f"{sqlite_world.engine.url.database} has no table 'customers' (hint: load the source "
+        "tables (`lifecycle seed` for demo data) or point the queries in include/sql/"
+    )
+    assert any(line in m and "\n" not in m for m in failure_summaries(caplog)), caplog.text
+    logged = caplog.text + capsys.readouterr().out
+    assert "Task failed with exception" in logged
+    assert "sqlite3.OperationalError" not in logged and "[SQL:" not in logged
+    assert run_row(sqlite_world.engine, "loyalty", run_id)["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgres://lifecycle:pw-not-shown@127.0.0.1:5432/warehouse",
+            "AirflowFailException: warehouse URL postgres://lifecycle:***@127.0.0.1:5432/"
+            "warehouse cannot be used: Can't load plugin: sqlalchemy.dialects:postgres "
+            "(hint: PostgreSQL: postgresql+psycopg://",
+        ),
+        (
+            "postgresql+psycopg://lifecycle:pw-not-shown@127.0.0.1:1/warehouse",
+            "AirflowException: cannot connect to the warehouse at postgresql+psycopg://"
+            "lifecycle:***@127.0.0.1:1/warehouse: connection failed",
+        ),
+    ],
+)
+def test_a_bad_warehouse_connection_fails_preflight_with_one_line(
+    sqlite_world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    url: str,
+    expected: str,
+) -> None:
+    conn = {"conn_type": "generic", "extra": {"sqlalchemy_url": url}}
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", json.dumps(conn))
+    spec = SPECS["loyalty"]
+    # No retries here: the retryable connection failure would otherwise wait for its backoff.
+    dag = build_campaign_dag(spec)
+    for task in dag.tasks:
+        task.retries = 0
+    caplog.set_level("ERROR", logger="lifecycle.airflow.notifier")
+    run = dag.test(run_conf={"as_of": AS_OF.isoformat()})
+    assert str(run.state) == "failed"
+    assert task_states(spec.dag_id, run.run_id)["preflight"] == ["failed"]
+    summaries = failure_summaries(caplog)
+    assert any(expected in m for m in summaries), summaries
+    assert "pw-not-shown" not in caplog.text

@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from lifecycle.airflow.approval import CampaignApproval
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.docs import campaign_doc_md
+from lifecycle.airflow.errors import explained
 from lifecycle.airflow.experiment_tasks import winner_phase
 from lifecycle.airflow.notifier import (
     CampaignDeadlineNotifier,
@@ -84,12 +85,14 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
     )
     def campaign() -> None:
         @task(execution_timeout=PREFLIGHT_TIMEOUT)
+        @explained
         def check_status() -> None:
             """A draft campaign only rehearses: a real run of it ends here, before planning."""
             if refused := draft_refusal(spec, get_current_context()):
                 raise AirflowSkipException(refused)  # everything but finalize is skipped
 
         @task(execution_timeout=PREFLIGHT_TIMEOUT)
+        @explained
         def preflight() -> str:
             """Spec, templates, warehouse and credentials are ready; fixes the run's as-of."""
             from lifecycle.run import preflight as phase
@@ -103,6 +106,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             return as_of.isoformat()
 
         @task(execution_timeout=PLAN_TIMEOUT)
+        @explained
         def plan(as_of: str) -> list[dict[str, int]]:
             """Write the ledger (planned / skipped and why); return the batches to deliver.
 
@@ -159,6 +163,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             pool=SENDGRID_POOL,  # one pool per SendGrid account, shared by every campaign
             execution_timeout=deliver_timeout(spec, load_settings()),
         )
+        @explained
         def deliver(campaign_run_id: int, batch: dict[str, int]) -> dict[str, Any]:
             """Render and send one ledger batch; rows are claimed, so a retry never re-sends."""
             from lifecycle.delivery import DeliveryStopped
@@ -189,6 +194,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         @task(
             trigger_rule=TriggerRule.ALL_DONE, outlets=[asset], execution_timeout=FINALIZE_TIMEOUT
         )
+        @explained
         def finalize(as_of: str) -> dict[str, Any]:
             """Count outcomes onto the campaign run row and announce them as an Asset event.
 

@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import DAG, CronTriggerTimetable, dag, get_current_context, task
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
+from lifecycle.airflow.errors import explained
 from lifecycle.airflow.params import as_of_param, parse_as_of, scheduled_for
 from lifecycle.airflow.schedules import FEATURES_ASSET, FEATURES_CRON, START_DATE
 
@@ -40,6 +41,7 @@ def build_features_dag(cron: str = FEATURES_CRON) -> DAG:
     )
     def customer_features() -> None:
         @task(outlets=[FEATURES_ASSET])
+        @explained
         def materialize() -> dict[str, Any]:
             from lifecycle.core import features
 

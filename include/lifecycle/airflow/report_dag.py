@@ -12,6 +12,7 @@ from typing import Any
 from airflow.sdk import DAG, CronTriggerTimetable, Param, dag, get_current_context, task
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
+from lifecycle.airflow.errors import explained
 from lifecycle.airflow.schedules import START_DATE
 
 
@@ -42,6 +43,7 @@ def build_report_dag() -> DAG:
     )
     def retention_report() -> None:
         @task
+        @explained
         def report() -> dict[str, Any]:
             from lifecycle.reporting.export import format_table
             from lifecycle.reporting.report import build_report

@@ -8,6 +8,7 @@ from airflow.sdk import DAG, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
+from lifecycle.airflow.errors import explained
 from lifecycle.airflow.schedules import START_DATE
 
 DOC_MD = """`suppression_sync`: SendGrid's suppression lists in, our own unsubscribes out (hourly).
@@ -37,6 +38,7 @@ def build_suppression_dag() -> DAG:
 
 
 @task(retries=3, retry_delay=timedelta(minutes=2), execution_timeout=timedelta(minutes=30))
+@explained
 def sync_suppressions() -> dict[str, int]:
     from lifecycle.feedback import suppressions
 

@@ -163,7 +163,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         if args.all:
-            pages = preview.preview_all(settings, out)
+            pages = preview.preview_all(settings, out, as_of=args.as_of or datetime.now(UTC))
             print(f"{len(pages)} previews (template x locale) in {out}: open {out / 'index.html'}")
             return 0
         campaigns = load_campaigns(settings.campaigns_dir)
@@ -202,7 +202,11 @@ def register(commands: Commands) -> None:
     )
     run.add_argument("campaign", metavar="CAMPAIGN", help="campaign id (include/campaigns/*.yaml)")
     run.add_argument(
-        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+        "--as-of",
+        type=parse_datetime,
+        default=None,
+        metavar="DATETIME",
+        help="the day the email is seen (coupon expiry, local date); default: now",
     )
     run.add_argument(
         "--dry-run",
@@ -260,7 +264,11 @@ def register(commands: Commands) -> None:
         "--occurrence-key", metavar="KEY", help="e.g. day3 for onboarding (default: the first)"
     )
     preview_cmd.add_argument(
-        "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
+        "--as-of",
+        type=parse_datetime,
+        default=None,
+        metavar="DATETIME",
+        help="the day the email is seen (coupon expiry, local date); default: now",
     )
     preview_cmd.add_argument("--out", required=True, metavar="PATH", help="FILE.html or DIR")
     preview_cmd.set_defaults(handler=cmd_preview)

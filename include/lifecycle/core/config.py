@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, overload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# The embedded default's footer address and unsubscribe mailbox: fine for the demo, refused by
+# preflight when emails reach real inboxes (run/preflight.py, `deployment_gaps`).
+DEMO_SENDER_ADDRESS = "Lifecycle Demo Shop, 1 Abovyan St, Yerevan 0001, Armenia"
+DEMO_UNSUBSCRIBE_MAILBOX = "unsubscribe@lifecycle-demo.shop"
 # The Airflow pool every campaign's deliver tasks run in: one per SendGrid account. Its size is
 # `Settings.sendgrid_pool_slots`; `make airflow` and the compose init create it.
 SENDGRID_POOL = "sendgrid"
@@ -71,7 +75,7 @@ class Settings:
     sendgrid_webhook_public_key: str | None = None
     webhook_max_age_seconds: int = 600  # replay window for signed webhook timestamps
     # mailto target of the List-Unsubscribe header (RFC 2369), next to the one-click https URL
-    unsubscribe_mailbox: str = "unsubscribe@lifecycle-demo.shop"
+    unsubscribe_mailbox: str = DEMO_UNSUBSCRIBE_MAILBOX
     sendgrid_api_key: str | None = field(default=None, repr=False)
     unsubscribe_secret: str | None = field(default=None, repr=False)
     # The SendGrid account's send rate (requests/s) shared by every campaign; None: no account
@@ -138,14 +142,10 @@ def load_settings(**overrides: Any) -> Settings:
         transport=_env("LIFECYCLE_TRANSPORT"),
         sendgrid_host=_env("LIFECYCLE_SENDGRID_HOST", "https://api.sendgrid.com"),
         public_url=_env("LIFECYCLE_PUBLIC_URL", "http://127.0.0.1:8080"),
-        sender_address=_env(
-            "LIFECYCLE_SENDER_ADDRESS", "Lifecycle Demo Shop, 1 Abovyan St, Yerevan 0001, Armenia"
-        ),
+        sender_address=_env("LIFECYCLE_SENDER_ADDRESS", DEMO_SENDER_ADDRESS),
         sendgrid_webhook_public_key=_env("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY"),
         webhook_max_age_seconds=int(_env("LIFECYCLE_WEBHOOK_MAX_AGE_SECONDS", "600")),
-        unsubscribe_mailbox=_env(
-            "LIFECYCLE_UNSUBSCRIBE_MAILBOX", "unsubscribe@lifecycle-demo.shop"
-        ),
+        unsubscribe_mailbox=_env("LIFECYCLE_UNSUBSCRIBE_MAILBOX", DEMO_UNSUBSCRIBE_MAILBOX),
         sendgrid_api_key=_env("SENDGRID_API_KEY"),
         unsubscribe_secret=_env("LIFECYCLE_UNSUBSCRIBE_SECRET"),
         sendgrid_rate_per_second=_positive("LIFECYCLE_SENDGRID_RATE_PER_SECOND"),

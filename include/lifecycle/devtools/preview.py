@@ -125,9 +125,10 @@ def _last_order(engine: Engine, settings: Settings, customer_id: int) -> dict[st
     }
 
 
-def preview_all(settings: Settings, out_dir: Path) -> list[Page]:
+def preview_all(settings: Settings, out_dir: Path, *, as_of: datetime) -> list[Page]:
     """Every template x locale with sample data into `out_dir/<template>/<locale>.html|.txt`,
-    plus `out_dir/index.html`. Templates a campaign uses get that campaign's fields."""
+    plus `out_dir/index.html`. Templates a campaign uses get that campaign's fields; dates
+    (a coupon's expiry, the local date) are as they would be at `as_of`."""
     renderer = get_renderer(settings)
     specs = load_campaigns(settings.campaigns_dir).specs
     users: dict[str, tuple[CampaignSpec | None, str]] = {}
@@ -141,7 +142,7 @@ def preview_all(settings: Settings, out_dir: Path) -> list[Page]:
         default_locale = user.default_locale if user else "en"
         for locale in LOCALES:
             rendered = renderer.render(
-                template, locale, default_locale, sample_context(user, key, locale)
+                template, locale, default_locale, sample_context(user, key, locale, as_of=as_of)
             )
             folder = out_dir / template
             folder.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,11 @@ from lifecycle.core.config import Settings
 from lifecycle.store.schema import send_ledger
 
 GENERATED_SECRET_FILE = "unsubscribe.secret"
+LOCAL_SECRET_NOTE = (
+    "# LOCAL ONLY: generated for this machine's embedded default. Links signed with it fail on "
+    "any other host; a deployment sets LIFECYCLE_TOKEN_SECRETS (or LIFECYCLE_UNSUBSCRIBE_SECRET) "
+    "on every host."
+)
 
 
 class InvalidToken(ValueError):
@@ -53,8 +58,9 @@ def secrets_for(settings: Settings) -> list[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    return [path.read_text().strip().encode("utf-8")]
+            handle.write(f"{LOCAL_SECRET_NOTE}\n{secrets.token_urlsafe(32)}\n")
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [next(line for line in lines if line and not line.startswith("#")).encode("utf-8")]
 
 
 @functools.lru_cache(maxsize=32)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
 from lifecycle.core import render, segments, templates
 from lifecycle.core.campaigns import CampaignSpec
-from lifecycle.core.config import Settings
+from lifecycle.core.config import DEMO_SENDER_ADDRESS, DEMO_UNSUBSCRIBE_MAILBOX, Settings
 from lifecycle.run import bulk
 from lifecycle.run.clock import utc
 from lifecycle.store import warehouse
@@ -38,6 +40,11 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
         )
     if transport not in ("sendgrid", "outbox"):
         raise PreflightError(f"unknown transport {transport!r}: use 'sendgrid' or 'outbox'")
+    if gaps := deployment_gaps(settings):
+        raise PreflightError(
+            f"sending through SendGrid at {settings.sendgrid_host} needs, on every host: "
+            f"{'; '.join(gaps)}"
+        )
     try:
         segments.segment_for(spec, settings)
         renderer = render.get_renderer(settings)
@@ -47,3 +54,36 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
     if spec.delivery.recipients_per_request > 1:
         for finding in bulk.findings(renderer, spec):
             log.warning("campaign %s, recipients_per_request: %s", spec.id, finding)
+
+
+def reaches_real_inboxes(settings: Settings) -> bool:
+    """Outside the local default: the SendGrid transport at an API host other than loopback
+    (the local sink). The outbox and the sink reach no one, so their demo settings are fine."""
+    if settings.chosen_transport() != "sendgrid":
+        return False
+    host = urlsplit(settings.sendgrid_host).hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
+def deployment_gaps(settings: Settings) -> list[str]:
+    """What real sending needs and `settings` lacks: settings every host must share (a secret
+    generated per host breaks unsubscribe links signed on another) and the sender's own
+    addresses instead of the demo's."""
+    if not reaches_real_inboxes(settings):
+        return []
+    gaps = []
+    if not settings.configured_secrets:  # at least one configured, the same on every host
+        gaps.append(
+            "LIFECYCLE_TOKEN_SECRETS or LIFECYCLE_UNSUBSCRIBE_SECRET "
+            "(a per-host generated one breaks links)"
+        )
+    if not settings.sendgrid_webhook_public_key:
+        gaps.append("LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY (SendGrid's Signed Event Webhook key)")
+    if settings.sender_address == DEMO_SENDER_ADDRESS:
+        gaps.append("LIFECYCLE_SENDER_ADDRESS (your postal address, not the demo's)")
+    if settings.unsubscribe_mailbox == DEMO_UNSUBSCRIBE_MAILBOX:
+        gaps.append("LIFECYCLE_UNSUBSCRIBE_MAILBOX (your unsubscribe mailbox, not the demo's)")
+    return gaps
