@@ -240,7 +240,8 @@ def test_exactly_once_under_injected_faults(
 ) -> None:
     ids = add_customers(engine, 120)
     spec = make_spec(delivery={"recipients_per_request": per_request})
-    sink.state.faults.update({"rate_429": 0.1, "rate_5xx": 0.1})
+    # random faults, and at least one of each for certain (bulk mode makes few requests)
+    sink.state.faults.update({"rate_429": 0.1, "rate_5xx": 0.1, "fail_next": ["429", "503"]})
     counts = run(engine, spec, settings)
     assert sink.state.stats["429"] > 0 and sink.state.stats["500"] + sink.state.stats["503"] > 0
     # retries that ran out are failed+retryable and re-planned by the next run

@@ -146,10 +146,12 @@ def run_demo(settings: Settings, airflow_home: Path, customers: int = DEMO_CUSTO
     step("5/5", "every campaign, run by Airflow (airflow dags test):")
     for error in campaigns.errors.values():
         print(f"      skipped, invalid spec: {error}")
+    live = [spec for spec in campaigns.specs.values() if spec.live]
+    for spec in campaigns.specs.values():
+        if not spec.live:
+            print(f"      skipped, a draft: {spec.id} (it mails nobody until `status: live`)")
     already_sent = sent_before(engine)
-    outcomes = [
-        run_campaign(engine, spec, settings, conf, env, logs) for spec in campaigns.specs.values()
-    ]
+    outcomes = [run_campaign(engine, spec, settings, conf, env, logs) for spec in live]
     print()
     OUT.print(table(outcomes))
     report(outcomes, already_sent, settings, logs)
