@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from source_rows import utc
 from sqlalchemy import BigInteger, Column, Engine, MetaData, Numeric, String, Table, insert
 
@@ -22,6 +23,7 @@ from lifecycle.reporting import export
 from lifecycle.reporting.report import Report, build_report
 from lifecycle.store import schema
 from lifecycle.store.sqltypes import UtcDateTime
+from lifecycle.web import dashboard
 
 DAY0 = utc(2026, 11, 2, 10)
 AS_OF = utc(2026, 11, 20)
@@ -200,3 +202,12 @@ def test_a_warehouse_without_utm_fields_attributes_by_the_window(
     assert runs[2].attribution == {"last_click": 0, "send_window": 1}
     assert runs[3].attribution == {"last_click": 0, "send_window": 1}
     assert by_campaign(report)["promo"]["revenue"] == 110.0  # 70 in run 1, order 1 again in run 2
+
+
+def test_the_dashboard_counts_the_conversions_per_rule(engine: Engine) -> None:
+    fill(engine)
+    settings = load_settings(warehouse_url=engine.url.render_as_string(hide_password=False))
+    app = dashboard.create_app(settings, dependencies=[], clock=lambda: AS_OF)
+    page = TestClient(app).get("/").text
+    assert 'data-metric="promo.attribution.last_click">1</b>' in page
+    assert 'data-metric="promo.attribution.send_window">2</b>' in page
