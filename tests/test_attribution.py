@@ -43,7 +43,7 @@ CLICKS = [(11, DAY0 + timedelta(hours=1)), (12, DAY0 + timedelta(days=5))]
 ORDER_AT = DAY0 + timedelta(days=4)
 # orders: (id, customer, amount, utm_medium, utm_campaign, utm_content)
 ORDERS = [
-    (1, 1, 40.0, "email", "promo", "a"),
+    (1, 1, 40.0, "email", "promo", "b"),  # its utm_content disagrees with send 11's variant
     (2, 2, 10.0, None, None, None),
     (3, 3, 20.0, "email", "promo", "a"),
     (4, 4, 5.0, None, None, None),
@@ -139,6 +139,8 @@ def test_an_order_goes_to_the_last_clicked_email_else_by_the_window(
     assert campaigns["promo"]["attribution"] == {"last_click": 1, "send_window": 2}
     experiment = campaigns["promo"]["experiment"]
     assert experiment["attribution"] == {"last_click": 1, "send_window": 2}
+    # the ledger's variant counts; the disagreeing utm_content is reported
+    assert experiment["utm_content_mismatches"] == 1
     a, b = experiment["variants"]
     assert a["attribution"] == {"last_click": 1, "send_window": 2} and a["revenue"] == 70.0
     assert b["attribution"] == {"last_click": 0, "send_window": 0}

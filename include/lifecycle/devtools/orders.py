@@ -10,9 +10,10 @@ An order is dated between the email (for the holdout: when it would have gone ou
 never later, so no order is in the future. An emailed customer's order placed after their
 first click on the email carries its UTM fields (`utm_medium` email, `utm_campaign` the
 campaign, `utm_content` the variant), as if placed through the link, so the report attributes
-it by the last click; the others carry none and go by the conversion window. Simulated orders are told apart from real ones by
-their id: `SIMULATED_ORDER_IDS` plus the ledger row's id. Adding them again changes nothing,
-and `DELETE FROM orders WHERE id >= 1000000000000` removes them all. Deterministic by seed.
+it by the last click; the others carry none and go by the conversion window. Simulated
+orders are told apart from real ones by their id: `SIMULATED_ORDER_IDS` plus the ledger row's
+id. Adding them again changes nothing, and `DELETE FROM orders WHERE id >= 1000000000000`
+removes them all. Deterministic by seed.
 """
 
 from __future__ import annotations

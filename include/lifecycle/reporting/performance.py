@@ -136,12 +136,13 @@ def with_conversions(
     clicks: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """`sends` with the orders attributed to them: columns converted, revenue, rule (RULES, or
-    None), and window_converted (an order within `conversion_days` after its start, whatever
-    the rule: the holdout comparison). Orders with UTM fields go by `clicks`
+    None), window_converted (an order within `conversion_days` after its start, whatever the
+    rule: the holdout comparison) and utm_content_mismatches (orders attributed by a click
+    whose utm_content is not the email's variant). Orders with UTM fields go by `clicks`
     (`queries.clicks`) when one matches; without `clicks`, every order goes by the window."""
     window = pd.Timedelta(days=conversion_days)
     orders = orders.reset_index(drop=True)
-    clicked = _last_clicked(orders, clicks) if clicks is not None else pd.Series(dtype="int64")
+    clicked = _last_clicked(orders, clicks)
     matched = sends.merge(orders.rename_axis("order").reset_index(), on="customer_id")
     matched = matched[
         (matched["placed_at"] > matched["start"])
@@ -149,10 +150,10 @@ def with_conversions(
     ]
     in_window = matched[~matched["order"].isin(clicked.index)]
     by_window = in_window.groupby("send_id")["amount"].sum()
-    by_click = orders.loc[clicked.index, "amount"].groupby(clicked.to_numpy()).sum()
-    revenue = sends["send_id"].map(by_click).fillna(0.0) + sends["send_id"].map(by_window).fillna(
-        0.0
-    )
+    by_click = orders.loc[clicked.index, "amount"].groupby(clicked["send_id"].to_numpy()).sum()
+    mismatches = clicked.groupby("send_id")["content_mismatch"].sum()
+    click_revenue = sends["send_id"].map(by_click).fillna(0.0)
+    revenue = click_revenue + sends["send_id"].map(by_window).fillna(0.0)
     from_click = sends["send_id"].isin(by_click.index)
     from_window = sends["send_id"].isin(by_window.index)
     rule = pd.Series(None, index=sends.index, dtype=object)
@@ -163,12 +164,17 @@ def with_conversions(
         revenue=revenue,
         rule=rule,
         window_converted=sends["send_id"].isin(matched["send_id"]),
+        utm_content_mismatches=sends["send_id"].map(mismatches).fillna(0).astype("int64"),
     )
 
 
-def _last_clicked(orders: pd.DataFrame, clicks: pd.DataFrame) -> pd.Series:
-    """Per order (index) whose UTM fields name an email campaign: the send id of the last
-    email of that campaign its customer clicked before the order, if any."""
+def _last_clicked(orders: pd.DataFrame, clicks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per order (index) whose UTM fields name an email campaign: send_id, the last email of
+    that campaign its customer clicked before the order, if any; content_mismatch, the order's
+    utm_content is not that email's variant (the ledger's variant is the one counted)."""
+    columns = ["send_id", "content_mismatch"]
+    if clicks is None:
+        return pd.DataFrame(columns=columns).astype({"send_id": "int64", "content_mismatch": bool})
     tagged = orders[
         (orders["utm_medium"].str.lower() == EMAIL_MEDIUM) & orders["utm_campaign"].notna()
     ]
@@ -183,7 +189,10 @@ def _last_clicked(orders: pd.DataFrame, clicks: pd.DataFrame) -> pd.Series:
     )
     pairs = pairs[pairs["clicked_at"] < pairs["placed_at"]]
     last = pairs.sort_values(["clicked_at", "send_id"]).groupby("order").tail(1)
-    return last.set_index("order")["send_id"].astype("int64")
+    last = last.assign(
+        content_mismatch=last["utm_content"].notna() & (last["utm_content"] != last["variant"])
+    )
+    return last.set_index("order")[columns].astype({"send_id": "int64"})
 
 
 def conversions_by_run(sends: pd.DataFrame) -> dict[int, Conversions]:

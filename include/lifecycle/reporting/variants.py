@@ -61,6 +61,8 @@ class VariantResult:
     revenue: float
     revenue_per_send_ci: tuple[float, float] | None  # 95%, normal approximation
     attribution: dict[str, int]  # conversions per attribution rule (performance.RULES)
+    # orders attributed by a click whose utm_content names another variant than the ledger's
+    utm_content_mismatches: int = 0
 
     def proportion(self, step: str) -> Proportion:
         count = self.conversions if step == "converted" else self.steps[step]
@@ -77,6 +79,7 @@ class VariantResult:
             "revenue_per_send_ci_low": bounds[0] if bounds else None,
             "revenue_per_send_ci_high": bounds[1] if bounds else None,
             "attribution": dict(self.attribution),
+            "utm_content_mismatches": self.utm_content_mismatches,
         }
 
 
@@ -136,6 +139,7 @@ class Experiment:
                 for metric, v in self.verdicts.items()
             },
             "attribution": self.attribution,
+            "utm_content_mismatches": sum(v.utm_content_mismatches for v in self.variants),
         }
 
 
@@ -186,6 +190,7 @@ def _result(
         revenue=round(float(revenue.sum()), 2),
         revenue_per_send_ci=None if spread is None else (mean - spread, mean + spread),
         attribution={rule: int((rows["rule"] == rule).sum()) for rule in RULES},
+        utm_content_mismatches=int(rows["utm_content_mismatches"].sum()),
     )
 
 
