@@ -40,6 +40,29 @@ def test_simulated_orders_follow_the_emails_with_an_uplift(engine: Engine) -> No
     assert (placed <= pd.Timestamp(NOW)).all()  # never in the future
     assert (placed.to_numpy() <= (starts + timedelta(days=7)).to_numpy()).all()
 
+    # an emailed customer's order after a click on the email carries its UTM fields
+    with engine.connect() as conn:
+        clicks = pd.DataFrame(
+            conn.execute(
+                select(
+                    schema.engagement_events.c.send_id, schema.engagement_events.c.occurred_at
+                ).where(schema.engagement_events.c.event == "click")
+            ).all(),
+            columns=["send_id", "occurred_at"],
+        )
+    first_click = pd.to_datetime(clicks.groupby("send_id")["occurred_at"].min(), utc=True)
+    row_ids = simulated["id"] - SIMULATED_ORDER_IDS
+    clicked_before = (source["status"] == "sent").to_numpy() & (
+        row_ids.map(first_click).to_numpy() < placed.to_numpy()
+    )
+    tagged = simulated["utm_campaign"].notna().to_numpy()
+    assert 0 < tagged.sum() < added.emailed
+    assert (tagged == clicked_before).all()
+    assert (
+        simulated["utm_campaign"][tagged].to_numpy() == source["campaign_id"][tagged].to_numpy()
+    ).all()
+    assert set(simulated["utm_medium"][tagged]) == {"email"}
+
     sent = (rows["status"] == "sent").sum()
     held = (rows["reason"] == "holdout").sum()
     assert added.emailed / sent > added.held_out / held  # the treatment effect
@@ -50,6 +73,8 @@ def test_simulated_orders_follow_the_emails_with_an_uplift(engine: Engine) -> No
     report = build_report(engine, load_settings(), as_of=NOW)
     assert report.simulated_orders == len(simulated)
     assert report.total.conversions > 0
+    assert report.total.attribution["last_click"] > 0
+    assert report.total.attribution["send_window"] > 0
     assert report.total.uplift.difference is not None and report.total.uplift.difference > 0
 
 

@@ -146,7 +146,7 @@ def test_the_report_splits_a_campaign_by_variant(engine: Engine, tmp_path: Path)
         "clicks": "b",
         "conversions": "b",
     }
-    assert data["attribution"] == "last email sent within the conversion window"
+    assert data["attribution"] == {"last_click": 0, "send_window": 40}
     # the campaign's totals still count every send, with or without a variant
     assert campaign.performance.funnel["sent"] == 200
     assert campaign.performance.uplift.holdout == 20

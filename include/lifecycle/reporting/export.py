@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import io
 
-from lifecycle.reporting.performance import FUNNEL_STEPS
+from lifecycle.reporting.performance import FUNNEL_STEPS, RULES
 from lifecycle.reporting.report import Report
 from lifecycle.reporting.statistics import Uplift
-from lifecycle.reporting.variants import ATTRIBUTION, METRICS, Experiment
+from lifecycle.reporting.variants import METRICS, Experiment
 
 RUN_COLUMNS = ("campaign_id", "run_id", "run_key", "as_of", "status", *FUNNEL_STEPS)
 
@@ -33,6 +33,7 @@ def runs_csv(report: Report) -> str:
             "uplift",
             "uplift_ci_low",
             "uplift_ci_high",
+            *(f"conversions_{rule}" for rule in RULES),
         ]
     )
     for run in report.runs:
@@ -54,6 +55,7 @@ def runs_csv(report: Report) -> str:
                 _blank(perf.uplift.difference),
                 _blank(bounds[0] if bounds else None),
                 _blank(bounds[1] if bounds else None),
+                *(perf.attribution[rule] for rule in RULES),
             ]
         )
     return buffer.getvalue()
@@ -133,7 +135,7 @@ VARIANT_COLUMNS = (
     "winner_opens",
     "winner_clicks",
     "winner_conversions",
-    "attribution",
+    *(f"conversions_{rule}" for rule in RULES),  # conversions per attribution rule
 )
 
 
@@ -180,7 +182,7 @@ def variants_csv(report: Report) -> str:
                         "yes" if test.verdicts[metric].winner == v.variant else ""
                         for metric in METRICS
                     ),
-                    ATTRIBUTION,
+                    *(v.attribution[rule] for rule in RULES),
                 ]
             )
     return buffer.getvalue()
@@ -260,6 +262,9 @@ def format_table(report: Report) -> str:
             f"{f['spam_reports']:>5,}{perf.conversions:>6,}{perf.revenue:>11,.2f}  "
             f"{describe_uplift(perf.uplift)}"
         )
+        if perf.conversions:
+            rules = ", ".join(f"{rule} {perf.attribution[rule]:,}" for rule in RULES)
+            lines.append(f"{'':<18}conversions by rule: {rules}")
         if perf.skipped:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(perf.skipped.items()))
             lines.append(f"{'':<18}skipped: {reasons}")

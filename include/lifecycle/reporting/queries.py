@@ -30,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
 )
 
 from lifecycle.core.config import Settings
@@ -47,6 +48,10 @@ EVENT_STEPS = {
     "group_unsubscribe": "unsubscribed",
     "spamreport": "spam_reports",
 }
+
+
+# Optional columns of report_orders.sql: the UTM parameters of the link an order came through.
+ORDER_UTM = ("utm_medium", "utm_campaign", "utm_content")
 
 
 class ReportError(ValueError):
@@ -189,13 +194,20 @@ def sent_and_holdout(conn: Connection, run_ids: Sequence[int]) -> pd.DataFrame:
 
 def orders(conn: Connection, settings: Settings, as_of: datetime) -> pd.DataFrame:
     """Revenue orders placed up to as_of, from include/sql/report_orders.sql: columns
-    customer_id, placed_at (UTC), amount, currency (one for all, else ReportError)."""
+    customer_id, placed_at (UTC), amount, currency (one for all, else ReportError), and
+    ORDER_UTM (None where the query does not select them)."""
     path = Path(settings.sql_dir) / "report_orders.sql"
     # Times come back raw (text on SQLite) and are parsed in one vectorized step: converting
     # hundreds of thousands of rows one by one dominated the report's run time.
     query = text(_sql(path)).columns(customer_id=BigInteger, amount=Numeric(asdecimal=False))
-    rows = conn.execute(query).all()
-    frame = pd.DataFrame(rows, columns=["customer_id", "placed_at", "amount", "currency"])
+    result = conn.execute(query)
+    optional = list(result.keys())[4:]
+    frame = pd.DataFrame(
+        result.all(), columns=["customer_id", "placed_at", "amount", "currency", *optional]
+    )
+    for name in ORDER_UTM:
+        if name not in frame:
+            frame[name] = None
     frame["customer_id"] = frame["customer_id"].astype("int64")
     frame["placed_at"] = _utc(frame["placed_at"])
     frame["amount"] = frame["amount"].astype(float)
@@ -269,6 +281,34 @@ def opens_and_clicks(
         )
     )
     return [(event, send_id, occurred_at) for event, send_id, occurred_at in conn.execute(query)]
+
+
+def clicks(conn: Connection, as_of: datetime) -> pd.DataFrame:
+    """The click events by as_of on the sent emails of every real run (whatever the report's
+    campaign, so an order goes to the same email in every report): columns send_id,
+    customer_id, campaign_id, variant, clicked_at (UTC)."""
+    ledger, events = schema.send_ledger, schema.engagement_events
+    query = (
+        select(
+            ledger.c.id,
+            ledger.c.customer_id,
+            ledger.c.campaign_id,
+            ledger.c.variant,
+            type_coerce(events.c.occurred_at, String),  # raw, parsed below
+        )
+        .select_from(events.join(ledger, ledger.c.id == events.c.send_id))
+        .where(
+            _in_real_runs(None),
+            ledger.c.status == LedgerStatus.SENT,
+            events.c.event == "click",
+            events.c.occurred_at <= as_of,
+        )
+    )
+    columns = ["send_id", "customer_id", "campaign_id", "variant", "clicked_at"]
+    frame = pd.DataFrame(conn.execute(query).all(), columns=columns)
+    frame["customer_id"] = frame["customer_id"].astype("int64")
+    frame["clicked_at"] = _utc(frame["clicked_at"])
+    return frame
 
 
 def _in_real_runs(campaign_id: str | None) -> ColumnElement[bool]:

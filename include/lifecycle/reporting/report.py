@@ -153,7 +153,12 @@ def build_report(
         runs = queries.real_runs(conn, campaign_id, as_of)
         orders = queries.orders(conn, settings, as_of)
         run_ids = [run.id for run in runs]
-        sends = with_conversions(queries.sent_and_holdout(conn, run_ids), orders, conversion_days)
+        sends = with_conversions(
+            queries.sent_and_holdout(conn, run_ids),
+            orders,
+            conversion_days,
+            queries.clicks(conn, as_of),
+        )
         performance = _performance(conn, run_ids, sends, as_of)
         tests = experiments(
             sends,

@@ -3,8 +3,10 @@ intervals, each variant's difference in conversion from the first one with its N
 interval, and the winner on each metric (`statistics.pick_winner`: opens, clicks,
 conversions; `winner` is the conversions one), over all the campaign's runs.
 
-A send's conversion follows the report's rule: an order by the customer within the conversion
-window after the send (the last email sent before the order, within the window).
+A send's conversion follows the report's attribution (`performance.with_conversions`): an
+order through a clicked email's link (its UTM fields) goes to the last email of that campaign
+the customer clicked; any other order to the emails sent within the conversion window before
+it. `attribution` counts the conversions per rule.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from lifecycle.reporting.performance import RULES
 from lifecycle.reporting.statistics import (
     Z_95,
     Verdict,
@@ -23,7 +26,6 @@ from lifecycle.reporting.statistics import (
 )
 
 STEPS = ("delivered", "opened", "clicked")
-ATTRIBUTION = "last email sent within the conversion window"
 METRICS = {"unique_opens": "opened", "clicks": "clicked", "conversions": "converted"}
 
 
@@ -58,6 +60,9 @@ class VariantResult:
     conversions: int
     revenue: float
     revenue_per_send_ci: tuple[float, float] | None  # 95%, normal approximation
+    attribution: dict[str, int]  # conversions per attribution rule (performance.RULES)
+    # orders attributed by a click whose utm_content names another variant than the ledger's
+    utm_content_mismatches: int = 0
 
     def proportion(self, step: str) -> Proportion:
         count = self.conversions if step == "converted" else self.steps[step]
@@ -73,6 +78,8 @@ class VariantResult:
             "revenue_per_send": round(self.revenue / self.sent, 4) if self.sent else None,
             "revenue_per_send_ci_low": bounds[0] if bounds else None,
             "revenue_per_send_ci_high": bounds[1] if bounds else None,
+            "attribution": dict(self.attribution),
+            "utm_content_mismatches": self.utm_content_mismatches,
         }
 
 
@@ -111,6 +118,11 @@ class Experiment:
         return verdict.winner if verdict else None
 
     @property
+    def attribution(self) -> dict[str, int]:
+        """Conversions per attribution rule, all variants together."""
+        return {rule: sum(v.attribution[rule] for v in self.variants) for rule in RULES}
+
+    @property
     def reason(self) -> str:
         verdict = self.verdicts.get("conversions")
         return verdict.reason if verdict else ""
@@ -126,7 +138,8 @@ class Experiment:
                 metric: {"winner": v.winner, "reason": v.reason}
                 for metric, v in self.verdicts.items()
             },
-            "attribution": ATTRIBUTION,
+            "attribution": self.attribution,
+            "utm_content_mismatches": sum(v.utm_content_mismatches for v in self.variants),
         }
 
 
@@ -176,6 +189,8 @@ def _result(
         conversions=int(rows["converted"].sum()),
         revenue=round(float(revenue.sum()), 2),
         revenue_per_send_ci=None if spread is None else (mean - spread, mean + spread),
+        attribution={rule: int((rows["rule"] == rule).sum()) for rule in RULES},
+        utm_content_mismatches=int(rows["utm_content_mismatches"].sum()),
     )
 
 

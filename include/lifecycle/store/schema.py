@@ -84,6 +84,11 @@ orders = Table(
     Column("amount", Numeric(12, 2), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("status", String(16), nullable=False),  # placed, delivered, cancelled, returned
+    # The UTM parameters of the link the order came through, when the shop records them.
+    Column("utm_source", String(255)),
+    Column("utm_medium", String(255)),
+    Column("utm_campaign", String(255)),
+    Column("utm_content", String(255)),
     Index("ix_orders_customer_id_placed_at", "customer_id", "placed_at"),
 )
 
