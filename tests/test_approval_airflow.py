@@ -25,7 +25,11 @@ from lifecycle.devtools.sink.thread import run_sink_in_thread
 from lifecycle.devtools.standalone import Standalone, start_standalone
 from lifecycle.store import schema, warehouse
 
-pytestmark = pytest.mark.slow
+# Unstable: it passed on a loaded machine once, then on the fresh CI machine of 2026-12-03 a run
+# never reached its final state within 600 s (waiting in wait_for_state). Suspected: Airflow's
+# executor re-running the parked approval task after it resumed (seen in one log). Until that is
+# understood it runs with `make test-unstable`, not in `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.unstable]
 
 API_KEY = "SG.approval-key"
 ANSWERS = {"approved": "Approve", "rejected": "Reject", "expired": None}

@@ -427,7 +427,13 @@ def test_missing_source_tables_fail_plan_once_with_one_line_and_a_hint(
         f"{sqlite_world.engine.url.database} has no table 'customers' (hint: load the source "
         "tables (`lifecycle seed` for demo data) or point the queries in include/sql/"
     )
-    assert any(line in m and "\n" not in m for m in failure_summaries(caplog)), caplog.text
+    # the alert's "What happened" is the error's one line (then "What to do")
+    happened = [
+        m.split("What happened: ", 1)[1].splitlines()[0]
+        for m in failure_summaries(caplog)
+        if "What happened: " in m
+    ]
+    assert any(line in h for h in happened), caplog.text
     logged = caplog.text + capsys.readouterr().out
     assert "Task failed with exception" in logged
     assert "sqlite3.OperationalError" not in logged and "[SQL:" not in logged

@@ -43,6 +43,22 @@ def positive_int(value: str) -> int:
     return number
 
 
+def window_days(value: str) -> int:
+    """A window in days, 1 to 3650 (ten years; dates past that overflow the calendar)."""
+    number = positive_int(value)
+    if number > 3650:
+        raise argparse.ArgumentTypeError(f"must be at most 3650 days, not {number}")
+    return number
+
+
+def window_months(value: str) -> int:
+    """A number of months, 1 to 1200 (a century)."""
+    number = positive_int(value)
+    if number > 1200:
+        raise argparse.ArgumentTypeError(f"must be at most 1200 months, not {number}")
+    return number
+
+
 def non_negative_int(value: str) -> int:
     """A count where 0 means none."""
     number = _whole_number(value)

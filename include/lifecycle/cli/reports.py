@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from lifecycle.cli.arguments import parse_datetime, positive_int
+from lifecycle.cli.arguments import parse_datetime, window_days, window_months
 from lifecycle.cli.common import Commands, engine_from, known_campaign, settings_from
 
 
@@ -58,13 +58,13 @@ def register(commands: Commands) -> None:
     )
     report.add_argument(
         "--days",
-        type=positive_int,
+        type=window_days,
         default=7,
         metavar="N",
         help="conversion window after a send (7)",
     )
     report.add_argument(
-        "--months", type=positive_int, default=12, metavar="N", help="KPI months (12)"
+        "--months", type=window_months, default=12, metavar="N", help="KPI months (12)"
     )
     report.add_argument(
         "--as-of", type=parse_datetime, default=None, metavar="DATETIME", help="default: now"
