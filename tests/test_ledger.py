@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, select, text
 from lifecycle.store import ledger, runs, unknown, warehouse
 from lifecycle.store.ledger import Outcome
 from lifecycle.store.schema import send_ledger
+from lifecycle.store.states import LedgerStatus
 
 AS_OF = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -80,6 +81,36 @@ def test_insert_is_idempotent_and_never_overwrites(engine: Engine) -> None:
         )
         ledger.insert_rows(conn, [row(i, run_id) for i in range(1, 5)])
     assert statuses(engine) == {1: "sent", 2: "planned", 3: "planned", 4: "planned"}
+
+
+def test_bulk_insert_keeps_order_values_and_existing_rows(engine: Engine) -> None:
+    """On PostgreSQL the rows go through COPY and a staging table (`store.staging`); on both
+    warehouses ids follow the order given, values come back as written (enum states as their
+    value, naive times as UTC, JSON, NULLs) and an existing row is left alone."""
+    order = [7, 3, 9, 1, 8, 2]
+    with engine.begin() as conn:
+        run_id = runs.ensure_run(conn, "welcome", "r1", AS_OF, False, AS_OF)
+        ledger.insert_rows(conn, [row(3, run_id, context={"first_name": "old"})])
+        rows = [
+            row(
+                customer,
+                run_id,
+                status=LedgerStatus.PLANNED,
+                context={"first_name": f"Ани {customer}", "tier": ["gold", None]},
+                send_after=AS_OF.replace(tzinfo=None) + timedelta(hours=customer),
+                expires_at=None,
+            )
+            for customer in order
+        ]
+        ledger.insert_rows(conn, rows)
+        stored = conn.execute(select(send_ledger).order_by(send_ledger.c.id)).mappings().all()
+    assert [r["customer_id"] for r in stored] == [3, 7, 9, 1, 8, 2]
+    assert stored[0]["context"] == {"first_name": "old"}  # left alone
+    for record in stored[1:]:
+        customer = record["customer_id"]
+        assert record["status"] == "planned" and record["expires_at"] is None
+        assert record["context"] == {"first_name": f"Ани {customer}", "tier": ["gold", None]}
+        assert record["send_after"] == AS_OF + timedelta(hours=customer)
 
 
 def test_claims_are_exclusive_and_respect_the_batch_and_send_after(engine: Engine) -> None:

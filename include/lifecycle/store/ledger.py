@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from lifecycle.store import staging
 from lifecycle.store.dialect import insert
 from lifecycle.store.schema import send_ledger
 from lifecycle.store.states import TAKEN, FailReason, LedgerStatus, SkipReason
@@ -52,14 +53,18 @@ def is_in(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement
 
 # --- planning -----------------------------------------------------------------------------
 def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert; a row whose (campaign, occurrence key, customer) exists is left alone."""
-    if rows:
-        conn.execute(
-            insert(conn, L).on_conflict_do_nothing(
-                index_elements=["campaign_id", "occurrence_key", "customer_id"]
-            ),
-            rows,
-        )
+    """Bulk insert, in order; a row whose (campaign, occurrence key, customer) exists is left
+    alone. On PostgreSQL with psycopg the rows are COPied into a staging table first
+    (`store.staging`): several times faster than an INSERT per row."""
+    if not rows:
+        return
+    statement = insert(conn, L).on_conflict_do_nothing(
+        index_elements=["campaign_id", "occurrence_key", "customer_id"]
+    )
+    if staging.supported(conn):
+        staging.copy_then_insert(conn, statement, rows)
+    else:
+        conn.execute(statement, rows)
 
 
 def forget_sandboxed(conn: Connection, campaign_id: str) -> int:
