@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from lifecycle.delivery import BulkMessage, DeliveryStopped, Envelope, Message
 from lifecycle.store.ledger import Outcome
@@ -47,6 +48,11 @@ RATE_LIMIT_JITTER_S = 0.5  # spreads the requests that all resume at the reset
 MAX_PERSONALIZATIONS = 1000
 MAX_SUBSTITUTIONS_BYTES = 10_000  # per personalization: tags and values, UTF-8
 MAX_CUSTOM_ARGS_BYTES = 10_000  # per personalization, as compact JSON, UTF-8
+
+
+# Compact UTF-8 JSON, as SendGrid counts it; several times faster than `json.dumps` on the
+# event loop's thread, where a 1,000-recipient request body is encoded.
+encode = msgspec.json.encode
 
 
 class BulkLimitError(ValueError):
@@ -74,8 +80,7 @@ def check_bulk(message: BulkMessage) -> None:
                 f"row {item.send_id}: substitutions of {size} bytes, SendGrid takes "
                 f"{MAX_SUBSTITUTIONS_BYTES:,} per recipient"
             )
-        args = json.dumps(item.custom_args, ensure_ascii=False, separators=(",", ":"))
-        if len(args.encode()) >= MAX_CUSTOM_ARGS_BYTES:
+        if len(encode(item.custom_args)) >= MAX_CUSTOM_ARGS_BYTES:
             raise BulkLimitError(f"row {item.send_id}: custom_args of 10,000 bytes or more")
 
 
@@ -239,8 +244,8 @@ class SendGridTransport:
         return delay
 
     async def send(self, message: Message) -> Outcome:
-        body = json.dumps(payload(message, self.envelope), ensure_ascii=False).encode()
-        return dataclasses.replace(await self._post(body), send_id=message.send_id)
+        outcome = await self._post(encode(payload(message, self.envelope)))
+        return dataclasses.replace(outcome, send_id=message.send_id)
 
     async def send_bulk(self, message: BulkMessage) -> list[Outcome]:
         """One outcome per recipient of `message`, all alike: the request's answer."""
@@ -252,9 +257,9 @@ class SendGridTransport:
                 0, LedgerStatus.FAILED, error=error, retryable=False, reason=FailReason.REJECTED
             )
         else:
-            body = json.dumps(bulk_payload(message, self.envelope), ensure_ascii=False).encode()
-            outcome = await self._post(body)
-        return [dataclasses.replace(outcome, send_id=i) for i in message.send_ids]
+            outcome = await self._post(encode(bulk_payload(message, self.envelope)))
+        rest = dataclasses.astuple(outcome)[1:]  # dataclasses.replace per row costs ~50 µs
+        return [Outcome(send_id, *rest) for send_id in message.send_ids]
 
     async def _post(self, body: bytes) -> Outcome:
         """The request's outcome, for send_id 0: the caller puts in its rows' ids."""
