@@ -104,12 +104,28 @@ def test_get_shows_confirmation_and_changes_nothing(
     assert rows(engine) == []
 
 
-def test_post_unsubscribes_once(client: httpx.Client, settings: Settings, engine: Engine) -> None:
+def test_post_unsubscribes_from_the_emails_topic_once(
+    client: httpx.Client, settings: Settings, engine: Engine
+) -> None:
+    """The shipped birthday campaign is the preference centre's "birthday" topic (SendGrid
+    group 102): its link stops that topic, not every email."""
     path = path_of(settings, token_of(settings, engine, 17))
     first, second = client.post(path), client.post(path)
 
     assert first.status_code == second.status_code == 200
-    assert strings(settings, "en")["done_all"] in first.text
+    done = strings(settings, "en")["done_topic"].format(topic="Birthday wishes and gifts")
+    assert done in first.text
+    assert rows(engine) == [(EMAIL.lower(), "group:102", "group_unsubscribe", "link")]
+
+
+def test_post_for_a_campaign_without_a_topic_unsubscribes_from_all(
+    client: httpx.Client, settings: Settings, engine: Engine
+) -> None:
+    path = path_of(settings, token_of(settings, engine, 17, campaign="no_such_campaign"))
+    response = client.post(path)
+
+    assert response.status_code == 200
+    assert strings(settings, "en")["done_all"] in response.text
     assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
 
 
@@ -123,7 +139,7 @@ def test_one_click_post_works_without_the_page(
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 200
-    assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
+    assert rows(engine) == [(EMAIL.lower(), "group:103", "group_unsubscribe", "link")]
 
 
 @pytest.mark.parametrize("locale", ["hy-AM", "ka", "en_GB"])
@@ -136,7 +152,8 @@ def test_page_speaks_the_customers_language(
     page, done = client.get(path), client.post(path)
     assert f'<html lang="{language}">' in page.text
     assert strings(settings, language)["heading"] in page.text
-    assert strings(settings, language)["done_all"] in done.text
+    done_text = strings(settings, language)["done_topic"].split("{topic}")[0]
+    assert done_text in done.text
 
 
 def test_unknown_locale_falls_back_to_english(
@@ -243,5 +260,5 @@ def test_public_endpoints_in_airflow_need_no_login_and_use_the_connection(
         assert conn.execute(select(survey_responses.c.score)).scalars().all() == [9]
     assert sorted(rows(engine)) == [
         ("angry@example.com", "global", "spamreport", "webhook"),
-        (EMAIL.lower(), "global", "unsubscribe", "link"),
+        (EMAIL.lower(), "group:102", "group_unsubscribe", "link"),  # the birthday topic
     ]
