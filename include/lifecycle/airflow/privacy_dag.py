@@ -87,7 +87,7 @@ def answer() -> dict[str, Any]:
     if settings.runs_on_many_hosts and settings.shared_dir is None:
         raise AirflowFailException(
             f"set LIFECYCLE_SHARED_DIR to a directory every worker mounts: {settings.executor} "
-            "runs this task on any worker, and an export written on its own disk is hard to find"
+            "may run this task on any worker, and the export would stay on that worker's disk"
         )
     held = privacy.export(engine, settings, email)
     folder = settings.exports_dir
