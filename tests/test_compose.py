@@ -1,14 +1,21 @@
-"""docker-compose.yml and the Dockerfile, checked by parsing them (no Docker engine here).
+"""docker-compose.yml and the Dockerfile, checked by parsing them (no Docker engine here), and
+by Docker Compose itself (`config`) where the tool is installed: CI installs Debian's
+docker-compose (.ci/run), and there a missing tool fails instead of skipping.
 
-`compose()` interpolates the file the way Docker Compose does (`$$`, `${VAR}`, `${VAR:-x}`,
-`${VAR:?msg}`), with a made-up .env, so the tests see what the containers would see.
+`compose()` interpolates the file's values the way Docker Compose does (`$$`, `${VAR}`,
+`${VAR:-x}`, `${VAR:?msg}`), with a made-up .env, so the tests see what the containers would see;
+`test_docker_compose_config_agrees` checks that against the real tool.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ import yaml
 
 from lifecycle.airflow.connections import SENDGRID_CONN_TYPE
 from lifecycle.core.config import PROJECT_ROOT, SENDGRID_POOL
+from lifecycle.devtools.standalone import POOL_DESCRIPTION
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -28,8 +36,10 @@ AIRFLOW_SERVICES = {
     "airflow-worker",
     "airflow-triggerer",
     "airflow-init",
+    "flower",
 }
-LONG_RUNNING = {"postgres", "warehouse-db", "redis"} | AIRFLOW_SERVICES - {"airflow-init"}
+PUBLIC = "public"
+LONG_RUNNING = {"postgres", "warehouse-db", "redis", PUBLIC} | AIRFLOW_SERVICES - {"airflow-init"}
 SECRETS = [
     "AIRFLOW_DB_PASSWORD",
     "WAREHOUSE_DB_PASSWORD",
@@ -38,9 +48,26 @@ SECRETS = [
     "AIRFLOW_API_SECRET_KEY",
     "AIRFLOW_ADMIN_PASSWORD",
     "LIFECYCLE_UNSUBSCRIBE_SECRET",
+    "FLOWER_PASSWORD",
 ]
-# Not secret, but required: real sending refuses the demo's values (run/preflight.py).
-REQUIRED_SETTINGS = ["LIFECYCLE_SENDER_ADDRESS", "LIFECYCLE_UNSUBSCRIBE_MAILBOX"]
+# Not secret, but required: real sending refuses the demo's values (run/preflight.py), and every
+# link in every email points at the public URL.
+REQUIRED_SETTINGS = [
+    "LIFECYCLE_SENDER_ADDRESS",
+    "LIFECYCLE_UNSUBSCRIBE_MAILBOX",
+    "LIFECYCLE_PUBLIC_URL",
+]
+# What `public` needs, the same as every Airflow component has: no other secret reaches it.
+PUBLIC_SETTINGS = {
+    "AIRFLOW__CORE__EXECUTOR",
+    "LIFECYCLE_WAREHOUSE_URL",
+    "LIFECYCLE_UNSUBSCRIBE_SECRET",
+    "LIFECYCLE_TOKEN_SECRETS",
+    "LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY",
+    "LIFECYCLE_PUBLIC_URL",
+    "LIFECYCLE_SENDER_ADDRESS",
+    "LIFECYCLE_HOME",
+}
 SHARED_SETTINGS = [
     "AIRFLOW__CORE__FERNET_KEY",
     "AIRFLOW__API_AUTH__JWT_SECRET",
@@ -52,6 +79,9 @@ SHARED_SETTINGS = [
     "LIFECYCLE_WAREHOUSE_URL",
     *REQUIRED_SETTINGS,
     "LIFECYCLE_SENDGRID_WEBHOOK_PUBLIC_KEY",
+    "LIFECYCLE_TOKEN_SECRETS",
+    "LIFECYCLE_SHARED_DIR",
+    "LIFECYCLE_CELERY_QUEUE",
 ]
 VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
 
@@ -78,7 +108,17 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 
 def compose(env: dict[str, str]) -> dict[str, Any]:
-    return yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+    """The file as Compose reads it: parsed first (anchors merged), then every string value
+    interpolated, so `KEY: ${X:-}` is an empty string, not YAML's null."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return interpolate(node, env) if isinstance(node, str) else node
+
+    return walk(yaml.safe_load(COMPOSE.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +136,14 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_has_every_service_of_the_official_celery_shape(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "warehouse-db", "redis"} | AIRFLOW_SERVICES
+    assert set(services) == {"postgres", "warehouse-db", "redis", PUBLIC} | AIRFLOW_SERVICES
     commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES}
     assert commands["airflow-apiserver"] == "api-server"
     assert commands["airflow-scheduler"] == "scheduler"
     assert commands["airflow-dag-processor"] == "dag-processor"
     assert commands["airflow-triggerer"] == "triggerer"
-    assert commands["airflow-worker"] == "celery worker"
+    assert commands["airflow-worker"] == "celery worker --queues default"
+    assert commands["flower"] == "celery flower"
     for name in AIRFLOW_SERVICES:
         env = env_of(services[name])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
@@ -297,7 +338,212 @@ def test_init_creates_the_sendgrid_pool_sized_from_the_setting(
         env = dotenv if slots is None else {**dotenv, "LIFECYCLE_SENDGRID_POOL_SLOTS": slots}
         services = compose(env)["services"]
         script = services["airflow-init"]["command"][-1]
-        assert f'airflow pools set {SENDGRID_POOL} "${{LIFECYCLE_SENDGRID_POOL_SLOTS}}"' in script
+        lines = script.replace("\\\n", " ").splitlines()
+        (pool,) = [shlex.split(line) for line in lines if line.startswith("airflow pools set")]
+        # the same pool `make airflow` creates, sized by the setting every component reads
+        assert pool[3:] == [SENDGRID_POOL, "${LIFECYCLE_SENDGRID_POOL_SLOTS}", POOL_DESCRIPTION]
         for name in AIRFLOW_SERVICES:  # every component reads the same size and rate
             assert env_of(services[name])["LIFECYCLE_SENDGRID_POOL_SLOTS"] == expected, name
             assert "LIFECYCLE_SENDGRID_RATE_PER_SECOND" in env_of(services[name])
+
+
+def test_flower_is_a_profile_behind_a_password(
+    services: dict[str, Any], dotenv: dict[str, str]
+) -> None:
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]
+    env = env_of(flower)
+    assert env["AIRFLOW__CELERY__FLOWER_BASIC_AUTH"] == f"admin:{dotenv['FLOWER_PASSWORD']}"
+    assert "/healthcheck" in flower["healthcheck"]["test"][-1]  # flower's unauthenticated probe
+    others = set(services) - {"flower"}
+    assert not [name for name in others if services[name].get("profiles")]  # they always run
+    # Only flower gets the password.
+    assert not [n for n in others if dotenv["FLOWER_PASSWORD"] in json.dumps(services[n])]
+
+
+def test_every_port_is_published_on_loopback_only(services: dict[str, Any]) -> None:
+    """The reverse proxy in front decides what faces the internet (README)."""
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == {"airflow-apiserver", "flower", PUBLIC}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def serve_public_args(service: dict[str, Any]) -> Any:
+    """The `lifecycle serve-public` arguments of the service, parsed by the real CLI."""
+    from lifecycle.cli import build_parser
+
+    shell, flag, script = service["command"]
+    assert (shell, flag) == ("bash", "-c")
+    words = shlex.split(script)
+    assert words[:2] == ["exec", "lifecycle"]
+    args = build_parser().parse_args(words[2:])
+    assert args.handler.__name__ == "cmd_serve_public"
+    return args
+
+
+def test_public_runs_serve_public_with_only_what_it_needs(
+    services: dict[str, Any], dotenv: dict[str, str]
+) -> None:
+    public = services[PUBLIC]
+    args = serve_public_args(public)
+    assert args.host == "0.0.0.0"
+    assert any(str(port).endswith(f":{args.port}") for port in public["ports"])
+    assert f"http://localhost:{args.port}/health" in public["healthcheck"]["test"]
+
+    env = env_of(public)
+    assert set(env) == PUBLIC_SETTINGS | {"CONNECTION_CHECK_MAX_COUNT"}
+    worker = env_of(services["airflow-worker"])
+    for setting in PUBLIC_SETTINGS:  # the same links, warehouse and webhook key as the workers
+        assert env[setting] == worker[setting], setting
+    needed = {dotenv["LIFECYCLE_UNSUBSCRIBE_SECRET"], dotenv["WAREHOUSE_DB_PASSWORD"]}
+    text = json.dumps(public)
+    assert not [name for name in SECRETS if dotenv[name] not in needed and dotenv[name] in text]
+    assert "volumes" not in public  # no outbox, no privacy exports, no Airflow logs
+    assert set(public["depends_on"]) == {"warehouse-db", "airflow-init"}  # no Airflow DB, no broker
+    assert public["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert public["image"] == services["airflow-worker"]["image"]
+
+
+def test_public_would_start_and_serves_every_public_route(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from lifecycle.core.config import load_settings
+    from lifecycle.feedback import tokens
+    from lifecycle.web import public
+
+    for name in list(os.environ):
+        if name.startswith("LIFECYCLE_"):
+            monkeypatch.delenv(name)
+    for name, value in env_of(services[PUBLIC]).items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.runs_on_many_hosts
+    tokens.secrets_for(settings)  # what serve-public checks before it starts
+
+    def routes(app: Any) -> set[tuple[str, str]]:
+        return {(r.path, m) for r in app.routes for m in getattr(r, "methods", None) or ()}
+
+    app = public.standalone_app(settings)
+    (mounted,) = [r for r in app.routes if getattr(r, "path", "") == public.PREFIX]
+    served = routes(mounted.app)
+    # The same routes the Airflow plugin mounts on the API server.
+    assert served == routes(public.create_app(settings))
+    for path in ("/events/sendgrid", "/unsubscribe/{token}", "/preferences/{token}"):
+        assert (path, "POST") in served
+    assert ("/feedback/{token}", "GET") in served and ("/feedback/{token}", "POST") in served
+    assert TestClient(app).get("/health").json() == {"status": "ok"}
+
+
+def test_the_stack_keeps_no_state_on_one_host(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What preflight requires under the CeleryExecutor (run/preflight.py) is all set."""
+    from lifecycle.core.config import load_settings
+    from lifecycle.run.preflight import deployment_gaps, host_state_gaps
+
+    for name in list(os.environ):
+        if name.startswith("LIFECYCLE_") or name == "SENDGRID_API_KEY":
+            monkeypatch.delenv(name)
+    for name in AIRFLOW_SERVICES:
+        env = env_of(services[name])
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = load_settings()
+        assert settings.runs_on_many_hosts, name
+        assert host_state_gaps(settings) == [], name  # outbox: no SendGrid key in the .env
+        real = load_settings(sendgrid_api_key="SG.x", sendgrid_webhook_public_key="MFkw")
+        assert host_state_gaps(real) == [] and deployment_gaps(real) == [], name
+        # The shared directory is on the volume every Airflow container mounts.
+        mounts = dict(volume.split(":")[::-1] for volume in services[name]["volumes"])
+        assert mounts["/opt/airflow/lifecycle"] == "lifecycle-home", name
+        assert Path(env["LIFECYCLE_SHARED_DIR"]).is_relative_to("/opt/airflow/lifecycle")
+
+
+def test_workers_listen_on_the_queues_named(dotenv: dict[str, str]) -> None:
+    services = compose({**dotenv, "AIRFLOW_WORKER_QUEUES": "default,lifecycle"})["services"]
+    assert services["airflow-worker"]["command"] == "celery worker --queues default,lifecycle"
+    services = compose({**dotenv, "LIFECYCLE_CELERY_QUEUE": "lifecycle"})["services"]
+    for name in ("airflow-scheduler", "airflow-apiserver"):  # where task instances are created
+        assert env_of(services[name])["LIFECYCLE_CELERY_QUEUE"] == "lifecycle"
+
+
+# --- Docker Compose itself ------------------------------------------------------------------
+def compose_tool() -> list[str] | None:
+    """`docker compose` (the plugin) or `docker-compose` (Debian's package), whichever runs."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        probe = subprocess.run([*command, "version"], capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return command
+    return None
+
+
+@pytest.fixture(scope="module")
+def tool() -> list[str]:
+    found = compose_tool()
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs `docker compose` or `docker-compose` (.ci/run installs it)")
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    return found
+
+
+def run_config(
+    tool: list[str], env: dict[str, str], tmp_path: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`config` on the repo's file with `env` as the only .env and variables (none of the
+    caller's, nor a developer's .env in the checkout)."""
+    dotenv = tmp_path / "test.env"
+    dotenv.write_text("".join(f"{name}={json.dumps(value)}\n" for name, value in env.items()))
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LIFECYCLE_", "AIRFLOW", "WAREHOUSE_", "FLOWER_", "SENDGRID_"))
+    }
+    return subprocess.run(
+        [*tool, "--env-file", str(dotenv), "-f", str(COMPOSE), *extra, "config"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_docker_compose_config_agrees(
+    tool: list[str], dotenv: dict[str, str], tmp_path: Path
+) -> None:
+    done = run_config(tool, dotenv, tmp_path)
+    assert done.returncode == 0, done.stderr
+    real = yaml.safe_load(done.stdout)["services"]
+    ours = compose(dotenv)["services"]
+    assert set(real) == set(ours)
+    for name, service in ours.items():
+        assert {k: str(v) for k, v in (real[name].get("environment") or {}).items()} == (
+            env_of(service)
+        ), name
+        # `config` prints a file Compose can read again: a `$` it interpolated is `$$` again.
+        command = json.loads(json.dumps(real[name].get("command")).replace("$$", "$"))
+        expected = service.get("command")
+        if isinstance(expected, str):
+            expected = shlex.split(expected)
+        if isinstance(command, str):
+            command = shlex.split(command)
+        assert command == expected, name
+    # Flower starts only with its profile (docker-compose 1.x's `config` lists it anyway).
+    assert {name for name, s in real.items() if s.get("profiles")} == {"flower"}
+    assert real["flower"]["profiles"] == ["flower"]
+
+
+@pytest.mark.parametrize("missing", ["FLOWER_PASSWORD", "LIFECYCLE_PUBLIC_URL"])
+def test_docker_compose_refuses_a_missing_secret(
+    tool: list[str], dotenv: dict[str, str], tmp_path: Path, missing: str
+) -> None:
+    done = run_config(tool, {k: v for k, v in dotenv.items() if k != missing}, tmp_path)
+    assert done.returncode != 0
+    assert missing in done.stderr

@@ -142,6 +142,7 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             env={
                 "LIFECYCLE_HOME": str(tmp_path / "home"),
                 "LIFECYCLE_UNSUBSCRIBE_SECRET": "e2e-secret",
+                "LIFECYCLE_CELERY_QUEUE": "lifecycle_env",  # the Variable below wins
                 "LIFECYCLE_CAMPAIGNS_DIR": str(with_a_draft(tmp_path / "campaigns")),
                 # A sqlite:////absolute/path URI: lifecycle.airflow.connections makes it a URL.
                 "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": sqlite_url,
@@ -171,10 +172,18 @@ def test_trigger_a_campaign_through_the_rest_api(tmp_path: Path, sqlite_url: str
             assert api.get(f"/dags/{DAG_ID}/dagRuns").json()["total_entries"] == 0
 
             api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+            # The default queue, read by the cluster policy inside the scheduler's and the API
+            # server's transactions (lifecycle/airflow/policy.py): the run's every task instance.
+            variable = {"key": "lifecycle_celery_queue", "value": "lifecycle_e2e"}
+            api.post("/variables", json=variable).raise_for_status()
             conf = {"as_of": AS_OF.isoformat()}
             first = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
             first_id = first.raise_for_status().json()["dag_run_id"]
             assert wait_for_run(api, first_id, airflow, seen) == "success", airflow.log_tail()
+            listed = api.get(f"/dags/{DAG_ID}/dagRuns/{first_id}/taskInstances").json()
+            placed = {(t["task_id"], t["map_index"]): t["queue"] for t in listed["task_instances"]}
+            assert set(placed.values()) == {"lifecycle_e2e"}, placed
+            assert any(task == "deliver" and index >= 0 for task, index in placed), placed
 
             sent = sent_rows(engine)
             received = sink.state.snapshot()

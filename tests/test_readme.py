@@ -12,22 +12,30 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lifecycle.core.campaigns import load_campaigns
-from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.core.config import PROJECT_ROOT, load_settings
 from lifecycle.devtools.sink.thread import run_sink_in_thread
+from lifecycle.store import warehouse
 
 README = PROJECT_ROOT / "README.md"
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```", re.M | re.S)
 HEADING = re.compile(r"^## (.+)$", re.M)
 HEREDOC = re.compile(r"<<-?'?(\w+)'?")
+# Blocks that are one file each (a spec, a proxy's configuration), not lines of commands.
+WHOLE_BLOCKS = ("yaml", "caddyfile")
 
 # Section -> the test below that runs its shell and YAML blocks.
 RUN_BY = {
@@ -37,7 +45,9 @@ RUN_BY = {
     "Delivery and the send ledger": "test_delivery_commands",
     "Campaigns in Airflow": "test_add_a_campaign_in_five_minutes",
     "Add a campaign in five minutes": "test_add_a_campaign_in_five_minutes",
-    "Production-shaped stack: docker-compose": "test_the_env_file_satisfies_compose",
+    "Production-shaped stack: docker-compose": (
+        "test_the_env_file_satisfies_compose test_the_reverse_proxy_serves_only_the_public_pages"
+    ),
     "Development": "test_development_commands",
     # sections whose blocks a test module of their own feature runs
     "Preference centre": (
@@ -70,6 +80,10 @@ NOT_RUN = {
         "needs a Docker engine"
     ),
     "docker compose up -d --scale airflow-worker=4": "needs a Docker engine",
+    "docker compose --profile flower up -d": "needs a Docker engine (tests/test_compose.py "
+    "checks the profile with `docker compose config`)",
+    "airflow celery worker --queues default,lifecycle": "a server that runs until stopped "
+    "(tests/dags/test_placement.py checks which queue task instances get)",
     "make lock": "recompiles the locks from the package index",
 }
 
@@ -114,7 +128,7 @@ def readme_blocks() -> list[Block]:
     headings = [(m.start(), m.group(1)) for m in HEADING.finditer(text)]
     blocks = []
     for match in FENCE.finditer(text):
-        if match.group("lang") not in ("bash", "sh", "shell", "yaml"):
+        if match.group("lang") not in ("bash", "sh", "shell", *WHOLE_BLOCKS):
             continue
         section = [name for start, name in headings if start < match.start()][-1]
         body = textwrap.dedent(match.group("body"))
@@ -179,7 +193,7 @@ def test_every_block_is_run_or_listed_with_a_reason() -> None:
     unaccounted = [
         (block.section, command)
         for block in readme_blocks()
-        for command in (block.commands() if block.lang != "yaml" else [block.text])
+        for command in (block.commands() if block.lang not in WHOLE_BLOCKS else [block.text])
         if block.section not in RUN_BY and command not in NOT_RUN
     ]
     assert unaccounted == [], "run these README blocks in a test or list them in NOT_RUN"
@@ -290,6 +304,103 @@ def test_the_env_file_satisfies_compose(tmp_path: Path) -> None:
     assert set(services) >= AIRFLOW_SERVICES
     worker = services["airflow-worker"]["environment"]
     assert worker["LIFECYCLE_SENDER_ADDRESS"] == dotenv["LIFECYCLE_SENDER_ADDRESS"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
+    """Until `url` answers (any status); fail with the process's output if it exits first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args} exited: {process.communicate()[0][-2000:]}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {seconds} s")
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.slow
+def test_the_reverse_proxy_serves_only_the_public_pages(tmp_path: Path, sqlite_url: str) -> None:
+    """The README's Caddyfile, as written but for its name and ports, in front of
+    `lifecycle serve-public` as docker-compose runs it: an unsubscribe link works through it,
+    the webhook too, and nothing else (Airflow's paths, the health check) is proxied."""
+    from test_unsubscribe_web import EMAIL, add_ledger_row, rows
+
+    from lifecycle.feedback import unsubscribe
+
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs caddy (.ci/run installs it)")
+        pytest.skip("caddy is not installed")
+    public_port, proxy_port = free_port(), free_port()
+    proxy_url = f"http://127.0.0.1:{proxy_port}"
+    secret = "proxy-test-secret-0123456789"
+    env = clean_env(
+        tmp_path,
+        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",  # as in docker-compose.yml
+        LIFECYCLE_WAREHOUSE_URL=sqlite_url,
+        LIFECYCLE_UNSUBSCRIBE_SECRET=secret,
+        LIFECYCLE_PUBLIC_URL=proxy_url,
+        HOME=str(tmp_path),  # caddy's own state
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    (block,) = section_blocks("Production-shaped stack: docker-compose", "caddyfile")
+    caddyfile = tmp_path / "Caddyfile"
+    site = block.text.replace("mail.example.com", proxy_url)
+    caddyfile.write_text(
+        "{\n\tadmin off\n}\n" + site.replace("127.0.0.1:8090", f"127.0.0.1:{public_port}")
+    )
+    assert site != block.text and caddyfile.read_text().count(f":{public_port}") == 1
+
+    engine = warehouse.make_engine(sqlite_url)
+    settings = load_settings(
+        warehouse_url=sqlite_url, unsubscribe_secret=secret, public_url=proxy_url
+    )
+    # A campaign outside the preference centre's topics: its one-click link stops every email.
+    send_id = add_ledger_row(engine, 17, campaign="no_topic")
+    link = unsubscribe.unsubscribe_url(settings, unsubscribe.token_for(settings, send_id))
+    assert link.startswith(f"{proxy_url}/lifecycle/unsubscribe/")
+    serve = ["lifecycle", "serve-public", "--host", "127.0.0.1", "--port", str(public_port)]
+    run = [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
+    with started(serve, env) as public, started(run, env) as proxy:
+        wait_for(f"http://127.0.0.1:{public_port}/health", public)
+        wait_for(proxy_url, proxy)
+        with httpx.Client(timeout=30) as http:
+            page = http.get(link)
+            assert page.status_code == 200 and "<form" in page.text
+            assert http.post(link).status_code == 200  # the one-click unsubscribe
+            webhook = http.post(f"{proxy_url}/lifecycle/events/sendgrid", content=b"[]")
+            assert webhook.status_code == 200, webhook.text
+            for internal in ("/health", "/api/v2/version", "/auth/token", "/", "/campaigns/"):
+                assert http.get(f"{proxy_url}{internal}").status_code == 404, internal
+            assert http.get(f"http://127.0.0.1:{public_port}/health").status_code == 200
+    assert rows(engine) == [(EMAIL.lower(), "global", "unsubscribe", "link")]
+    engine.dispose()
 
 
 def test_development_commands(tmp_path: Path) -> None:

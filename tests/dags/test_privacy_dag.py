@@ -104,3 +104,33 @@ def test_export_then_erase_from_the_dag(
             addresses.hashed("ann@example.am")
         ]
     engine.dispose()
+
+
+def test_on_many_hosts_an_export_goes_to_the_shared_directory_or_nowhere(
+    airflow_db: Path,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under a non-local executor an export on one worker's disk would be out of reach."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE",
+        json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": sqlite_url}}),
+    )
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")  # what tasks read at run time
+    monkeypatch.delenv("LIFECYCLE_SHARED_DIR", raising=False)
+    dag = load_dag()
+    request = {"email": "ann@example.am", "action": "export"}
+
+    refused = dag.test(run_conf=request)
+    assert str(refused.state) == "failed"
+    logged = "".join(capsys.readouterr())  # the task log, as the task runner prints it
+    assert "set LIFECYCLE_SHARED_DIR to a directory every worker mounts: CeleryExecutor" in logged
+    assert not (tmp_path / "home" / "privacy_exports").exists()
+
+    monkeypatch.setenv("LIFECYCLE_SHARED_DIR", str(tmp_path / "shared"))
+    exported = dag.test(run_conf=request)
+    assert str(exported.state) == "success"
+    assert Path(returned(exported.run_id)["path"]).parent == tmp_path / "shared" / "privacy_exports"

@@ -68,6 +68,8 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         "max_retry_delay": timedelta(minutes=10),
         "on_failure_callback": [CampaignFailureNotifier(spec.id)],
     }
+    if spec.queue:  # else Airflow's default queue, which airflow/policy.py may move at run time
+        default_args["queue"] = spec.queue
 
     @dag(
         dag_id=spec.dag_id,

@@ -27,8 +27,11 @@ SENDGRID_CONN_TYPE = "generic"
 
 def runtime_settings() -> Settings:
     """`LIFECYCLE_*` variables, overridden by the Airflow connections. Either connection may
-    be absent; then the environment (or the embedded default) applies."""
-    overrides: dict[str, object] = {}
+    be absent; then the environment (or the embedded default) applies. The executor is
+    Airflow's `[core] executor`, from airflow.cfg or the environment."""
+    from airflow.sdk.configuration import conf
+
+    overrides: dict[str, object] = {"executor": conf.get("core", "executor", fallback=None)}
     if (conn := _optional_connection(WAREHOUSE_CONN_ID)) is not None:
         overrides["warehouse_url"] = warehouse_url(conn)
     if (conn := _optional_connection(SENDGRID_CONN_ID)) is not None:

@@ -2,7 +2,8 @@
 
 Triggered by hand with two params: the address and the action. The task runs what
 `lifecycle privacy export|erase` runs. An export is written as a JSON file (owner-only) under
-`$LIFECYCLE_HOME/privacy_exports/`, never to the task log or an XCom; the XCom holds the file's
+`privacy_exports/` under `$LIFECYCLE_SHARED_DIR` (required when tasks run on many hosts) or
+`$LIFECYCLE_HOME`, never to the task log or an XCom; the XCom holds the file's
 path and row counts, or for an erasure the rows changed per table.
 """
 
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from lifecycle.airflow.connections import runtime_settings, warehouse_engine
 from lifecycle.airflow.schedules import START_DATE
@@ -25,7 +27,8 @@ Answer one person's request about their data. Trigger with **email** (matched tr
 case-insensitively) and **action**:
 
 * `export`: everything the marketing tables hold about the address, as a JSON file under
-  `$LIFECYCLE_HOME/privacy_exports/` (the task log names the file);
+  `privacy_exports/` in `$LIFECYCLE_SHARED_DIR` (or `$LIFECYCLE_HOME` on one host; the task
+  log names the file);
 * `erase`: the address's rows deleted or pseudonymised in one transaction, and a hashed
   suppression kept so the address is never mailed again.
 
@@ -81,8 +84,13 @@ def answer() -> dict[str, Any]:
         changed = privacy.erase(engine, settings, email, datetime.now(UTC))
         print(f"erased: {changed}")
         return {"action": "erase", "changed": changed}
+    if settings.runs_on_many_hosts and settings.shared_dir is None:
+        raise AirflowFailException(
+            f"set LIFECYCLE_SHARED_DIR to a directory every worker mounts: {settings.executor} "
+            "may run this task on any worker, and the export would stay on that worker's disk"
+        )
     held = privacy.export(engine, settings, email)
-    folder = settings.home / "privacy_exports"
+    folder = settings.exports_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (re.sub(r"[^A-Za-z0-9._-]", "_", context["dag_run"].run_id) + ".json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

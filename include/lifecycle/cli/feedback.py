@@ -13,9 +13,11 @@ from lifecycle.cli.common import Commands, engine_from, settings_from
 def cmd_serve_public(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from lifecycle.feedback import tokens
     from lifecycle.web.public import standalone_app
 
     settings = settings_from(args)
+    tokens.secrets_for(settings)  # refused now, not at the first link, if hosts cannot share it
     print(f"webhook: http://{args.host}:{args.port}/lifecycle/events/sendgrid")
     uvicorn.run(standalone_app(settings), host=args.host, port=args.port, access_log=False)
     return 0

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from lifecycle.core.config import PROJECT_ROOT
+from lifecycle.core.config import PROJECT_ROOT, check_queue
 
 ID_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
 LOCALES = ("en", "hy", "ka")
@@ -210,6 +210,9 @@ class CampaignSpec(_Model):
     deadline_hours: float | None = Field(
         None, gt=0, description="alert when a run is not finished this long after it was queued"
     )
+    queue: str | None = Field(
+        None, description="Celery queue of the campaign's tasks; default: the deployment's"
+    )
     variants: list[Variant] = Field(default_factory=list, description="A/B/n test arms")
     experiment: Experiment | None = None
     tracking: Tracking | None = Field(None, description="default: the SendGrid account's")
@@ -220,6 +223,11 @@ class CampaignSpec(_Model):
         "draft", description="a draft never mails customers: dry runs and test sends only"
     )
     source_path: Path | None = Field(None, exclude=True)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str | None) -> str | None:
+        return value if value is None else check_queue(value)
 
     @field_validator("segment", mode="before")
     @classmethod

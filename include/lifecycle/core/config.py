@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,6 +23,15 @@ DEMO_UNSUBSCRIBE_MAILBOX = "unsubscribe@lifecycle-demo.shop"
 # `Settings.sendgrid_pool_slots`; `make airflow` and the compose init create it.
 SENDGRID_POOL = "sendgrid"
 DEFAULT_POOL_SLOTS = 4
+# Executors that run every task on the scheduler's own host. Any other (Celery, Kubernetes, Edge,
+# ECS, a class path of your own) may run two tasks of one run on two hosts, so nothing a task
+# relies on may live on one host (run/preflight.py, `host_state_gaps`).
+LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+# The default Celery queue of Lifecycle's tasks, read when task instances are created (by the
+# cluster policy in airflow/policy.py), not when DAG files are parsed. A spec's `queue` wins.
+QUEUE_VARIABLE = "LIFECYCLE_CELERY_QUEUE"
+# What `airflow celery worker --queues a,b` can name and task_instance.queue (256) can hold.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 @overload
@@ -47,6 +57,27 @@ def _positive(name: str, *, whole: bool = False) -> float | None:
         kind = "integer" if whole else "number"
         raise ValueError(f"{name} must be a positive {kind}, got {text!r}")
     return value
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def check_queue(name: str) -> str:
+    """`name` if it can be a Celery queue, else ValueError saying what a queue name is."""
+    if not _QUEUE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a Celery queue name: 1-200 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit, e.g. 'bulk'"
+        )
+    return name
+
+
+def executor_classes(executor: str | None) -> list[str]:
+    """The class names in Airflow's `[core] executor`: a comma-separated list whose entries are a
+    core name (`CeleryExecutor`), a class path, or `alias:class.path`."""
+    entries = (entry.strip() for entry in (executor or "").split(","))
+    return [entry.rsplit(":", 1)[-1].rsplit(".", 1)[-1] for entry in entries if entry]
 
 
 def _date(value: str | None) -> date | None:
@@ -101,6 +132,16 @@ class Settings:
     token_secrets: tuple[str, ...] = field(default=(), repr=False)
     # Links in the old format (the email address readable in the URL) are refused after this day.
     legacy_tokens_until: date | None = None
+    # Airflow's `[core] executor` where this runs (None: not under Airflow, one process).
+    executor: str | None = None
+    # A directory every host mounts (NFS, a shared volume): the outbox and privacy exports go
+    # there instead of under `home`. Required for them when tasks run on many hosts.
+    shared_dir: Path | None = None
+
+    @property
+    def runs_on_many_hosts(self) -> bool:
+        """Whether tasks may run on several hosts: any executor but a local one."""
+        return any(name not in LOCAL_EXECUTORS for name in executor_classes(self.executor))
 
     @property
     def configured_secrets(self) -> tuple[str, ...]:
@@ -113,7 +154,12 @@ class Settings:
 
     @property
     def outbox_dir(self) -> Path:
-        return self.home / "outbox"
+        return (self.shared_dir or self.home) / "outbox"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where privacy exports are written (owner-only JSON files)."""
+        return (self.shared_dir or self.home) / "privacy_exports"
 
     def requeue_quiet_period(self) -> timedelta | None:
         """How long an `unknown` row waits for SendGrid's events before it may be requeued;
@@ -158,5 +204,7 @@ def load_settings(**overrides: Any) -> Settings:
         ),
         token_secrets=tuple(_env("LIFECYCLE_TOKEN_SECRETS", "").replace(",", " ").split()),
         legacy_tokens_until=_date(_env("LIFECYCLE_LEGACY_TOKENS_UNTIL")),
+        executor=_env("AIRFLOW__CORE__EXECUTOR"),
+        shared_dir=_path(_env("LIFECYCLE_SHARED_DIR")),
     )
     return replace(settings, **overrides)

@@ -7,7 +7,7 @@ Each kind of link signs with its own salt, so a survey token is no unsubscribe t
 
 Secrets rotate: `Settings.configured_secrets` lists them newest first; the first signs, every
 one verifies. Without any configured secret (the embedded default) one is generated once under
-`home`.
+`home`, unless tasks run on many hosts (a non-local executor): then `NoSharedSecret`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ class InvalidToken(ValueError):
     """Tampered, foreign (unknown secret), expired or malformed token. Holds no secret."""
 
 
+class NoSharedSecret(RuntimeError):
+    """No secret is configured and tasks run on many hosts: a generated one would differ."""
+
+
 @dataclass(frozen=True)
 class Recipient:
     """The ledger row a token refers to: the email as it was sent."""
@@ -53,6 +57,12 @@ def secrets_for(settings: Settings) -> list[bytes]:
     configured = settings.configured_secrets
     if configured:
         return [secret.encode("utf-8") for secret in configured]
+    if settings.runs_on_many_hosts:
+        raise NoSharedSecret(
+            f"set LIFECYCLE_TOKEN_SECRETS or LIFECYCLE_UNSUBSCRIBE_SECRET on every host: "
+            f"{settings.executor} runs tasks on many hosts, and links signed with a secret "
+            "generated on one fail on the others"
+        )
     path = settings.home / GENERATED_SECRET_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

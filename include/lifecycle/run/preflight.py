@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 
 from lifecycle.core import render, segments, templates
 from lifecycle.core.campaigns import CampaignSpec
@@ -40,6 +40,11 @@ def preflight(engine: Engine, spec: CampaignSpec, settings: Settings, *, as_of: 
         )
     if transport not in ("sendgrid", "outbox"):
         raise PreflightError(f"unknown transport {transport!r}: use 'sendgrid' or 'outbox'")
+    if gaps := host_state_gaps(settings):
+        raise PreflightError(
+            f"{settings.executor} may run this campaign's tasks on different hosts, so nothing "
+            f"may live on one; set {'; '.join(gaps)}"
+        )
     if gaps := deployment_gaps(settings):
         raise PreflightError(
             f"sending through SendGrid at {settings.sendgrid_host} needs, on every host: "
@@ -66,6 +71,30 @@ def reaches_real_inboxes(settings: Settings) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host != "localhost"
+
+
+def host_state_gaps(settings: Settings) -> list[str]:
+    """What a task keeps on its own host and another task of the same run would miss, when the
+    executor is not local: a generated link secret, an SQLite warehouse, outbox files."""
+    if not settings.runs_on_many_hosts:
+        return []
+    gaps = []
+    if not settings.configured_secrets:
+        gaps.append(
+            "LIFECYCLE_TOKEN_SECRETS or LIFECYCLE_UNSUBSCRIBE_SECRET on every host (links "
+            "signed with a secret generated on one host fail on the others)"
+        )
+    if make_url(settings.warehouse_url).get_backend_name() == "sqlite":
+        gaps.append(
+            "the connection lifecycle_warehouse to a PostgreSQL warehouse every host reaches "
+            "(an SQLite file lives on one host)"
+        )
+    if settings.chosen_transport() == "outbox" and settings.shared_dir is None:
+        gaps.append(
+            "LIFECYCLE_SHARED_DIR to a directory every worker mounts (the outbox writes .eml "
+            "files there), or a SendGrid key"
+        )
+    return gaps
 
 
 def deployment_gaps(settings: Settings) -> list[str]:

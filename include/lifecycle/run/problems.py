@@ -127,6 +127,7 @@ def known_problem(error: BaseException, url: str) -> Problem | None:
     from lifecycle.core.templates import TemplateProblem
     from lifecycle.delivery import DeliveryStopped
     from lifecycle.feedback.suppressions import SendGridAPIError
+    from lifecycle.feedback.tokens import NoSharedSecret
     from lifecycle.reporting.queries import ReportError
     from lifecycle.run.preflight import PreflightError
 
@@ -138,7 +139,14 @@ def known_problem(error: BaseException, url: str) -> Problem | None:
         return Problem(f"invalid campaign spec: {first_line(error)}", exit_code=USAGE)
     if isinstance(error, SegmentError):
         return Problem(f"invalid segment: {first_line(error)}", exit_code=USAGE)
-    known = (TemplateProblem, PreflightError, DeliveryStopped, SendGridAPIError, ReportError)
+    known = (
+        TemplateProblem,
+        PreflightError,
+        DeliveryStopped,
+        SendGridAPIError,
+        ReportError,
+        NoSharedSecret,
+    )
     if isinstance(error, known):
         return Problem(first_line(error))
     return None

@@ -147,6 +147,12 @@ def standalone_app(settings: Settings | None = None) -> FastAPI:
     """The public routes under /lifecycle, as the Airflow plugin mounts them, configured from
     the environment (`LIFECYCLE_*`) unless `settings` are given."""
     outer = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @outer.get("/health")
+    def health() -> dict[str, str]:
+        """For a container's health check; outside /lifecycle, so a proxy need not expose it."""
+        return {"status": "ok"}
+
     outer.mount(PREFIX, create_app(settings or load_settings()))
     return outer
 
