@@ -10,7 +10,8 @@ instance's state attribute is queued" and fails the task, or retries it, and a r
 asks its approver again. Airflow 3.3.2 ignores the stale report only while the resumed task is
 still SCHEDULED; upstream fixed QUEUED after 3.3.2 (apache/airflow#67287, #68741) and has RUNNING
 open (#72716). The window is from the task parking to the scheduler's next read of executor
-events: a second on an idle machine, more under load.
+events: a second on an idle machine, more under load. tests/test_approval_airflow.py met both:
+an approval failed while queued again (the CI hang: retried, asked again) and while running.
 
 The fix: before the scheduler processes executor events, drop a SUCCESS report whose task instance
 is QUEUED or RUNNING again for the same try with a method to resume (`next_method`). Only a
