@@ -26,14 +26,11 @@ install: $(STAMP) ## create .venv from both locks (idempotent)
 demo: $(STAMP) ## migrate, seed and run every campaign on the embedded default (SQLite, outbox)
 	$(BIN)/python -m lifecycle.devtools.demo
 
-test: $(STAMP) ## run the whole test suite (SQLite and PostgreSQL), but the tests marked unstable
-	$(BIN)/pytest -q -m "not unstable"
-
-test-unstable: $(STAMP) ## the tests marked unstable (approval through a real airflow standalone)
-	$(BIN)/pytest -q -m unstable
+test: $(STAMP) ## run the whole test suite (SQLite and PostgreSQL)
+	$(BIN)/pytest -q
 
 test-fast: $(STAMP) ## the suite without the tests marked slow (real airflow standalone, chromium)
-	$(BIN)/pytest -q -m "not slow and not unstable"
+	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff check + format check, mypy, import contracts (lint-imports)
 	$(BIN)/ruff check .

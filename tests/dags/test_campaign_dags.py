@@ -316,6 +316,8 @@ def test_a_campaign_that_needs_approval_asks_between_plan_and_deliver() -> None:
     assert approve.response_timeout == timedelta(hours=6)
     assert approve.defaults is None  # no answer is not an approval
     assert dag.task_dict["finalize"].trigger_rule == TriggerRule.ALL_DONE
+    # A retry would ask again, erasing the answer given; the other tasks keep their retries.
+    assert approve.retries == 0 and dag.task_dict["plan"].retries == 3
 
 
 def test_deliver_runs_in_the_sendgrid_pool_and_every_task_has_a_timeout(spec_and_dag) -> None:  # type: ignore[no-untyped-def]

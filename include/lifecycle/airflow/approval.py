@@ -29,7 +29,12 @@ PREVIEW_PATH = "/campaigns/runs/{run_id}/preview"  # the dashboard app, behind A
 
 class CampaignApproval(ApprovalOperator):
     """Asks a person to approve one campaign run; the body is the run's plan, written when the
-    task starts (so it is never Jinja-rendered: a subject line is shown as it is)."""
+    task starts (so it is never Jinja-rendered: a subject line is shown as it is).
+
+    Never retried: a new try asks again, and Airflow erases the answer already given to the
+    earlier one (`upsert_hitl_detail`), so the approver would be asked twice without knowing why
+    while the run waits. A failed approval fails the run, and its alert says so.
+    """
 
     def __init__(self, *, spec: CampaignSpec, **kwargs: Any) -> None:
         assert spec.approval is not None
@@ -39,7 +44,7 @@ class CampaignApproval(ApprovalOperator):
             subject=f"Send campaign {spec.id}?",
             assigned_users=[{"id": user, "name": user} for user in approvers] or None,
             response_timeout=spec.approval.expires_after,
-            **kwargs,
+            **{**kwargs, "retries": 0},
         )
         self.spec = spec
 

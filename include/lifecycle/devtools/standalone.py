@@ -58,6 +58,9 @@ def airflow_env(airflow_home: Path, port: int) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # The single api-server worker stalls for seconds on a loaded machine; Airflow's 5 s
+        # made task starts fail (and retry 30 s later) while it did.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
         # `airflow standalone` starts its components by name: use this venv's airflow.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
