@@ -64,8 +64,11 @@ def lifecycle_env(
     return {
         "LIFECYCLE_HOME": str(home),
         "LIFECYCLE_UNSUBSCRIBE_SECRET": secret,
-        # A postgresql+psycopg:// URL: lifecycle.airflow.connections reads it back as a URL.
-        "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": warehouse_url,
+        # Any SQLAlchemy URL, as lifecycle.airflow.connections reads it (a driver-qualified
+        # scheme such as postgresql+psycopg is not a connection type Airflow knows).
+        "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": json.dumps(
+            {"conn_type": "generic", "extra": {"sqlalchemy_url": warehouse_url}}
+        ),
         "AIRFLOW_CONN_SENDGRID_DEFAULT": json.dumps(
             {"conn_type": "sendgrid", "password": api_key, "host": sendgrid_url}
         ),
