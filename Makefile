@@ -49,7 +49,7 @@ airflow: $(STAMP) ## airflow standalone on 127.0.0.1:8080 with this repo's DAGs 
 	$(BIN)/python -m lifecycle.devtools.standalone
 
 cluster: $(STAMP) ## Airflow on Celery: api-server, scheduler, dag-processor, 2 workers (Ctrl-C stops it)
-	$(BIN)/python -m lifecycle.devtools.cluster --workers 2
+	$(BIN)/python -m lifecycle.devtools.cluster --workers 2 --home $(LIFECYCLE_HOME)/airflow-cluster
 
 preview: $(STAMP) ## render every template x locale into .local/preview/
 	$(BIN)/lifecycle preview --all --out .local/preview

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import redis
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 
 from lifecycle.devtools import cluster, hostname
 from lifecycle.devtools.cluster import CLAIM_KEY, Cluster, Component
+from lifecycle.devtools.deployment import free_port
 
 REDIS_URL = cluster.REDIS_URL
 
@@ -229,3 +232,50 @@ def test_the_cluster_command_explains_itself(argv: list[str]) -> None:
     )
     for words in ("CeleryExecutor", "--workers", "Redis", "PostgreSQL", "Ctrl-C"):
         assert words in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_make_cluster_shows_the_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "make-cluster.log"
+    command = [sys.executable, "-m", "lifecycle.devtools.cluster", "--workers", "1"]
+    command += ["--port", str(port), "--home", str(tmp_path / "airflow")]
+    with log.open("w") as out:
+        main = subprocess.Popen(
+            command,
+            env=os.environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    seen: set[psutil.Process] = set()
+    try:
+        deadline = time.monotonic() + 600
+        while "Airflow (CeleryExecutor) is up:" not in log.read_text():
+            assert main.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            seen |= {psutil.Process(main.pid), *psutil.Process(main.pid).children(recursive=True)}
+            time.sleep(1)
+        text = log.read_text()
+        password = text.split("password: ")[1].split()[0]
+        token = f"http://127.0.0.1:{port}/auth/token"
+        login = httpx.post(token, json={"username": "admin", "password": password}, timeout=60)
+        assert login.status_code == 201
+        workers = psutil.Process(main.pid).children(recursive=True)
+        seen |= set(workers)
+        assert any("celery" in " ".join(p.cmdline()) for p in workers)
+
+        main.send_signal(signal.SIGINT)
+        assert main.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+    alive = [p.pid for p in seen if p.pid != main.pid and _alive(p.pid)]
+    assert alive == []
+    database = text.split("; metadata database ")[1].split(";")[0]
+    admin = sa.create_engine(cluster.PG_ADMIN_URL)
+    with admin.connect() as conn:
+        left = conn.execute(sa.text("SELECT datname FROM pg_database")).scalars().all()
+    admin.dispose()
+    assert "stopped" in log.read_text()
+    assert database.startswith("airflow_cluster_") and database not in left

@@ -473,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nAirflow (CeleryExecutor) is up: {cluster.url}  user: {ADMIN_USER}  "
             f"password: {cluster.api.admin_password()}\nworkers: {workers}; broker "
-            f"{cluster.claim.broker_url}; logs in {cluster.airflow_home / 'cluster-logs'}\n"
+            f"{cluster.claim.broker_url}; metadata database "
+            f"{sa.make_url(cluster.metadata_url).database}; logs in "
+            f"{cluster.airflow_home / 'cluster-logs'}\n"
             "Ctrl-C stops every process.\n",
             flush=True,
         )
