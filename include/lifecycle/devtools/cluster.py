@@ -400,7 +400,8 @@ def start_cluster(
             check=False,
         )
         if migrate.returncode:
-            raise ClusterError(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}")
+            output = f"{migrate.stdout}\n{migrate.stderr}".strip()
+            raise ClusterError(f"airflow db migrate failed:\n{output[-3000:]}")
         cluster.start("api-server", ["api-server"])
         cluster.start("scheduler", ["scheduler"])
         cluster.start("dag-processor", ["dag-processor"])
