@@ -9,7 +9,7 @@ LOCKS := requirements.txt requirements-dev.txt
 export LIFECYCLE_HOME ?= $(CURDIR)/.local
 export AIRFLOW_HOME ?= $(CURDIR)/.local/airflow
 
-.PHONY: help install demo test test-fast lint format bench airflow preview lock clean
+.PHONY: help install demo test test-fast lint format bench airflow cluster preview lock clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: $(STAMP) ## run the benchmarks and print figures for BENCHMARKS.md
 
 airflow: $(STAMP) ## airflow standalone on 127.0.0.1:8080 with this repo's DAGs (Ctrl-C stops it all)
 	$(BIN)/python -m lifecycle.devtools.standalone
+
+cluster: $(STAMP) ## Airflow on Celery: api-server, scheduler, dag-processor, 2 workers (Ctrl-C stops it)
+	$(BIN)/python -m lifecycle.devtools.cluster --workers 2 --home $(LIFECYCLE_HOME)/airflow-cluster
 
 preview: $(STAMP) ## render every template x locale into .local/preview/
 	$(BIN)/lifecycle preview --all --out .local/preview

@@ -51,3 +51,36 @@ def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once()
     assert int(bulk_requests) < int(requests) / 5
     assert "50 per request vs 1: end to end" in result.stdout
     assert "naive loop" in result.stdout
+
+
+@pytest.mark.timeout(1500)
+def test_scale_benchmark_runs_celery_and_local_side_by_side() -> None:
+    """Two setups at a small size: every recipient reaches the sink once per setup."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_scale",
+            "--recipients",
+            "1200",
+            "--batch-size",
+            "400",
+            "--setups",
+            "celery x2,local",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = re.findall(r"^(celery x2|local)\s+(\d+)\s+(\d+)\s+(\d+)$", result.stdout, re.M)
+    assert [name for name, *_ in rows] == ["celery x2", "local"], result.stdout
+    assert [int(emails) for _, emails, *_ in rows] == [1200, 1200]
+    assert all(int(wall) > 0 and int(deliver) >= int(wall) for *_, wall, deliver in rows)
+    hosts = re.search(
+        r"^celery x2: success, 1200 emails, 3 deliver tasks on (.+?):", result.stdout, re.M
+    )
+    assert hosts, result.stdout
+    assert "load before:" in result.stdout and "load after:" in result.stdout

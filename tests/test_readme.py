@@ -75,6 +75,22 @@ NOT_RUN = {
     "lifecycle requeue-unknown onboarding --id 1234 --yes": "as above",
     "make airflow": "a server that runs until Ctrl-C (tests/test_standalone.py starts it)",
     "LIFECYCLE_AIRFLOW_PORT=8090 make airflow": "a server that runs until Ctrl-C",
+    "make cluster": "a server that runs until Ctrl-C (tests/test_celery_airflow.py starts the "
+    "same cluster with start_cluster)",
+    ".venv/bin/python -m lifecycle.devtools.cluster --workers 3 --concurrency 2 --port 8090": (
+        "a server that runs until Ctrl-C"
+    ),
+    ".venv/bin/python -m lifecycle.devtools.cluster --help": (
+        "tests/test_cluster.py::test_the_cluster_command_explains_itself runs it"
+    ),
+    "TOKEN=$(curl -s -X POST http://127.0.0.1:8080/auth/token -H 'Content-Type: application/json' "
+    '-d "{\\"username\\": \\"admin\\", \\"password\\": \\"$PASSWORD\\"}" | jq -r .access_token)': (
+        "needs a running cluster: tests/test_celery_airflow.py logs in and triggers through "
+        "the same REST API"
+    ),
+    "curl -s -X POST http://127.0.0.1:8080/api/v2/dags/campaign_birthday/dagRuns "
+    "-H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+    "-d '{\"logical_date\": null}'": "as above",
     "docker compose up -d --build": "needs a Docker engine (tests/test_compose.py parses the file)",
     'docker compose run --rm airflow-worker bash -c "lifecycle seed --customers 100000"': (
         "needs a Docker engine"
