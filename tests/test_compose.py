@@ -144,6 +144,8 @@ def test_has_every_service_of_the_official_celery_shape(services: dict[str, Any]
     assert commands["airflow-triggerer"] == "triggerer"
     assert commands["airflow-worker"] == "celery worker --queues default"
     assert commands["flower"] == "celery flower"
+    # plugins load once before Celery forks, as on the local cluster (devtools/cluster.py)
+    assert env_of(services["airflow-worker"])["AIRFLOW__CORE__LAZY_LOAD_PLUGINS"] == "False"
     for name in AIRFLOW_SERVICES:
         env = env_of(services[name])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
