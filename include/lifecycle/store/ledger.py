@@ -180,22 +180,20 @@ def settle_inboxes(
         L.c.status == LedgerStatus.PLANNED,
         L.c.inbox.is_not(None),
     )
-    first = (
-        select(L.c.occurrence_key, L.c.inbox, func.min(L.c.customer_id).label("keeper"))
+    # one scan and a sort (a customer has one row per occurrence key: rank 1 is the lowest id)
+    ranked = (
+        select(
+            L.c.id,
+            L.c.occurrence_key,
+            func.row_number()
+            .over(partition_by=(L.c.occurrence_key, L.c.inbox), order_by=L.c.customer_id)
+            .label("rank"),
+        )
         .where(fresh)
-        .group_by(L.c.occurrence_key, L.c.inbox)
-        .having(func.count() > 1)
         .subquery()
     )
-    losers = select(L.c.id, L.c.occurrence_key).join(
-        first,
-        and_(
-            first.c.occurrence_key == L.c.occurrence_key,
-            first.c.inbox == L.c.inbox,
-            L.c.customer_id > first.c.keeper,
-        ),
-    )
-    rows = list(conn.execute(losers.where(fresh).order_by(L.c.id)))
+    losers = select(ranked.c.id, ranked.c.occurrence_key).where(ranked.c.rank > 1)
+    rows = list(conn.execute(losers.order_by(ranked.c.id)))
     for part in chunked([row.id for row in rows]):
         conn.execute(
             update(L)
