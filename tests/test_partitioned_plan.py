@@ -307,7 +307,12 @@ def test_partitions_plan_side_by_side_and_the_same_customers_take_turns(
     low_range, high_range = prepared.ranges
     with engine.connect() as other_campaign, other_campaign.begin():
         runs.lock_for_planning(other_campaign, run_id=0, customer_ids=low)  # planning `low`
-        planning.plan_partition(engine, spec, settings, prepared, high_range)  # does not wait
+        beside = threading.Thread(
+            target=planning.plan_partition, args=(engine, spec, settings, prepared, high_range)
+        )
+        beside.start()
+        beside.join(timeout=60)
+        assert not beside.is_alive(), "the high partition waited for the low one's lock"
         done = threading.Event()
         thread = threading.Thread(
             target=lambda: (

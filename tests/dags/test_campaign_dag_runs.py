@@ -479,3 +479,25 @@ def test_a_bad_warehouse_connection_fails_preflight_with_one_line(
     summaries = failure_summaries(caplog)
     assert any(expected in m for m in summaries), summaries
     assert "pw-not-shown" not in caplog.text
+
+
+def test_plan_partitions_are_mapped_tasks_that_plan_what_one_plan_counts(
+    sqlite_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = SPECS["loyalty"]
+    rehearsal, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat(), "dry_run": True})
+    assert state == "success"
+    assert task_states(spec.dag_id, rehearsal)["plan_partition"] == ["success"]  # one range
+    expected = run_row(sqlite_world.engine, spec.id, rehearsal)["counts"]
+    assert expected["planned"] > 20
+    monkeypatch.setenv("LIFECYCLE_PARTITION_SIZE", "10")
+    run_id, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat()})
+    assert state == "success"
+    partitions = task_states(spec.dag_id, run_id)["plan_partition"]
+    assert len(partitions) > 3 and set(partitions) == {"success"}
+    counts = run_row(sqlite_world.engine, spec.id, run_id)["counts"]
+    assert (counts["planned"], counts["skipped"]) == (expected["planned"], expected["skipped"])
+    assert counts["sent"] + counts["waiting"] == counts["planned"]  # the rest wait for the window
+    rows = ledger_rows(sqlite_world.engine, campaign_id=spec.id)
+    assert len({r["customer_id"] for r in rows}) == len(rows)
+    assert len(received_by(sqlite_world.sink, spec.id)) == counts["sent"]
