@@ -288,3 +288,18 @@ def test_rows_a_rival_marked_unknown_go_back_when_their_owner_never_sent_them(
         assert ledger.mark_interrupted(conn, run_id, 0, 10**9, "b") == 2  # duplicate dispatch
         ledger.release(conn, [claimed[0].id], "a")  # "a" knows this one never left
     assert sorted(statuses(engine).values()) == ["planned", "unknown"]
+
+
+@pytest.mark.postgres
+def test_postgres_plans_every_statement_for_its_own_values(pg_url: str) -> None:
+    """psycopg would prepare a statement on the server from its 5th run, and PostgreSQL would
+    then plan `inbox = ANY(:values)` once for any array: minutes per chunk on big audiences."""
+    engine = warehouse.make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            for n in range(10):
+                ledger.inbox_holders(conn, "welcome", [f"a{i}@x.am" for i in range(n + 1)])
+            prepared = conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+    finally:
+        engine.dispose()
+    assert prepared == 0

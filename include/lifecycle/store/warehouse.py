@@ -19,7 +19,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned for our workload: WAL and a busy timeout on SQLite, pre-ping elsewhere."""
+    """An engine tuned for our workload: WAL and a busy timeout on SQLite, pre-ping elsewhere,
+    and no server-side prepared statements with psycopg."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -35,6 +36,11 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
+    if parsed.get_driver_name() == "psycopg":
+        # psycopg prepares a statement on the server from its 5th execution, and PostgreSQL
+        # may then switch to a generic plan: for `inbox = ANY(:20,000 values)` that plan took
+        # minutes per chunk, stalling the planning of large audiences. Plan every statement.
+        return create_engine(url, pool_pre_ping=True, connect_args={"prepare_threshold": None})
     return create_engine(url, pool_pre_ping=True)
 
 
