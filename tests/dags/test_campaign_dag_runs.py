@@ -501,3 +501,23 @@ def test_plan_partitions_are_mapped_tasks_that_plan_what_one_plan_counts(
     rows = ledger_rows(sqlite_world.engine, campaign_id=spec.id)
     assert len({r["customer_id"] for r in rows}) == len(rows)
     assert len(received_by(sqlite_world.sink, spec.id)) == counts["sent"]
+
+
+@pytest.mark.postgres
+def test_the_features_snapshot_is_built_in_mapped_ranges_on_postgresql(
+    airflow_db: Path, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIFECYCLE_PARTITION_SIZE", "150")
+    with make_world(pg_url, tmp_path, monkeypatch) as made:
+        run_id, state = run_dag("customer_features", {"as_of": AS_OF.isoformat()})
+        assert state == "success"
+        states = task_states("customer_features", run_id)
+        assert len(states["materialize_range"]) == 3  # 400 customers, 150 a range
+        assert {s for task in states.values() for s in task} == {"success"}
+        with made.engine.connect() as conn:
+            stored, staged = (
+                conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                for table in (schema.customer_features, schema.customer_features_next)
+            )
+        assert (stored, staged) == (400, 0)
+        assert asset_events(FEATURES_ASSET.uri)[-1]["row_count"] == 400

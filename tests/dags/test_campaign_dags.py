@@ -135,8 +135,11 @@ def test_shipped_schedules_cover_cron_assets_and_both() -> None:
 
 def test_features_dag_publishes_the_features_asset() -> None:
     dag = build_features_dag()
-    (task,) = dag.tasks
-    assert [a.uri for a in task.outlets] == [FEATURES_ASSET.uri]
+    tasks = dag.task_dict
+    assert set(tasks) == {"partition", "materialize_range", "materialize"}
+    assert tasks["materialize_range"].is_mapped  # PostgreSQL: one task per customer-id range
+    assert [a.uri for a in tasks["materialize"].outlets] == [FEATURES_ASSET.uri]
+    assert not tasks["partition"].outlets and not tasks["materialize_range"].outlets
     assert isinstance(dag.timetable, CronTriggerTimetable)
 
 

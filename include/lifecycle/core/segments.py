@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from sqlalchemy import ColumnElement, Engine, and_, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, Engine, Select, and_, func, not_, or_, select, true
 
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import PROJECT_ROOT, Settings
@@ -362,8 +362,14 @@ def id_ranges(
         .select_from(query.from_clause)
         .where(query.where, compile_rule(segment.rule, query), key.is_not(None))
         .distinct()
-        .subquery()
     )
+    return ranges_of(engine, members, size)
+
+
+def ranges_of(engine: Engine, ids: Select[Any], size: int) -> list[IdRange]:
+    """`ids` (a query of one `customer_id` column) cut into ranges of `size` ids, counted in
+    the warehouse; the ranges cover every id, the first and last unbounded."""
+    members = ids.subquery()
     numbered = select(
         members.c.customer_id,
         ((func.row_number().over(order_by=members.c.customer_id) - 1) // size).label("part"),
