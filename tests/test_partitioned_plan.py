@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -36,19 +35,17 @@ PARTITION = 90  # about 8 partitions
 
 
 @pytest.fixture
-def pg_urls(pg_template: str) -> Iterator[tuple[str, str]]:
-    """Two fresh warehouses: one planned in one partition, the other in many."""
-    from conftest import _pg_admin, _pg_url
-
-    names = [f"lifecycle_p_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    admin = _pg_admin()
+def pg_urls(pg_url: str) -> Iterator[tuple[str, str]]:
+    """Two fresh warehouses: one planned in one partition, the other in many (the second a
+    copy of `pg_url`'s freshly migrated database, on the same server)."""
+    first = sa.make_url(pg_url)
+    name = f"{first.database}_b"
+    admin = sa.create_engine(first.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        for name in names:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
-    yield _pg_url(names[0]), _pg_url(names[1])
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{first.database}"'))
+    yield pg_url, first.set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
-        for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
