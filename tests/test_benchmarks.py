@@ -84,3 +84,30 @@ def test_scale_benchmark_runs_celery_and_local_side_by_side() -> None:
     )
     assert hosts, result.stdout
     assert "load before:" in result.stdout and "load after:" in result.stdout
+
+
+@pytest.mark.postgres
+def test_planning_benchmark_plans_alike_in_one_partition_and_in_several() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_planning",
+            "--customers",
+            "6000",
+            "--partition-size",
+            "2000",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = re.findall(
+        r"^\| (single|partitioned) \| (\d+) \| \d+ \| ([\d,]+) \|", result.stdout, re.M
+    )
+    assert [(name, int(parts)) for name, parts, _ in rows] == [("single", 1), ("partitioned", 3)]
+    assert rows[0][2] == rows[1][2] and int(rows[0][2].replace(",", "")) > 5000
+    assert "ledgers identical: yes" in result.stdout

@@ -367,9 +367,10 @@ def test_campaigns_plan_one_at_a_time_so_the_frequency_cap_holds(
     settings = load_settings(
         home=tmp_path, warehouse_url=pg_url, sendgrid_api_key=KEY, sendgrid_host=sink.url
     )
-    add_customers(engine, 5)
+    ids = add_customers(engine, 5)
     with engine.connect() as other_campaign, other_campaign.begin():
-        runs.lock_for_planning(other_campaign, run_id=0)  # it is counting and inserting
+        # it is counting and inserting one of the same customers
+        runs.lock_for_planning(other_campaign, run_id=0, customer_ids=ids[-1:])
         planned: list[PlanResult] = []
         thread = threading.Thread(
             target=lambda: planned.append(

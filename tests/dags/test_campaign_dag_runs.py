@@ -239,7 +239,9 @@ def test_a_dry_run_with_emails_that_do_not_render_fails_the_dag_run(
     assert task_states("campaign_loyalty", run_id) | {"deliver": []} == {
         "check_status": ["success"],
         "preflight": ["success"],
-        "plan": ["failed"],
+        "plan": ["success"],
+        "plan_partition": ["success"],
+        "gather": ["failed"],
         "deliver": [],
         "finalize": ["failed"],
     }
@@ -477,3 +479,45 @@ def test_a_bad_warehouse_connection_fails_preflight_with_one_line(
     summaries = failure_summaries(caplog)
     assert any(expected in m for m in summaries), summaries
     assert "pw-not-shown" not in caplog.text
+
+
+def test_plan_partitions_are_mapped_tasks_that_plan_what_one_plan_counts(
+    sqlite_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = SPECS["loyalty"]
+    rehearsal, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat(), "dry_run": True})
+    assert state == "success"
+    assert task_states(spec.dag_id, rehearsal)["plan_partition"] == ["success"]  # one range
+    expected = run_row(sqlite_world.engine, spec.id, rehearsal)["counts"]
+    assert expected["planned"] > 20
+    monkeypatch.setenv("LIFECYCLE_PARTITION_SIZE", "10")
+    run_id, state = run_dag(spec.dag_id, {"as_of": AS_OF.isoformat()})
+    assert state == "success"
+    partitions = task_states(spec.dag_id, run_id)["plan_partition"]
+    assert len(partitions) > 3 and set(partitions) == {"success"}
+    counts = run_row(sqlite_world.engine, spec.id, run_id)["counts"]
+    assert (counts["planned"], counts["skipped"]) == (expected["planned"], expected["skipped"])
+    assert counts["sent"] + counts["waiting"] == counts["planned"]  # the rest wait for the window
+    rows = ledger_rows(sqlite_world.engine, campaign_id=spec.id)
+    assert len({r["customer_id"] for r in rows}) == len(rows)
+    assert len(received_by(sqlite_world.sink, spec.id)) == counts["sent"]
+
+
+@pytest.mark.postgres
+def test_the_features_snapshot_is_built_in_mapped_ranges_on_postgresql(
+    airflow_db: Path, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIFECYCLE_PARTITION_SIZE", "150")
+    with make_world(pg_url, tmp_path, monkeypatch) as made:
+        run_id, state = run_dag("customer_features", {"as_of": AS_OF.isoformat()})
+        assert state == "success"
+        states = task_states("customer_features", run_id)
+        assert len(states["materialize_range"]) == 3  # 400 customers, 150 a range
+        assert {s for task in states.values() for s in task} == {"success"}
+        with made.engine.connect() as conn:
+            stored, staged = (
+                conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                for table in (schema.customer_features, schema.customer_features_next)
+            )
+        assert (stored, staged) == (400, 0)
+        assert asset_events(FEATURES_ASSET.uri)[-1]["row_count"] == 400

@@ -41,11 +41,22 @@ def spec_and_dag(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def
 def test_task_graph(spec_and_dag) -> None:  # type: ignore[no-untyped-def]
     _, dag = spec_and_dag
     tasks = dag.task_dict
-    assert set(tasks) == {"check_status", "preflight", "plan", "deliver", "finalize"}
+    assert set(tasks) == {
+        "check_status",
+        "preflight",
+        "plan",
+        "plan_partition",
+        "gather",
+        "deliver",
+        "finalize",
+    }
     assert dag.roots == [tasks["check_status"]]  # the draft gate comes before anything else
     assert tasks["preflight"].upstream_task_ids == {"check_status"}
     assert tasks["plan"].upstream_task_ids == {"preflight"}
-    assert tasks["deliver"].upstream_task_ids == {"plan"}
+    assert tasks["plan_partition"].upstream_task_ids == {"plan"}
+    assert tasks["plan_partition"].is_mapped  # one task per customer-id range
+    assert tasks["gather"].upstream_task_ids == {"plan_partition"}
+    assert tasks["deliver"].upstream_task_ids == {"plan", "gather"}
     assert tasks["finalize"].upstream_task_ids == {"deliver", "preflight"}
     assert dag.leaves == [tasks["finalize"]]
 
@@ -124,8 +135,11 @@ def test_shipped_schedules_cover_cron_assets_and_both() -> None:
 
 def test_features_dag_publishes_the_features_asset() -> None:
     dag = build_features_dag()
-    (task,) = dag.tasks
-    assert [a.uri for a in task.outlets] == [FEATURES_ASSET.uri]
+    tasks = dag.task_dict
+    assert set(tasks) == {"partition", "materialize_range", "materialize"}
+    assert tasks["materialize_range"].is_mapped  # PostgreSQL: one task per customer-id range
+    assert [a.uri for a in tasks["materialize"].outlets] == [FEATURES_ASSET.uri]
+    assert not tasks["partition"].outlets and not tasks["materialize_range"].outlets
     assert isinstance(dag.timetable, CronTriggerTimetable)
 
 
@@ -310,8 +324,8 @@ def test_a_campaign_that_needs_approval_asks_between_plan_and_deliver() -> None:
     dag = build_campaign_dag(spec)
     approve = dag.task_dict["approve"]
     assert isinstance(approve, ApprovalOperator)
-    assert approve.upstream_task_ids == {"plan"}
-    assert dag.task_dict["deliver"].upstream_task_ids == {"plan", "approve"}
+    assert approve.upstream_task_ids == {"gather"}
+    assert dag.task_dict["deliver"].upstream_task_ids == {"plan", "gather", "approve"}
     assert approve.assigned_users == [{"id": "ops-lead", "name": "ops-lead"}]
     assert approve.response_timeout == timedelta(hours=6)
     assert approve.defaults is None  # no answer is not an approval

@@ -1,5 +1,6 @@
-"""`campaign_<id>`: one DAG per campaign spec, check_status → preflight → plan → [approve] →
-deliver → finalize. `check_status` ends a real run of a draft campaign before anything is planned.
+"""`campaign_<id>`: one DAG per campaign spec, check_status → preflight → plan → plan_partition
+(mapped over customer-id ranges, `planning.py`) → gather → [approve] → deliver → finalize.
+`check_status` ends a real run of a draft campaign before anything is planned.
 
 The tasks are thin: each reads its settings from the Airflow connections and calls one step
 of the engine's pipeline (imported inside the task, so parsing only reads the YAML specs).
@@ -10,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
 from airflow.sdk.definitions.callback import AsyncCallback
@@ -30,6 +31,7 @@ from lifecycle.airflow.notifier import (
     ReportedUpstream,
 )
 from lifecycle.airflow.params import run_as_of, run_options, trigger_params
+from lifecycle.airflow.planning import planning_tasks, render_problem
 from lifecycle.airflow.schedules import START_DATE, campaign_asset, campaign_schedule
 from lifecycle.core.campaigns import CampaignSpec, SpecError, load_campaigns
 from lifecycle.core.config import SENDGRID_POOL, load_settings
@@ -37,7 +39,6 @@ from lifecycle.run.rates import deliver_timeout
 
 log = logging.getLogger(__name__)
 PREFLIGHT_TIMEOUT = timedelta(minutes=10)
-PLAN_TIMEOUT = timedelta(hours=2)  # a large audience through every policy
 FINALIZE_TIMEOUT = timedelta(minutes=10)
 
 
@@ -107,58 +108,6 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
                 phase.preflight(warehouse_engine(settings), spec, settings, as_of=as_of)
             return as_of.isoformat()
 
-        @task(execution_timeout=PLAN_TIMEOUT)
-        @explained
-        def plan(as_of: str) -> list[dict[str, int]]:
-            """Write the ledger (planned / skipped and why); return the batches to deliver.
-
-            The campaign run id and the counts go to their own XComs: only the batch list is
-            mapped over.
-            """
-            from lifecycle.run import plan as phase
-            from lifecycle.run.test_sends import send_tests
-
-            context = get_current_context()
-            options = run_options(context)
-            settings = runtime_settings()
-            engine = warehouse_engine(settings)
-            ti = context["ti"]
-            if options.test_recipients:
-                sent = send_tests(
-                    engine,
-                    spec,
-                    settings,
-                    run_key=context["run_id"],
-                    as_of=datetime.fromisoformat(as_of),
-                    recipients=list(options.test_recipients),
-                    limit=options.limit or 3,
-                )
-                log.info("sent %d test emails to the test recipients; no customer got one", sent)
-                ti.xcom_push(key="test_sends", value=sent)
-                return []
-            result = phase.plan(
-                engine,
-                spec,
-                settings,
-                run_key=context["run_id"],
-                as_of=datetime.fromisoformat(as_of),
-                dry_run=options.dry_run,
-                limit=options.limit,
-                phase=test_phase(spec, options.dry_run),
-            )
-            log.info("planned %d emails; skipped %s", result.planned, result.skipped or "none")
-            ti.xcom_push(key="campaign_run_id", value=result.run_id)
-            ti.xcom_push(key="planned", value=result.planned)
-            ti.xcom_push(key="skipped", value=result.skipped)
-            ti.xcom_push(key="waiting", value=result.waiting)
-            if result.render_errors:
-                raise AirflowFailException(
-                    _render_problem(
-                        result.render_errors, result.planned, result.render_error_examples
-                    )
-                )
-            return [batch.to_dict() for batch in result.batches]
-
         @task(
             map_index_template="{{ batch_label }}",
             max_active_tis_per_dagrun=spec.delivery.max_active_batches,
@@ -215,11 +164,11 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
             ti = context["ti"]
             run_id = ti.xcom_pull(task_ids="plan", key="campaign_run_id")
             settings = runtime_settings()
-            if run_id is None:
+            if run_id is None or ti.xcom_pull(task_ids="gather", key="planned") is None:
                 if ti.xcom_pull(task_ids="plan", key="test_sends") is not None:
                     raise AirflowSkipException("test send only: no campaign run to finalize")
                 abandon(warehouse_engine(settings), spec, run_key=context["run_id"])
-                raise ReportedUpstream("an earlier task failed (see preflight or plan)")
+                raise ReportedUpstream("an earlier task failed (see preflight or the plan tasks)")
             outcome = phase.finalize(
                 warehouse_engine(settings), spec, run_id=run_id, settings=settings
             )
@@ -246,8 +195,7 @@ def build_campaign_dag(spec: CampaignSpec) -> DAG:
         # at run time), which mypy cannot see: hence the ignores on the wiring below.
         as_of = preflight()
         check_status() >> as_of
-        batches = plan(as_of)  # type: ignore[arg-type]
-        run_id = batches.operator.output["campaign_run_id"]  # type: ignore[attr-defined]
+        batches, run_id = planning_tasks(spec, as_of)
         delivered = deliver.partial(campaign_run_id=run_id).expand(batch=batches)
         if spec.needs_approval:  # a person answers between plan and deliver
             batches >> CampaignApproval(spec=spec) >> delivered
@@ -267,11 +215,6 @@ def _deadline(spec: CampaignSpec) -> DeadlineAlert | None:
         interval=timedelta(hours=spec.deadline_hours),
         callback=AsyncCallback(CampaignDeadlineNotifier, kwargs={"campaign_id": spec.id}),
     )
-
-
-def test_phase(spec: CampaignSpec, dry_run: bool) -> Literal["test"] | None:
-    """A real run of a spec with an experiment plans its test slice first."""
-    return "test" if spec.experiment is not None and not dry_run else None
 
 
 @contextmanager
@@ -299,10 +242,6 @@ def draft_refusal(spec: CampaignSpec, context: Mapping[str, Any]) -> str | None:
 
 
 # --- what went wrong, for the person reading the task log ---------------------------------
-def _render_problem(errors: int, planned: int, examples: list[str]) -> str:
-    return f"dry run: {errors:,} of {planned:,} emails do not render: " + "; ".join(examples)
-
-
 def _expired_problem(counts: Mapping[str, Any]) -> str:
     return (
         f"nobody approved the run in time: nothing was sent and its {counts['released']:,} "
@@ -316,7 +255,7 @@ def _run_problem(campaign_id: str, counts: Mapping[str, Any]) -> str:
     from lifecycle.run.finalize import unknown_hint
 
     if counts.get("dry_run"):
-        return _render_problem(
+        return render_problem(
             counts["render_errors"], counts["planned"], counts["render_error_examples"]
         )
     problems = []

@@ -23,6 +23,8 @@ DEMO_UNSUBSCRIBE_MAILBOX = "unsubscribe@lifecycle-demo.shop"
 # `Settings.sendgrid_pool_slots`; `make airflow` and the compose init create it.
 SENDGRID_POOL = "sendgrid"
 DEFAULT_POOL_SLOTS = 4
+# Customers per planning partition: the campaign DAG plans each in its own mapped task.
+DEFAULT_PARTITION_SIZE = 250_000
 # Executors that run every task on the scheduler's own host. Any other (Celery, Kubernetes, Edge,
 # ECS, a class path of your own) may run two tasks of one run on two hosts, so nothing a task
 # relies on may live on one host (run/preflight.py, `host_state_gaps`).
@@ -137,6 +139,8 @@ class Settings:
     # A directory every host mounts (NFS, a shared volume): the outbox and privacy exports go
     # there instead of under `home`. Required for them when tasks run on many hosts.
     shared_dir: Path | None = None
+    # Audience members per planning partition (a mapped `plan_partition` task each).
+    partition_size: int = DEFAULT_PARTITION_SIZE
 
     @property
     def runs_on_many_hosts(self) -> bool:
@@ -206,5 +210,8 @@ def load_settings(**overrides: Any) -> Settings:
         legacy_tokens_until=_date(_env("LIFECYCLE_LEGACY_TOKENS_UNTIL")),
         executor=_env("AIRFLOW__CORE__EXECUTOR"),
         shared_dir=_path(_env("LIFECYCLE_SHARED_DIR")),
+        partition_size=int(
+            _positive("LIFECYCLE_PARTITION_SIZE", whole=True) or DEFAULT_PARTITION_SIZE
+        ),
     )
     return replace(settings, **overrides)

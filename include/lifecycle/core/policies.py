@@ -106,9 +106,17 @@ def schedule(timezones: pd.Series, as_of: datetime, window: SendWindow | None) -
 
 
 def evaluate(
-    conn: Connection, audience: pd.DataFrame, spec: CampaignSpec, as_of: datetime
+    conn: Connection,
+    audience: pd.DataFrame,
+    spec: CampaignSpec,
+    as_of: datetime,
+    others: ledger.OtherPartitions | None = None,
 ) -> pd.DataFrame:
-    """Columns reason (None = send), send_after, expires_at; same index as `audience`."""
+    """Columns reason (None = send), send_after, expires_at; same index as `audience`.
+
+    `others`: the audience is one partition of a plan; the rows its other partitions plan hold
+    no inbox yet (`ledger.settle_inboxes` decides between them at the end).
+    """
     rules = spec.policies
     reason = pd.Series(None, index=audience.index, dtype=object)
 
@@ -144,7 +152,10 @@ def evaluate(
         over = (already + order_in_chunk) >= cap.max_emails
         skip(over.reindex(audience.index, fill_value=False).astype(bool), SkipReason.FREQUENCY_CAP)
 
-    skip(_second_in_inbox(conn, audience, lowered, reason.isna(), spec.id), SkipReason.DUPLICATE)
+    skip(
+        _second_in_inbox(conn, audience, lowered, reason.isna(), spec.id, others),
+        SkipReason.DUPLICATE,
+    )
 
     timing = schedule(audience["timezone"], as_of, rules.send_window)
     return pd.DataFrame(
@@ -154,12 +165,17 @@ def evaluate(
 
 
 def _second_in_inbox(
-    conn: Connection, audience: pd.DataFrame, inboxes: pd.Series, sendable: pd.Series, campaign: str
+    conn: Connection,
+    audience: pd.DataFrame,
+    inboxes: pd.Series,
+    sendable: pd.Series,
+    campaign: str,
+    others: ledger.OtherPartitions | None,
 ) -> pd.Series:
     """Sendable rows whose inbox gets this occurrence's email through another customer: one
     already in the ledger, or a lower customer id in this chunk (chunks come in id order)."""
     keys = audience["occurrence_key"].map(str)
-    holders = ledger.inbox_holders(conn, campaign, inboxes[sendable].tolist())
+    holders = ledger.inbox_holders(conn, campaign, inboxes[sendable].tolist(), others)
     held_by = pd.Series(
         [holders.get(pair) for pair in zip(keys, inboxes, strict=True)],
         index=audience.index,

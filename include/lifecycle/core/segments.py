@@ -23,12 +23,13 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
-from sqlalchemy import ColumnElement, Engine, and_, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, Engine, Select, and_, func, not_, or_, select, true
 
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import PROJECT_ROOT, Settings
@@ -328,15 +329,79 @@ def audience(
     as_of: datetime,
     settings: Settings,
     chunk_size: int = 50_000,
+    customer_ids: IdRange | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """The campaign's segment members at `as_of`, in chunks ordered by customer (and order).
+    """The campaign's segment members at `as_of`, in chunks ordered by customer (and order);
+    with `customer_ids`, only the members in that range (a condition of the query itself).
 
     Columns: customer_id, occurrence_key (str), the AUDIENCE_FEATURES and one per template
     field. Reads only; sends nothing.
     """
     segment = segment_for(spec, settings)
     fields = [name for name in spec.template_fields if name not in AUDIENCE_FEATURES]
-    yield from _members(engine, segment, as_of, settings, spec.occurrence_key, fields, chunk_size)
+    yield from _members(
+        engine, segment, as_of, settings, spec.occurrence_key, fields, chunk_size, customer_ids
+    )
+
+
+def id_ranges(
+    engine: Engine, spec: CampaignSpec, as_of: datetime, settings: Settings, size: int
+) -> list[IdRange]:
+    """The campaign's audience cut into customer-id ranges of about `size` members each,
+    counted in the warehouse. Together the ranges cover every id (the first has no lower bound,
+    the last no upper one, each starts right after the one before), so a customer who joins
+    the audience between this count and the planning of the ranges is in exactly one of them.
+    """
+    segment = segment_for(spec, settings)
+    as_of = as_of.astimezone(UTC)
+    known = prepare_timezones(engine, settings)
+    query = feature_query(settings, as_of, known, _levels(segment.features()))
+    key = query.columns[spec.occurrence_key]
+    members = (
+        select(query.columns["customer_id"].label("customer_id"))
+        .select_from(query.from_clause)
+        .where(query.where, compile_rule(segment.rule, query), key.is_not(None))
+        .distinct()
+    )
+    return ranges_of(engine, members, size)
+
+
+def ranges_of(engine: Engine, ids: Select[Any], size: int) -> list[IdRange]:
+    """`ids` (a query of one `customer_id` column) cut into ranges of `size` ids, counted in
+    the warehouse; the ranges cover every id, the first and last unbounded."""
+    members = ids.subquery()
+    numbered = select(
+        members.c.customer_id,
+        ((func.row_number().over(order_by=members.c.customer_id) - 1) // size).label("part"),
+    ).subquery()
+    starts = (
+        select(func.min(numbered.c.customer_id))
+        .group_by(numbered.c.part)
+        .order_by(func.min(numbered.c.customer_id))
+    )
+    with engine.connect() as conn:
+        firsts = [int(first) for first in conn.execute(starts).scalars()]
+    bounds: list[int | None] = [None, *firsts[1:], None]
+    return [IdRange(low, None if high is None else high - 1) for low, high in pairwise(bounds)]
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Customer ids `first`..`last`, both included; None: unbounded on that side."""
+
+    first: int | None = None
+    last: int | None = None
+
+    def condition(self, column: ColumnElement[Any]) -> ColumnElement[bool]:
+        return and_(
+            column >= self.first if self.first is not None else true(),
+            column <= self.last if self.last is not None else true(),
+        )
+
+    def __contains__(self, customer_id: int) -> bool:
+        return (self.first is None or customer_id >= self.first) and (
+            self.last is None or customer_id <= self.last
+        )
 
 
 def segment_for(spec: CampaignSpec, settings: Settings | None = None) -> Segment:
@@ -360,6 +425,7 @@ def _members(
     key: str,
     fields: list[str],
     chunk_size: int,
+    customer_ids: IdRange | None = None,
 ) -> Iterator[pd.DataFrame]:
     as_of = as_of.astimezone(UTC)
     known = prepare_timezones(engine, settings)
@@ -374,6 +440,8 @@ def _members(
         .where(compile_rule(segment.rule, query), query.columns[key].is_not(None))
         .order_by(*order_by)
     )
+    if customer_ids is not None:
+        statement = statement.where(customer_ids.condition(query.columns["customer_id"]))
     columns = [*names, "occurrence_key"]
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -63,6 +64,43 @@ class PlanResult:
         return {**dataclasses.asdict(self), "batches": [b.to_dict() for b in self.batches]}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A plan between its steps: the run, what the partitions plan, and the id ranges."""
+
+    run_id: int
+    as_of: datetime
+    planned_at: datetime  # every row this plan writes carries it
+    ranges: list[segments.IdRange]
+    dry_run: bool = False
+    remaining: int | None = None  # `limit`: sendable rows still to plan
+    phase: Literal["test", "rest"] | None = None
+    winner: str | None = None
+
+    @property
+    def partitioned(self) -> bool:
+        return len(self.ranges) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "as_of": self.as_of.isoformat(),
+            "planned_at": self.planned_at.isoformat(),
+            "ranges": [[r.first, r.last] for r in self.ranges],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prepared:
+        return cls(
+            **{
+                **data,
+                "as_of": datetime.fromisoformat(data["as_of"]),
+                "planned_at": datetime.fromisoformat(data["planned_at"]),
+                "ranges": [segments.IdRange(*bounds) for bounds in data["ranges"]],
+            }
+        )
+
+
 def plan(
     engine: Engine,
     spec: CampaignSpec,
@@ -74,8 +112,11 @@ def plan(
     limit: int | None = None,
     phase: Literal["test", "rest"] | None = None,
     winner: str | None = None,
+    partition_size: int | None = None,
 ) -> PlanResult:
-    """Evaluate the audience and policies, write the ledger, return batches of due rows.
+    """Evaluate the audience and policies, write the ledger, return batches of due rows:
+    `prepare`, `plan_partition` for each id range in turn, `gather` (the campaign DAG runs the
+    partitions as mapped tasks instead).
 
     `dry_run` writes no ledger rows and sends nothing: it counts, renders every email that would
     be sent, and stores the counts and render errors on the run row.
@@ -85,6 +126,39 @@ def plan(
     `phase` (specs with an `experiment`): "test" plans the test slice only, every variant by
     weight; "rest" plans everyone else with the `winner` variant.
     """
+    prepared = prepare(
+        engine,
+        spec,
+        settings,
+        run_key=run_key,
+        as_of=as_of,
+        dry_run=dry_run,
+        limit=limit,
+        phase=phase,
+        winner=winner,
+        partition_size=partition_size,
+    )
+    rehearsals = [plan_partition(engine, spec, settings, prepared, r) for r in prepared.ranges]
+    return gather(engine, spec, prepared, [r for r in rehearsals if r is not None])
+
+
+def prepare(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    *,
+    run_key: str,
+    as_of: datetime,
+    dry_run: bool = False,
+    limit: int | None = None,
+    phase: Literal["test", "rest"] | None = None,
+    winner: str | None = None,
+    partition_size: int | None = None,
+) -> Prepared:
+    """The run row; earlier rows expired, requeued or adopted; the audience's id ranges, of
+    about `partition_size` customers each (default: the setting). A dry run or a limited run
+    plans in one range: a limit counts sendable customers in id order, and a dry run's
+    rehearsal lives in one process."""
     if (phase == "rest") != (winner is not None):
         raise ValueError("the rest of an experiment, and only it, is planned with a winner")
     as_of, started = utc(as_of), now()
@@ -103,34 +177,78 @@ def plan(
                 remaining = limit - ledger.run_counts(conn, run_id, as_of)["planned"]
         if limit is None:
             _adopt_waiting(engine, spec, run_id, as_of)
+    ranges = [segments.IdRange()]
+    if not dry_run and limit is None:
+        size = partition_size or settings.partition_size
+        ranges = segments.id_ranges(engine, spec, as_of, settings, size)
+    return Prepared(run_id, as_of, started, ranges, dry_run, remaining, phase, winner)
 
+
+def plan_partition(
+    engine: Engine,
+    spec: CampaignSpec,
+    settings: Settings,
+    prepared: Prepared,
+    customer_ids: segments.IdRange,
+) -> dict[str, Any] | None:
+    """Plan the audience members in `customer_ids`: policies, then ledger rows. Partitions of
+    one plan may run at once (they lock only their customers' frequency-cap buckets). Returns a
+    dry run's counts (None for a real run: its rows are in the ledger)."""
+    run_id, as_of, dry_run = prepared.run_id, prepared.as_of, prepared.dry_run
+    phase, remaining = prepared.phase, prepared.remaining
+    others = None
+    if prepared.partitioned:
+        others = ledger.OtherPartitions(
+            run_id, prepared.planned_at, customer_ids.first, customer_ids.last
+        )
     rehearsal = DryRun(spec, settings, as_of) if dry_run else None
-    for chunk in segments.audience(engine, spec, as_of, settings, chunk_size=PLAN_CHUNK):
+    members = segments.audience(
+        engine, spec, as_of, settings, chunk_size=PLAN_CHUNK, customer_ids=customer_ids
+    )
+    for chunk in members:
         if remaining is not None and remaining <= 0:
             break
         with engine.begin() as conn:
             if not dry_run:  # uncapped campaigns' rows count toward the others' caps too
-                runs.lock_for_planning(conn, run_id)
-            if dry_run or limit is not None:  # count only emails not planned before
+                runs.lock_for_planning(conn, run_id, chunk["customer_id"].astype(int).unique())
+            if dry_run or remaining is not None:  # count only emails not planned before
                 chunk = _not_in_ledger(conn, spec, chunk)
             if phase is not None:
                 tested = variants.in_test_slice(chunk["customer_id"].astype(int), spec)
                 chunk = chunk[tested if phase == "test" else ~tested]
             chunk = chunk.reset_index(drop=True)
-            verdict = policies.evaluate(conn, chunk, spec, as_of)
+            verdict = policies.evaluate(conn, chunk, spec, as_of, others)
             if remaining is not None:
                 sendable = verdict["reason"].isna().astype(int).cumsum()
                 keep = sendable <= remaining
                 chunk, verdict = chunk[keep], verdict[keep]
                 remaining -= int(verdict["reason"].isna().sum())
-            rows = _ledger_rows(chunk, verdict, spec, run_id, started, winner)
+            rows = _ledger_rows(chunk, verdict, spec, run_id, prepared.planned_at, prepared.winner)
             if rehearsal is not None:
                 rehearsal.add(rows)
             else:
                 ledger.insert_rows(conn, rows)
+    return rehearsal.counts() if rehearsal is not None else None
 
-    if rehearsal is not None:
-        return _finish_dry_run(engine, run_id, rehearsal)
+
+def gather(
+    engine: Engine,
+    spec: CampaignSpec,
+    prepared: Prepared,
+    rehearsals: list[dict[str, Any]] | None = None,
+) -> PlanResult:
+    """Once every partition is planned: an inbox shared across partitions goes to its lowest
+    customer id; then the counts and the batches of due rows (a dry run: its counts, on the
+    run row)."""
+    if prepared.dry_run:
+        return _finish_dry_run(engine, prepared.run_id, _merged(rehearsals or []))
+    run_id, as_of = prepared.run_id, prepared.as_of
+    if prepared.partitioned:
+        with engine.begin() as conn:
+            settled = ledger.settle_inboxes(conn, spec.id, run_id, prepared.planned_at)
+            ledger.set_templates(
+                conn, {row.id: spec.variant_template(None, row.occurrence_key) for row in settled}
+            )
     with engine.connect() as conn:
         counts = ledger.run_counts(conn, run_id, as_of)
         size = max(spec.delivery.batch_size, math.ceil(counts["pending"] / MAX_BATCHES))
@@ -138,6 +256,22 @@ def plan(
     return PlanResult(
         run_id, counts["planned"], counts["skipped"], [Batch(*b) for b in bounds], counts["waiting"]
     )
+
+
+def _merged(rehearsals: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dry run's counts from its partitions' counts."""
+    skipped: Counter[str] = Counter()
+    for counts in rehearsals:
+        skipped.update(counts["skipped"])
+    examples = [e for counts in rehearsals for e in counts["render_error_examples"]]
+    return {
+        "planned": sum(c["planned"] for c in rehearsals),
+        "skipped": dict(skipped),
+        "dry_run": True,
+        "rendered": sum(c["rendered"] for c in rehearsals),
+        "render_errors": sum(c["render_errors"] for c in rehearsals),
+        "render_error_examples": examples[: DryRun.EXAMPLES],
+    }
 
 
 def abandon(engine: Engine, spec: CampaignSpec, *, run_key: str) -> None:
@@ -227,11 +361,11 @@ def _ledger_rows(
     return rows
 
 
-def _finish_dry_run(engine: Engine, run_id: int, rehearsal: DryRun) -> PlanResult:
+def _finish_dry_run(engine: Engine, run_id: int, counts: dict[str, Any]) -> PlanResult:
     """A dry run is over once planned: its counts and render errors go on the run row."""
-    counts = rehearsal.counts()
+    status = RunStatus.FAILED if counts["render_errors"] else RunStatus.SUCCESS
     with engine.begin() as conn:
-        runs.finish_run(conn, run_id, counts, rehearsal.status, now())
+        runs.finish_run(conn, run_id, counts, status, now())
     return PlanResult(
         run_id,
         counts["planned"],

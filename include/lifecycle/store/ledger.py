@@ -21,10 +21,13 @@ from sqlalchemy import (
     any_,
     bindparam,
     delete,
+    false,
     func,
     literal,
+    not_,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -119,8 +122,30 @@ def existing_keys(
     return found
 
 
+@dataclass(frozen=True)
+class OtherPartitions:
+    """The rows one partitioned plan writes outside the partition being planned (customer ids
+    `first`..`last`, None: unbounded): whether they keep an inbox is only known once every
+    partition is planned (`settle_inboxes`), so they hold none meanwhile."""
+
+    run_id: int
+    planned_at: datetime  # of every row the plan writes
+    first: int | None
+    last: int | None
+
+    def rows(self) -> ColumnElement[bool]:
+        outside = or_(
+            L.c.customer_id < self.first if self.first is not None else false(),
+            L.c.customer_id > self.last if self.last is not None else false(),
+        )
+        return and_(L.c.run_id == self.run_id, L.c.planned_at >= self.planned_at, outside)
+
+
 def inbox_holders(
-    conn: Connection, campaign_id: str, inboxes: Sequence[str]
+    conn: Connection,
+    campaign_id: str,
+    inboxes: Sequence[str],
+    others: OtherPartitions | None = None,
 ) -> dict[tuple[str, str], int]:
     """(occurrence key, inbox) → the customer whose email of `campaign_id` to that inbox is
     sent, on its way or planned. `inboxes` are trimmed and lower-cased (`core.addresses.inbox`).
@@ -133,11 +158,64 @@ def inbox_holders(
                 L.c.campaign_id == campaign_id,
                 is_in(conn, L.c.inbox, part),
                 L.c.status.in_(TAKEN),
+                not_(others.rows()) if others is not None else true(),
             )
             .group_by(L.c.occurrence_key, L.c.inbox)
         )
         holders.update({(str(k), str(i)): int(c) for k, i, c in conn.execute(query)})
     return holders
+
+
+def settle_inboxes(
+    conn: Connection, campaign_id: str, run_id: int, planned_at: datetime
+) -> list[Row[Any]]:
+    """After a partitioned plan: where rows it planned in different partitions share an
+    (occurrence key, inbox), the lowest customer id keeps it and the others are skipped as
+    `duplicate_address`, as one plan in customer-id order would have decided. Returns the
+    skipped rows (id, occurrence key); the caller clears their variant and template."""
+    fresh = and_(
+        L.c.campaign_id == campaign_id,
+        L.c.run_id == run_id,
+        L.c.planned_at >= planned_at,
+        L.c.status == LedgerStatus.PLANNED,
+        L.c.inbox.is_not(None),
+    )
+    # one scan and a sort (a customer has one row per occurrence key: rank 1 is the lowest id)
+    ranked = (
+        select(
+            L.c.id,
+            L.c.occurrence_key,
+            func.row_number()
+            .over(partition_by=(L.c.occurrence_key, L.c.inbox), order_by=L.c.customer_id)
+            .label("rank"),
+        )
+        .where(fresh)
+        .subquery()
+    )
+    losers = select(ranked.c.id, ranked.c.occurrence_key).where(ranked.c.rank > 1)
+    rows = list(conn.execute(losers.order_by(ranked.c.id)))
+    for part in chunked([row.id for row in rows]):
+        conn.execute(
+            update(L)
+            .where(is_in(conn, L.c.id, part), L.c.status == LedgerStatus.PLANNED)
+            .values(
+                status=LedgerStatus.SKIPPED,
+                reason=SkipReason.DUPLICATE,
+                variant=None,
+                send_after=None,
+                expires_at=None,
+            )
+        )
+    return rows
+
+
+def set_templates(conn: Connection, templates: dict[int, str]) -> None:
+    """Each row's template, by row id."""
+    if templates:
+        conn.execute(
+            update(L).where(L.c.id == bindparam("b_id")).values(template=bindparam("b_template")),
+            [{"b_id": i, "b_template": t} for i, t in templates.items()],
+        )
 
 
 def requeue_retryable(

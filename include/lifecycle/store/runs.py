@@ -3,16 +3,17 @@
 A run is one (campaign, run key): a DAG run, or one `lifecycle run`. Its row holds the run's
 status (`states.RunStatus`) and, once finished, its outcome counts. Retries of the same run key
 reuse the same row, so a retried plan or delivery never starts a second run. Planning
-transactions of all campaigns take turns (`lock_for_planning`), so frequency caps hold.
+transactions of all campaigns planning the same customers take turns (`lock_for_planning`), so
+frequency caps hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import Connection, Integer, Row, func, literal, select, update
 
 from lifecycle.store.dialect import insert
 from lifecycle.store.schema import campaign_runs
@@ -89,19 +90,32 @@ def finish_run(
     )
 
 
-FREQUENCY_CAP_LOCK = 0x4C49464543594C45  # any fixed bigint, the same in every process
+FREQUENCY_CAP_LOCK = 0x4C494645  # any fixed int4, the same in every process: the lock class
+LOCK_SPAN_BITS = 14  # a lock bucket is 16,384 consecutive customer ids...
+LOCK_SLOTS = 256  # ...folded onto this many locks, so a transaction takes at most this many
 
 
-def lock_for_planning(conn: Connection, run_id: int) -> None:
-    """Serialize planning transactions across campaigns until this one commits.
+def lock_buckets(customer_ids: Iterable[int]) -> list[int]:
+    """The frequency-cap locks covering `customer_ids`, in the order they are taken."""
+    return sorted({(int(cid) >> LOCK_SPAN_BITS) % LOCK_SLOTS for cid in customer_ids})
+
+
+def lock_for_planning(conn: Connection, run_id: int, customer_ids: Iterable[int]) -> None:
+    """Serialize the planning transactions of every campaign that plan any of `customer_ids`,
+    until this one commits.
 
     The frequency cap counts every campaign's rows, then inserts this campaign's: two campaigns
-    planning at once (they all run after each features snapshot) would both see a customer one
-    below the cap and both mail them. PostgreSQL: a transaction-scoped advisory lock. SQLite: a
-    write first, which takes the database's write lock for the whole transaction.
+    planning a customer at once (they all run after each features snapshot) would both see them
+    one below the cap and both mail them. PostgreSQL: a transaction-scoped advisory lock per
+    bucket of customer ids, taken in bucket order (so two transactions never wait on each
+    other in a cycle): the partitions of one plan, disjoint in customer ids, plan side by side,
+    and two campaigns planning the same customers still take turns. SQLite: a write first,
+    which takes the database's write lock for the whole transaction.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(FREQUENCY_CAP_LOCK)))
+        for bucket in lock_buckets(customer_ids):
+            key = (literal(FREQUENCY_CAP_LOCK, Integer), literal(bucket, Integer))
+            conn.execute(select(func.pg_advisory_xact_lock(*key)))
     else:
         conn.execute(update(R).where(R.c.id == run_id).values(status=R.c.status))
 

@@ -14,6 +14,7 @@ All times are UTC instants (`UtcDateTime`). State columns accept only their enum
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -260,37 +261,42 @@ survey_responses = Table(
     Index("ix_survey_responses_campaign", "campaign_id", "answered_at"),
 )
 
+
 # --- customer features (issue 3) ----------------------------------------------------------
 # The latest snapshot of every customer's features, replaced by each `features.materialize`.
-customer_features = Table(
-    "customer_features",
-    marketing,
-    Column("customer_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("as_of", UtcDateTime, nullable=False),
-    Column("timezone", String(64), nullable=False),  # effective: "UTC" when unknown
-    Column("timezone_valid", Boolean, nullable=False),
-    Column("local_date", Date, nullable=False),
-    Column("email_valid", Boolean, nullable=False),
-    Column("email_reason", String(32)),  # missing_email, malformed_email
-    Column("signup_at", UtcDateTime, nullable=False),
-    Column("tenure_days", Integer, nullable=False),
-    Column("first_order_at", UtcDateTime),
-    Column("last_order_at", UtcDateTime),
-    Column("order_count", Integer, nullable=False),
-    Column("total_spend", Float, nullable=False),
-    Column("avg_spend", Float),
-    Column("days_since_last_order", Integer),
-    Column("delivered_orders_30d", Integer, nullable=False),
-    Column("loyalty_points", Integer, nullable=False),
-    Column("loyalty_tier", String(16)),
-    Column("birth_date", Date),
-    Column("next_birthday", Date),
-    Column("rfm_recency", Integer),
-    Column("rfm_frequency", Integer),
-    Column("rfm_monetary", Integer),
-    Column("rfm_score", String(3)),
-    Column("rfm_segment", String(32)),
-)
+def _feature_columns() -> list[Column[Any]]:
+    return [
+        Column("customer_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("as_of", UtcDateTime, nullable=False),
+        Column("timezone", String(64), nullable=False),  # effective: "UTC" when unknown
+        Column("timezone_valid", Boolean, nullable=False),
+        Column("local_date", Date, nullable=False),
+        Column("email_valid", Boolean, nullable=False),
+        Column("email_reason", String(32)),  # missing_email, malformed_email
+        Column("signup_at", UtcDateTime, nullable=False),
+        Column("tenure_days", Integer, nullable=False),
+        Column("first_order_at", UtcDateTime),
+        Column("last_order_at", UtcDateTime),
+        Column("order_count", Integer, nullable=False),
+        Column("total_spend", Float, nullable=False),
+        Column("avg_spend", Float),
+        Column("days_since_last_order", Integer),
+        Column("delivered_orders_30d", Integer, nullable=False),
+        Column("loyalty_points", Integer, nullable=False),
+        Column("loyalty_tier", String(16)),
+        Column("birth_date", Date),
+        Column("next_birthday", Date),
+        Column("rfm_recency", Integer),
+        Column("rfm_frequency", Integer),
+        Column("rfm_monetary", Integer),
+        Column("rfm_score", String(3)),
+        Column("rfm_segment", String(32)),
+    ]
+
+
+customer_features = Table("customer_features", marketing, *_feature_columns())
+# A partitioned snapshot is built here, then copied into customer_features in one transaction.
+customer_features_next = Table("customer_features_next", marketing, *_feature_columns())
 
 # One row per materialized snapshot: when, how many customers, and what looked wrong.
 feature_snapshots = Table(
