@@ -132,12 +132,14 @@ def reset(url: str) -> None:
     engine.dispose()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_planning", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--partition-size", type=int, default=250_000)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with postgres_warehouse("bench_plan_") as url, tempfile.TemporaryDirectory() as home:
         engine = warehouse.make_engine(url)
         warehouse.upgrade(engine)

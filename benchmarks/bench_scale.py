@@ -9,7 +9,9 @@ own id, so nobody is planned twice) triggered through the REST API, against one 
 come from `lifecycle.devtools.cluster` (`--concurrency` task slots per worker), the
 LocalExecutor from `lifecycle.devtools.standalone` with `parallelism` equal to two workers'
 slots. Reported per setup: emails/s end to end (trigger to finished run) and deliver-only
-(first deliver task start to last deliver task end, from the task instances).
+(first deliver task start to last deliver task end, from the task instances). Then planning
+`--planning-customers` (1,000,000) in one partition vs in `--partition-size` ranges on two
+processes (`benchmarks.bench_planning`); `--planning-customers 0` skips it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks import bench_planning
 from benchmarks.bench_delivery import AS_OF, KEY, start_sink
 from lifecycle.devtools import deployment
 from lifecycle.devtools.cluster import create_database, drop_database, start_cluster
@@ -155,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         "--delivery-concurrency", type=int, default=16, help="requests in flight per task (16)"
     )
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"of {', '.join(SETUPS)}")
+    parser.add_argument(
+        "--planning-customers",
+        type=int,
+        default=1_000_000,
+        help="customers planned in one partition vs partitioned (1,000,000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--partition-size", type=int, default=250_000, help="customers per partition (250,000)"
+    )
     args = parser.parse_args(argv)
     setups = [s.strip() for s in args.setups.split(",")]
     if unknown := set(setups) - set(SETUPS):
@@ -193,7 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{setup:<10} {r['emails']:>7} {r['emails'] / r['wall_s']:>14.0f} "
             f"{r['emails'] / r['deliver_s']:>16.0f}"
         )
-    return 0 if all(r["state"] == "success" for r in results.values()) else 1
+    delivered = all(r["state"] == "success" for r in results.values())
+    if not args.planning_customers:
+        return 0 if delivered else 1
+    print(f"\nplanning {args.planning_customers:,} customers, load before: {load()}", flush=True)
+    planned = bench_planning.main(
+        ["--customers", str(args.planning_customers), "--partition-size", str(args.partition_size)]
+    )
+    print(f"load after: {load()}")
+    return 0 if delivered and planned == 0 else 1
 
 
 if __name__ == "__main__":

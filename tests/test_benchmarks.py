@@ -67,6 +67,10 @@ def test_scale_benchmark_runs_celery_and_local_side_by_side() -> None:
             "400",
             "--setups",
             "celery x2,local",
+            "--planning-customers",
+            "3000",
+            "--partition-size",
+            "1000",
         ],
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -84,6 +88,11 @@ def test_scale_benchmark_runs_celery_and_local_side_by_side() -> None:
     )
     assert hosts, result.stdout
     assert "load before:" in result.stdout and "load after:" in result.stdout
+    plans = re.findall(
+        r"^\| (single|partitioned) \| (\d+) \| \d+ \| ([\d,]+) \|", result.stdout, re.M
+    )
+    assert [(name, int(parts)) for name, parts, _ in plans] == [("single", 1), ("partitioned", 3)]
+    assert "ledgers identical: yes" in result.stdout
 
 
 @pytest.mark.postgres
