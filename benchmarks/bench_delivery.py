@@ -4,6 +4,7 @@
     python -m benchmarks.bench_delivery --recipients 5000    # smoke run (or BENCH_DELIVERY_N)
     python -m benchmarks.bench_delivery --memory 100000,1000000
     python -m benchmarks.bench_delivery --recipients-per-request 50,200,1000   # bulk vs 1
+    python -m benchmarks.bench_delivery --partition-size 100000   # plan in 2 ranges at once
 
 With `--recipients-per-request N[,M...]` the same seeded audience is delivered by one campaign
 per size in one run: one request per email first, then N (M...) recipients per request (one
@@ -11,8 +12,10 @@ body, substitutions); the report gives each, its ratio to one per email, and the
 workers' CPU time per email. `--memory` takes one size.
 
 The sink runs in its own process (`lifecycle sink --no-bodies`) with the given latency on every
-request. Delivery runs the campaign's batches in `--workers` processes, like Airflow's mapped
-tasks with `max_active_batches`. The naive loop is what most scripts do: render, then
+request. Planning and delivery run like the campaign DAG's mapped tasks: the audience's
+customer-id ranges of `--partition-size` (default: the setting, 250,000) are planned in
+`--workers` processes at once (`plan_partition`), then the batches are delivered in as many
+(`max_active_batches`). The naive loop is what most scripts do: render, then
 `SendGridAPIClient.send` per customer, sequentially, against the same sink; it runs on a
 sample (`--naive-sample`) and its time for all recipients is extrapolated from that sample.
 
@@ -48,10 +51,12 @@ from benchmarks.scratch import postgres_warehouse
 from lifecycle.core import render
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import Settings, load_settings
+from lifecycle.core.segments import IdRange
+from lifecycle.run import plan as planning
 from lifecycle.run.compose import Composer
 from lifecycle.run.deliver import deliver
 from lifecycle.run.finalize import finalize
-from lifecycle.run.plan import Batch, plan
+from lifecycle.run.plan import Batch
 from lifecycle.run.test_sends import audience_sample
 from lifecycle.store import warehouse
 
@@ -144,20 +149,43 @@ def _deliver(
     return result.to_dict(), peak_rss_mb(), time.process_time() - cpu
 
 
-def run_pipeline(settings: Settings, workers: int, per_request: int = 1) -> dict[str, Any]:
+def _plan_range(
+    settings: Settings, spec_json: str, prepared: dict[str, Any], bounds: tuple[int | None, ...]
+) -> float:
+    """Plan one customer-id range (a mapped `plan_partition` task); the process's peak RSS."""
+    engine = warehouse.engine_for(settings.warehouse_url)
+    spec = CampaignSpec.model_validate_json(spec_json)
+    step = planning.Prepared.from_dict(prepared)
+    planning.plan_partition(engine, spec, settings, step, IdRange(*bounds))
+    return peak_rss_mb()
+
+
+def run_pipeline(
+    settings: Settings, workers: int, per_request: int = 1, partition_size: int | None = None
+) -> dict[str, Any]:
     engine = warehouse.make_engine(settings.warehouse_url)
     spec = spec_for(per_request)
+    spec_json = spec.model_dump_json()
     started = time.perf_counter()
-    planned = plan(engine, spec, settings, run_key="bench", as_of=AS_OF)
+    prepared = planning.prepare(
+        engine, spec, settings, run_key="bench", as_of=AS_OF, partition_size=partition_size
+    )
+    with ProcessPoolExecutor(workers) as pool:  # planning's processes, then delivery's
+        ranges = [(r.first, r.last) for r in prepared.ranges]
+        jobs = [
+            pool.submit(_plan_range, settings, spec_json, prepared.to_dict(), r) for r in ranges
+        ]
+        plan_rss = max(job.result() for job in jobs)
+    planned = planning.gather(engine, spec, prepared)
     planned_at = time.perf_counter()
     worker_rss = worker_cpu = 0.0
     with ProcessPoolExecutor(workers) as pool:
-        jobs = [
-            pool.submit(_deliver, settings, spec.model_dump_json(), planned.run_id, b.to_dict())
+        deliveries = [
+            pool.submit(_deliver, settings, spec_json, planned.run_id, b.to_dict())
             for b in planned.batches
         ]
-        for job in jobs:
-            _, rss, cpu = job.result()
+        for delivery in deliveries:
+            _, rss, cpu = delivery.result()
             worker_rss, worker_cpu = max(worker_rss, rss), worker_cpu + cpu
     delivered_at = time.perf_counter()
     counts = finalize(engine, spec, run_id=planned.run_id).counts
@@ -166,11 +194,12 @@ def run_pipeline(settings: Settings, workers: int, per_request: int = 1) -> dict
         "planned": planned.planned,
         "skipped": planned.skipped,
         "batches": len(planned.batches),
+        "partitions": len(prepared.ranges),
         "counts": counts,
         "plan_s": planned_at - started,
         "deliver_s": delivered_at - planned_at,
         "total_s": finished - started,
-        "plan_rss_mb": peak_rss_mb(),
+        "plan_rss_mb": plan_rss,
         "worker_rss_mb": worker_rss,
         "worker_cpu_s": worker_cpu,
         "recipients_per_request": per_request,
@@ -233,7 +262,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             for per_request in sizes:
                 httpx.delete(f"{sink_url}/_sink/messages", timeout=30)  # stats start at zero
                 load = os.getloadavg()[0]
-                figures = run_pipeline(settings, args.workers, per_request)
+                figures = run_pipeline(settings, args.workers, per_request, args.partition_size)
                 figures["sink"] = httpx.get(f"{sink_url}/_sink/stats", timeout=30).json()
                 figures["load_1min"] = (load, os.getloadavg()[0])
                 runs.append(figures)
@@ -264,8 +293,8 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             f"({f['sink'].get('distinct_send_ids', 0):,} distinct send ids)"
         )
         print(
-            f"plan: {f['plan_s']:.1f} s   deliver (render+send+record): {f['deliver_s']:.1f} s   "
-            f"total: {f['total_s']:.1f} s"
+            f"plan ({f['partitions']} partition(s)): {f['plan_s']:.1f} s   "
+            f"deliver (render+send+record): {f['deliver_s']:.1f} s   total: {f['total_s']:.1f} s"
         )
         print(
             f"throughput end to end: {sent / f['total_s']:,.0f} emails/s "
@@ -348,6 +377,11 @@ def main() -> None:
     )
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--partition-size",
+        type=int,
+        help="customers per planning range (default: LIFECYCLE_PARTITION_SIZE, 250,000)",
+    )
     parser.add_argument("--naive-sample", type=int, default=50)
     parser.add_argument(
         "--warehouse",

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once() -> None:
-    """Per email and 50 recipients per request, side by side on the same audience."""
+    """Per email and 50 recipients per request, side by side on the same audience, each planned
+    in three customer-id ranges at once."""
     result = subprocess.run(
         [
             sys.executable,
@@ -28,6 +29,8 @@ def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once()
             "sqlite",
             "--recipients-per-request",
             "50",
+            "--partition-size",
+            "100",
         ],
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -50,6 +53,8 @@ def test_delivery_benchmark_runs_and_every_planned_email_reaches_the_sink_once()
     assert [int(bulk_sent)] * 2 == [int(n) for n in bulk_received] and bulk_sent == sent
     assert int(bulk_requests) < int(requests) / 5
     assert "50 per request vs 1: end to end" in result.stdout
+    partitions = re.findall(r"^plan \((\d+) partition\(s\)\)", result.stdout, re.M)
+    assert [int(n) for n in partitions] == [3, 3], result.stdout  # 300 customers, ranges of 100
     assert "naive loop" in result.stdout
 
 
