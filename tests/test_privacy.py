@@ -21,6 +21,7 @@ from lifecycle import cli
 from lifecycle.core import addresses, features
 from lifecycle.core.campaigns import CampaignSpec
 from lifecycle.core.config import PROJECT_ROOT, Settings, load_settings
+from lifecycle.core.segments import IdRange
 from lifecycle.devtools.sink.thread import SinkHandle, run_sink_in_thread
 from lifecycle.feedback import events, privacy, surveys, tokens
 from lifecycle.feedback import suppressions as suppression_list
@@ -87,7 +88,8 @@ def bounce(send_id: int, email: str, n: int) -> dict[str, Any]:
 @pytest.fixture
 def filled(engine: Engine, settings: Settings, sink: SinkHandle) -> Engine:
     """Ann (as customer 1, " Ann@Example.AM"), Bob and Cy: mailed, bounced, suppressed,
-    features, coupons, a test send, a survey answer."""
+    features (published, and staged for the next snapshot), coupons, a test send, a survey
+    answer."""
     emails = {1: " Ann@Example.AM", 2: OTHERS[0], 3: OTHERS[1]}
     with engine.begin() as conn:
         conn.execute(
@@ -106,6 +108,8 @@ def filled(engine: Engine, settings: Settings, sink: SinkHandle) -> Engine:
             ],
         )
     features.materialize(engine, AS_OF, settings)
+    features.partitions(engine, AS_OF, settings, size=2)  # the next snapshot, half built
+    features.materialize_range(engine, AS_OF, settings, IdRange())
     run_campaign(engine, make_spec(), settings, as_of=AS_OF)
     send_tests(
         engine,
@@ -170,6 +174,7 @@ def test_after_an_erasure_no_marketing_table_holds_the_address(
     assert holding(filled, PERSON) == []
     assert changed == {
         "customer_features": 1,
+        "customer_features_next": 1,
         "send_ledger": 1,
         "engagement_events": 1,
         "suppressions": 2,

@@ -45,6 +45,7 @@ NOT_PERSONAL = ("campaign_runs", "feature_snapshots", "tz_offsets")
 # What `erase` does to the person's rows of each table.
 TABLES = {
     "customer_features": "delete",
+    "customer_features_next": "delete",  # a snapshot being built (features_dag on PostgreSQL)
     "send_ledger": "pseudonymise",
     "engagement_events": "pseudonymise",
     "suppressions": "delete",
