@@ -307,7 +307,7 @@ class Cluster:
         deadline = time.monotonic() + 30
         while (left := worker.session()) and time.monotonic() < deadline:
             for pid in left:
-                _signal(pid, signal.SIGKILL)
+                deployment.send_signal(pid, signal.SIGKILL)
             killed |= left
             worker.process.poll()
             time.sleep(0.1)
@@ -329,7 +329,7 @@ class Cluster:
         try:
             for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 15)):
                 for pid in self.processes():
-                    _signal(pid, sig)
+                    deployment.send_signal(pid, sig)
                 deadline = time.monotonic() + wait
                 while self.processes() and time.monotonic() < deadline:
                     for component in self.components.values():
@@ -413,15 +413,6 @@ def start_cluster(
     return cluster
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lifecycle.devtools.cluster",
@@ -461,8 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.concurrency < 1:
         parser.error("--workers and --concurrency must be at least 1")
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    deployment.interrupt_on_termination()
     cluster: Cluster | None = None
     try:
         print("migrating a fresh metadata database and starting the cluster...", flush=True)

@@ -5,8 +5,10 @@ the connections that point tasks at a warehouse and a SendGrid (or the local sin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -183,6 +185,22 @@ class Proc(NamedTuple):
 
 
 GONE = Proc(-1, -1, -1)
+
+
+def send_signal(pid: int, sig: signal.Signals) -> None:
+    """`sig` to `pid`, if it still exists."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def interrupt_on_termination() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so `finally` blocks stop what was started."""
+
+    def _interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def process_table() -> dict[int, Proc]:

@@ -12,7 +12,6 @@ free port.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import subprocess
@@ -117,7 +116,7 @@ class Standalone:
         """Terminate every process it started; raise if any survives SIGKILL."""
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
             for pid in self.processes():
-                _signal(pid, sig)
+                deployment.send_signal(pid, sig)
             deadline = time.monotonic() + wait
             while self.processes() and time.monotonic() < deadline:
                 self.process.poll()  # reap our direct child
@@ -163,15 +162,6 @@ def start_standalone(
     return Standalone(process, airflow_home, port, log_path, deployment.pool_slots(full_env))
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lifecycle.devtools.standalone",
@@ -191,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM take the same clean path, even if SIGINT was inherited as ignored.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    deployment.interrupt_on_termination()
     try:
         airflow = start_standalone(args.home, args.port, echo=True)
     except StandaloneError as exc:
